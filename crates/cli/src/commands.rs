@@ -1,0 +1,395 @@
+//! Commands on the data directory.
+
+use crate::progress;
+use crate::{Cli, Command};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use kernelize_store::{
+    BackupFormat, CollectionConfig, Database, Durability, Metric, Options, SegmentOptions, backup, export_parquet,
+    restore, verify,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Collection management.
+#[derive(Subcommand, Debug)]
+pub enum CollectionCmd {
+    /// Create a collection with a fixed dimension and metric.
+    Create {
+        /// Name: 1-64 letters, digits, '_' or '-'.
+        name: String,
+        /// Vector dimension.
+        #[arg(long)]
+        dim: usize,
+        /// Distance metric: cosine, dot or l2.
+        #[arg(long, default_value = "cosine")]
+        metric: String,
+        /// Keep obsolete WAL files in `wal-archive/` for point-in-time restore.
+        #[arg(long)]
+        wal_archive: bool,
+    },
+    /// List collections with their dimension, metric and record count.
+    List,
+    /// Drop a collection and all its data.
+    Drop {
+        /// Name.
+        name: String,
+    },
+}
+
+/// `upsert` arguments.
+#[derive(Args, Debug)]
+pub struct UpsertArgs {
+    /// Collection to write into.
+    #[arg(long, short)]
+    pub collection: String,
+    /// JSONL file (`-` for stdin).
+    pub file: PathBuf,
+    /// Records per atomic batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+}
+
+/// `get` arguments.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Collection.
+    #[arg(long, short)]
+    pub collection: String,
+    /// Ids to fetch.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// `delete` arguments.
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Collection.
+    #[arg(long, short)]
+    pub collection: String,
+    /// Ids to delete.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// `scan` arguments.
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// Collection.
+    #[arg(long, short)]
+    pub collection: String,
+    /// Most records to print.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start after this id (pagination cursor: the last id of the previous page).
+    #[arg(long)]
+    pub after: Option<String>,
+}
+
+/// `stats` arguments.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Only this collection (default: all).
+    #[arg(long, short)]
+    pub collection: Option<String>,
+}
+
+/// `compact` arguments.
+#[derive(Args, Debug)]
+pub struct CompactArgs {
+    /// Collection.
+    #[arg(long, short)]
+    pub collection: String,
+}
+
+/// `backup` arguments.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Destination: a new directory, or a file ending in `.tar`.
+    pub dest: PathBuf,
+    /// Only these collections (repeatable; default: all).
+    #[arg(long, short)]
+    pub collection: Vec<String>,
+}
+
+/// `restore` arguments.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Backup directory or `.tar`.
+    pub src: PathBuf,
+    /// Original data directory whose `wal-archive/` and `wal/` are replayed on top of the
+    /// backup (collections created with `--wal-archive`).
+    #[arg(long)]
+    pub wal_from: Option<PathBuf>,
+    /// Stop replay after this sequence number (inclusive).
+    #[arg(long, requires = "wal_from")]
+    pub until_seq: Option<u64>,
+}
+
+/// `verify` arguments.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Data directory, backup directory or backup `.tar` (default: the data directory).
+    pub path: Option<PathBuf>,
+}
+
+/// `export` arguments.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Collection.
+    #[arg(long, short)]
+    pub collection: String,
+    /// Output format (only `parquet`).
+    #[arg(long, default_value = "parquet")]
+    pub format: String,
+    /// Output file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+fn open_db(cli: &Cli) -> Result<Database> {
+    let durability: Durability = cli.durability.parse()?;
+    let opts = Options {
+        durability,
+        memtable_bytes: cli.memtable_mb.max(1) << 20,
+        segment: SegmentOptions::default(),
+        ..Options::default()
+    };
+    let db = Database::open(&cli.data_dir, opts).with_context(|| format!("opening {}", cli.data_dir.display()))?;
+    for c in db.collections() {
+        let r = c.recovery_report();
+        if let Some((path, offset, reason, cut)) = &r.truncated {
+            eprintln!(
+                "warning: collection {}: WAL tail cut at {} offset {offset} ({reason}); {cut} bytes kept in wal/quarantine/",
+                c.name(),
+                path.display()
+            );
+        }
+        for q in &r.quarantined {
+            eprintln!("warning: collection {}: WAL file after a bad frame quarantined: {}", c.name(), q.display());
+        }
+    }
+    Ok(db)
+}
+
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init => {
+            let db = open_db(cli)?;
+            println!("data directory ready: {} ({} collections)", db.root().display(), db.list().len());
+        }
+        Command::Collection(cmd) => collection(cli, cmd)?,
+        Command::Upsert(a) => upsert(cli, a)?,
+        Command::Get(a) => {
+            let db = open_db(cli)?;
+            let c = db.collection(&a.collection)?;
+            let snap = c.snapshot();
+            let mut missing = 0;
+            let mut out = std::io::stdout().lock();
+            for id in &a.ids {
+                match snap.get(id)? {
+                    Some(r) => writeln!(out, "{}", serde_json::to_string(&*r)?)?,
+                    None => {
+                        eprintln!("not found: {id:?}");
+                        missing += 1;
+                    }
+                }
+            }
+            if missing > 0 {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Delete(a) => {
+            let db = open_db(cli)?;
+            let c = db.collection(&a.collection)?;
+            let seq = c.delete(a.ids.clone())?;
+            println!("deleted {} ids (seq {seq})", a.ids.len());
+        }
+        Command::Scan(a) => {
+            let db = open_db(cli)?;
+            let snap = db.collection(&a.collection)?.snapshot();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for r in snap.scan(a.after.as_deref()).take(a.limit.unwrap_or(usize::MAX)) {
+                writeln!(out, "{}", serde_json::to_string(&*r?)?)?;
+            }
+        }
+        Command::Stats(a) => {
+            let db = open_db(cli)?;
+            let names = match &a.collection {
+                Some(n) => vec![n.clone()],
+                None => db.list(),
+            };
+            for n in names {
+                println!("{}", serde_json::to_string_pretty(&db.collection(&n)?.stats()?)?);
+            }
+        }
+        Command::Compact(a) => {
+            let db = open_db(cli)?;
+            let start = Instant::now();
+            let r = db.collection(&a.collection)?.compact()?;
+            println!(
+                "compacted {}: {} segments, {} entries ({} bytes) -> 1 segment, {} entries ({} bytes) in {:.2}s",
+                a.collection,
+                r.segments_before,
+                r.entries_before,
+                r.bytes_before,
+                r.entries_after,
+                r.bytes_after,
+                start.elapsed().as_secs_f64()
+            );
+        }
+        Command::Backup(a) => {
+            let db = open_db(cli)?;
+            let format =
+                if a.dest.extension().is_some_and(|e| e == "tar") { BackupFormat::Tar } else { BackupFormat::Dir };
+            let pb = progress::bytes(0, "backup");
+            let start = Instant::now();
+            let r = backup(&db, &a.dest, format, &a.collection, &mut |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+            })?;
+            pb.finish_and_clear();
+            for c in &r.collections {
+                println!("backed up {} at seq {} ({} segments)", c.name, c.seq, c.segments);
+            }
+            println!(
+                "backup written to {} ({} bytes, {:.2}s)",
+                a.dest.display(),
+                r.bytes,
+                start.elapsed().as_secs_f64()
+            );
+        }
+        Command::Restore(a) => {
+            let db = open_db(cli)?;
+            let r = restore(&db, &a.src, a.wal_from.as_deref(), a.until_seq)?;
+            for (name, seq) in &r.collections {
+                println!("restored {name} at seq {seq}");
+            }
+            if a.wal_from.is_some() {
+                println!("replayed {} WAL batches", r.replayed_batches);
+            }
+            for s in &r.replay_stopped {
+                eprintln!("note: replay stopped: {s}");
+            }
+        }
+        Command::Verify(a) => {
+            let path = a.path.clone().unwrap_or_else(|| cli.data_dir.clone());
+            let r = verify(&path)?;
+            if let Some(p) = r.problems.first() {
+                eprintln!("FAILED: {p}");
+                if r.problems.len() > 1 {
+                    eprintln!("({} more problems)", r.problems.len() - 1);
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("ok: {} verified, {} files, {} bytes, every checksum matches", r.kind, r.files, r.bytes);
+        }
+        Command::Export(a) => {
+            if a.format != "parquet" {
+                bail!("unsupported export format {:?}: only parquet", a.format);
+            }
+            let db = open_db(cli)?;
+            let snap = db.collection(&a.collection)?.snapshot();
+            let pb = progress::count("exported");
+            let rows = export_parquet(&snap, &a.out, &mut |n| pb.set_position(n))?;
+            pb.finish_and_clear();
+            println!("exported {rows} records to {}", a.out.display());
+        }
+        Command::Bench(_) => unreachable!("handled in main"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collection(cli: &Cli, cmd: &CollectionCmd) -> Result<()> {
+    let db = open_db(cli)?;
+    match cmd {
+        CollectionCmd::Create { name, dim, metric, wal_archive } => {
+            let metric: Metric = metric.parse()?;
+            let config = CollectionConfig { dim: *dim, metric, wal_archive: *wal_archive };
+            db.create_collection(name, config)?;
+            println!("created collection {name} (dim {dim}, {metric})");
+        }
+        CollectionCmd::List => {
+            for c in db.collections() {
+                let cfg = c.config();
+                println!("{}\tdim={}\tmetric={}\trecords={}", c.name(), cfg.dim, cfg.metric, c.snapshot().count()?);
+            }
+        }
+        CollectionCmd::Drop { name } => {
+            db.drop_collection(name)?;
+            println!("dropped collection {name}");
+        }
+    }
+    Ok(())
+}
+
+fn upsert(cli: &Cli, a: &UpsertArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let db = open_db(cli)?;
+    let c = db.collection(&a.collection)?;
+    let dim = c.config().dim;
+    let name = a.file.display().to_string();
+    let (reader, total): (Box<dyn BufRead + Send>, u64) = if name == "-" {
+        (Box::new(BufReader::new(std::io::stdin())), 0)
+    } else {
+        let f = fs_err::File::open(&a.file)?;
+        let len = f.metadata()?.len();
+        (Box::new(BufReader::with_capacity(1 << 20, f)), len)
+    };
+    let pb = if total > 0 { progress::bytes(total, "upsert") } else { progress::count("lines") };
+    let start = Instant::now();
+    let (mut records, mut batches) = (0u64, 0u64);
+    // A parser thread turns lines into validated batches while this thread writes.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<crate::jsonl::Batch>>(2);
+    let outcome = std::thread::scope(|s| -> Result<()> {
+        s.spawn(move || {
+            let mut lines = crate::jsonl::LineBatches::new(reader, a.batch);
+            loop {
+                let item = match lines.next_raw() {
+                    Ok(Some((raw, bytes))) => {
+                        let first_line = raw.first().map_or(0, |l| l.0);
+                        crate::jsonl::parse_lines(&name, &raw, dim).map(|records| crate::jsonl::Batch {
+                            records,
+                            first_line,
+                            bytes,
+                        })
+                    }
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                let stop = item.is_err();
+                if tx.send(item).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        for item in rx {
+            let batch = item?;
+            let n = batch.records.len() as u64;
+            c.upsert(batch.records)
+                .with_context(|| format!("writing the batch starting at line {}", batch.first_line))?;
+            records += n;
+            batches += 1;
+            pb.inc(if total > 0 { batch.bytes } else { n });
+        }
+        Ok(())
+    });
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    if let Err(e) = outcome {
+        return Err(anyhow!(
+            "{e:#}\n{records} records in {batches} batches before it were written and acknowledged; nothing of the failing batch was written"
+        ));
+    }
+    println!(
+        "upserted {records} records in {batches} batches into {} in {secs:.2}s ({:.0} records/s, durability {})",
+        a.collection,
+        records as f64 / secs.max(1e-9),
+        cli.durability
+    );
+    Ok(())
+}

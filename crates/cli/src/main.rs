@@ -1,0 +1,90 @@
+//! `kernelize`: the command-line tool of Kernelize.
+
+mod bench;
+mod commands;
+mod jsonl;
+mod progress;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Kernelize compresses a body of knowledge into a compact, signed, queryable kernel.
+/// This tool manages the durable engine underneath: collections of records
+/// `{id, vector, text?, metadata?}` in a data directory.
+#[derive(Parser, Debug)]
+#[command(name = "kernelize", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Data directory (created if missing).
+    #[arg(long, global = true, env = "KERNELIZE_DATA_DIR", default_value = "kernelize-data")]
+    pub data_dir: PathBuf,
+
+    /// When writes are acknowledged: `always` fsyncs the WAL first (survives power loss);
+    /// `buffered` only hands the bytes to the OS (survives a process crash).
+    #[arg(long, global = true, env = "KERNELIZE_DURABILITY", default_value = "always")]
+    pub durability: String,
+
+    /// Memtable size in MiB before it is flushed to a segment.
+    #[arg(long, global = true, env = "KERNELIZE_MEMTABLE_MB", default_value_t = 64)]
+    pub memtable_mb: usize,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the data directory (other commands create it too).
+    Init,
+    /// Create, list or drop collections.
+    #[command(subcommand)]
+    Collection(commands::CollectionCmd),
+    /// Insert or replace records from a JSONL file (one `{id, vector, text?, metadata?}`
+    /// per line; `-` reads stdin). Batches are atomic; a bad line stops the load with its
+    /// file and line number, and every batch before it stays written.
+    Upsert(commands::UpsertArgs),
+    /// Print records by id as JSON lines.
+    Get(commands::GetArgs),
+    /// Delete records by id (atomically, in one batch).
+    Delete(commands::DeleteArgs),
+    /// Print live records as JSON lines, in key order.
+    Scan(commands::ScanArgs),
+    /// Show statistics of one or all collections.
+    Stats(commands::StatsArgs),
+    /// Merge a collection's segments into one, dropping deleted and overwritten records.
+    Compact(commands::CompactArgs),
+    /// Make a consistent online backup into a directory or a `.tar` file.
+    Backup(commands::BackupArgs),
+    /// Restore a backup into the data directory, optionally replaying archived WAL up to
+    /// a sequence number (point-in-time recovery).
+    Restore(commands::RestoreArgs),
+    /// Check every checksum of a data directory, backup directory or backup `.tar`;
+    /// report the first problem with file and offset (exit code 1 if any).
+    Verify(commands::VerifyArgs),
+    /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
+    Export(commands::ExportArgs),
+    /// Benchmarks that print a table and a JSON line.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Bench(cmd) => bench::run(cmd),
+        _ => commands::run(&cli),
+    }
+}

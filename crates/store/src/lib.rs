@@ -1,0 +1,56 @@
+//! The Kernelize durable engine.
+//!
+//! A [`Database`] is a data directory of named [`Collection`]s. A collection takes
+//! batches of writes through a write-ahead log with group commit, keeps recent writes in
+//! a memtable, flushes them into immutable, checksummed segment files that carry a
+//! learned index, and compacts segments in the background of readers. Readers work on
+//! [`Snapshot`]s that writers never change.
+//!
+//! ```
+//! use kernelize_store::{CollectionConfig, Database, MemStorage, Metric, Options, Record};
+//! use std::sync::Arc;
+//!
+//! let db = Database::open_with(Arc::new(MemStorage::new()), "data".as_ref(), Options::default())?;
+//! let c = db.create_collection("docs", CollectionConfig::new(2, Metric::Cosine))?;
+//! c.upsert(vec![Record { id: "a".into(), vector: vec![1.0, 0.0], text: None, metadata: None }])?;
+//! assert_eq!(c.get("a")?.map(|r| r.vector.clone()), Some(vec![1.0, 0.0]));
+//! # Ok::<(), kernelize_store::Error>(())
+//! ```
+
+mod backup;
+mod codec;
+mod collection;
+mod database;
+mod error;
+mod export;
+mod manifest;
+mod memtable;
+mod record;
+mod segment;
+mod snapshot;
+mod storage;
+mod wal;
+
+pub use backup::{BackupFormat, BackupReport, Problem, RestoreReport, VerifyReport, backup, restore, verify};
+pub use collection::{Collection, CompactReport, Durability, Options, RecoveryReport, Stats, wal_path};
+pub use database::Database;
+pub use error::{Error, ErrorClass, Result};
+pub use export::export_parquet;
+pub use manifest::{CollectionConfig, Manifest, Metric, SegmentRef};
+pub use memtable::{Entry, Key};
+pub use record::{MAX_DIM, MAX_ID_BYTES, Metadata, Op, Record, key_hash, validate_record};
+pub use segment::{Segment, SegmentOptions};
+pub use snapshot::Snapshot;
+pub use storage::{CrashMode, FaultKind, FaultStorage, FileStorage, Mapped, MemStorage, Storage, WritableFile};
+
+/// WAL format helpers for tools, tests and fuzzing.
+pub mod wal_format {
+    pub use crate::wal::{
+        FRAME_HEADER_LEN, MAX_RECORD_LEN, Scan, WAL_HEADER_LEN, WAL_MAGIC, frame_bytes, header_bytes, scan,
+    };
+}
+
+/// Decodes a WAL batch payload (for fuzzing and tools); never panics.
+pub fn decode_wal_batch(bytes: &[u8]) -> std::result::Result<Vec<Op>, String> {
+    record::decode_batch(bytes, 0).map_err(|e| format!("offset {}: {}", e.offset, e.reason))
+}

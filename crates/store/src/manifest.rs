@@ -1,0 +1,165 @@
+//! The manifest: the one file that names a collection's configuration, its live segments
+//! and the sequence number up to which the WAL is folded into them. Replaced atomically.
+
+use crate::codec::{Reader, masked_crc, put_u32};
+use crate::error::{Error, IoContext, Result};
+use crate::storage::{Storage, write_atomic};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Magic bytes opening a manifest file.
+pub const MANIFEST_MAGIC: [u8; 8] = *b"KZMANIF1";
+/// Largest manifest accepted.
+const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+/// Distance metric of a collection, fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity.
+    Cosine,
+    /// Dot product.
+    Dot,
+    /// Euclidean distance.
+    L2,
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Metric> {
+        match s.to_ascii_lowercase().as_str() {
+            "cosine" => Ok(Metric::Cosine),
+            "dot" => Ok(Metric::Dot),
+            "l2" | "euclid" | "euclidean" => Ok(Metric::L2),
+            _ => Err(Error::InvalidInput(format!("unknown metric {s:?}: expected cosine, dot or l2"))),
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::Cosine => "cosine",
+            Metric::Dot => "dot",
+            Metric::L2 => "l2",
+        })
+    }
+}
+
+/// What a collection is, fixed at creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionConfig {
+    /// Vector dimension.
+    pub dim: usize,
+    /// Distance metric.
+    pub metric: Metric,
+    /// Keep obsolete WAL files in `wal-archive/` for point-in-time restore.
+    #[serde(default)]
+    pub wal_archive: bool,
+}
+
+impl CollectionConfig {
+    /// A configuration with the archive off.
+    pub fn new(dim: usize, metric: Metric) -> CollectionConfig {
+        CollectionConfig { dim, metric, wal_archive: false }
+    }
+}
+
+/// A live segment as the manifest names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// Segment number (file `seg/{id:08}.seg`).
+    pub id: u64,
+    /// Records inside, tombstones included.
+    pub count: u64,
+    /// Lowest sequence number inside.
+    pub min_seq: u64,
+    /// Highest sequence number inside.
+    pub max_seq: u64,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// Contents of a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version (1).
+    pub format: u32,
+    /// The collection's configuration.
+    pub config: CollectionConfig,
+    /// Every write with a sequence number <= this is in the segments.
+    pub flushed_seq: u64,
+    /// Number for the next segment file.
+    pub next_segment_id: u64,
+    /// Live segments, newest first.
+    pub segments: Vec<SegmentRef>,
+}
+
+/// File name of segment `id`.
+pub fn segment_file_name(id: u64) -> String {
+    format!("{id:08}.seg")
+}
+
+impl Manifest {
+    /// A manifest for a new, empty collection.
+    pub fn new(config: CollectionConfig) -> Manifest {
+        Manifest { format: 1, config, flushed_seq: 0, next_segment_id: 1, segments: Vec::new() }
+    }
+
+    /// Encodes: magic, u32 length, u32 masked crc32c, JSON body.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let mut out = MANIFEST_MAGIC.to_vec();
+        put_u32(&mut out, body.len() as u32);
+        put_u32(&mut out, masked_crc(&body));
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes and validates manifest bytes read from `path`.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Manifest> {
+        let bad = |offset: u64, reason: String| Err(Error::corrupt(path, offset, reason));
+        if bytes.len() < 16 || bytes[..8] != MANIFEST_MAGIC {
+            return bad(0, "not a Kernelize manifest (bad magic or too short)".into());
+        }
+        let mut r = Reader::new(&bytes[8..16], 8);
+        let (Ok(len), Ok(crc)) = (r.u32("len"), r.u32("crc")) else {
+            return bad(8, "truncated header".into());
+        };
+        let len = len as usize;
+        if len > MAX_MANIFEST_BYTES || bytes.len() - 16 != len {
+            return bad(8, format!("body length {len} does not match file length {}", bytes.len()));
+        }
+        let body = &bytes[16..];
+        if masked_crc(body) != crc {
+            return bad(12, "checksum mismatch".into());
+        }
+        let m: Manifest = match serde_json::from_slice(body) {
+            Ok(m) => m,
+            Err(e) => return bad(16, format!("invalid JSON: {e}")),
+        };
+        if m.format != 1 {
+            return bad(16, format!("unsupported manifest format {}", m.format));
+        }
+        if m.config.dim == 0 || m.config.dim > crate::record::MAX_DIM {
+            return bad(16, format!("dimension {} out of range", m.config.dim));
+        }
+        if m.segments.iter().any(|s| s.id >= m.next_segment_id) {
+            return bad(16, "a segment id is not below next_segment_id".into());
+        }
+        Ok(m)
+    }
+
+    /// Reads and validates the manifest at `path`.
+    pub fn load(storage: &dyn Storage, path: &Path) -> Result<Manifest> {
+        let bytes = storage.read(path).at(path)?;
+        Manifest::decode(&bytes, path)
+    }
+
+    /// Writes the manifest atomically (temp file, fsync, rename, directory fsync).
+    pub fn store(&self, storage: &dyn Storage, path: &Path) -> Result<()> {
+        write_atomic(storage, path, &self.encode()).at(path)
+    }
+}

@@ -1,0 +1,173 @@
+use super::{cfg, rec};
+use kernelize_store::{Database, Error, MemStorage, Options, Record, SegmentOptions};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+fn small() -> Options {
+    Options { memtable_bytes: 4096, segment: SegmentOptions { epsilon: 4 }, ..Options::default() }
+}
+
+#[test]
+fn upsert_get_delete_across_flush_and_compaction() {
+    let mem = Arc::new(MemStorage::new());
+    let db = Database::open_with(mem.clone(), Path::new("d"), small()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    for i in 0..500 {
+        c.upsert(vec![rec(&format!("id{i}"), i as f32, 0.0)]).unwrap();
+    }
+    c.delete((0..500).step_by(3).map(|i| format!("id{i}")).collect()).unwrap();
+    for i in (0..500).step_by(5) {
+        c.upsert(vec![rec(&format!("id{i}"), i as f32, 1.0)]).unwrap();
+    }
+    let check = |c: &kernelize_store::Collection| {
+        let snap = c.snapshot();
+        let mut n = 0;
+        for i in 0..500 {
+            let got = snap.get(&format!("id{i}")).unwrap();
+            let want = if i % 5 == 0 {
+                Some(1.0)
+            } else if i % 3 == 0 {
+                None
+            } else {
+                Some(0.0)
+            };
+            assert_eq!(got.map(|r| r.vector[1]), want, "id{i}");
+            n += usize::from(want.is_some());
+        }
+        assert_eq!(snap.count().unwrap(), n as u64);
+        assert_eq!(snap.scan(None).count(), n);
+    };
+    assert!(c.stats().unwrap().segments > 1, "small memtable must have flushed");
+    check(&c);
+    let report = c.compact().unwrap();
+    assert_eq!(c.stats().unwrap().segments, 1);
+    assert!(report.entries_after < report.entries_before);
+    check(&c);
+    drop((c, db));
+    let db = Database::open_with(mem, Path::new("d"), small()).unwrap();
+    check(&db.collection("c").unwrap());
+}
+
+#[test]
+fn snapshot_does_not_see_later_writes() {
+    let db = Database::open_with(Arc::new(MemStorage::new()), Path::new("d"), small()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    c.upsert(vec![rec("a", 1.0, 0.0)]).unwrap();
+    let snap = c.snapshot();
+    c.upsert(vec![rec("a", 2.0, 0.0), rec("b", 1.0, 0.0)]).unwrap();
+    c.compact().unwrap();
+    assert_eq!(snap.get("a").unwrap().unwrap().vector[0], 1.0);
+    assert!(snap.get("b").unwrap().is_none());
+    assert_eq!(snap.count().unwrap(), 1);
+    assert_eq!(c.snapshot().count().unwrap(), 2);
+}
+
+#[test]
+fn scan_pagination_visits_every_record_once() {
+    let db = Database::open_with(Arc::new(MemStorage::new()), Path::new("d"), small()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    for chunk in (0..300).collect::<Vec<_>>().chunks(7) {
+        c.upsert(chunk.iter().map(|i| rec(&format!("k{i}"), *i as f32, 0.0)).collect()).unwrap();
+    }
+    let snap = c.snapshot();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page: Vec<_> = snap.scan(after.as_deref()).take(16).map(|r| r.unwrap().id.clone()).collect();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        seen.extend(page);
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 300);
+}
+
+#[test]
+fn concurrent_writers_share_group_commits_and_readers_see_whole_batches() {
+    let db = Database::open_with(Arc::new(MemStorage::new()), Path::new("d"), Options::default()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let c = c.clone();
+            s.spawn(move || {
+                for i in 0..200 {
+                    // Each batch writes the same value into two ids: a reader must never
+                    // see one without the other.
+                    let v = (t * 1000 + i) as f32;
+                    c.upsert(vec![rec(&format!("t{t}-x"), v, 0.0), rec(&format!("t{t}-y"), v, 0.0)]).unwrap();
+                }
+            });
+        }
+        let c = c.clone();
+        s.spawn(move || {
+            for _ in 0..500 {
+                let snap = c.snapshot();
+                for t in 0..8 {
+                    let x = snap.get(&format!("t{t}-x")).unwrap().map(|r| r.vector[0]);
+                    let y = snap.get(&format!("t{t}-y")).unwrap().map(|r| r.vector[0]);
+                    assert_eq!(x, y, "torn batch visible");
+                }
+            }
+        });
+    });
+    assert_eq!(c.snapshot().seq(), 1600);
+}
+
+#[test]
+fn bad_input_is_a_clear_user_error() {
+    let db = Database::open_with(Arc::new(MemStorage::new()), Path::new("d"), Options::default()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    let mut bad = rec("x", f32::NAN, 0.0);
+    let e = c.upsert(vec![rec("ok", 1.0, 0.0), bad.clone()]).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)) && e.to_string().contains("vector[0]"), "{e}");
+    assert!(c.get("ok").unwrap().is_none(), "a rejected batch writes nothing");
+    bad.vector = vec![1.0];
+    assert!(c.upsert(vec![bad]).unwrap_err().to_string().contains("1 dimensions"));
+    assert!(c.upsert(vec![rec("", 1.0, 1.0)]).is_err());
+    assert!(db.create_collection("bad/name", cfg()).is_err());
+    assert!(matches!(db.create_collection("c", cfg()), Err(Error::AlreadyExists(_))));
+    assert!(matches!(db.collection("nope"), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn drop_and_recreate_collection() {
+    let mem = Arc::new(MemStorage::new());
+    let db = Database::open_with(mem.clone(), Path::new("d"), small()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    c.upsert(vec![rec("a", 1.0, 0.0)]).unwrap();
+    drop(c);
+    db.drop_collection("c").unwrap();
+    assert!(db.list().is_empty());
+    let c = db.create_collection("c", cfg()).unwrap();
+    assert!(c.get("a").unwrap().is_none());
+    drop((c, db));
+    let db = Database::open_with(mem, Path::new("d"), small()).unwrap();
+    assert_eq!(db.list(), vec!["c".to_owned()]);
+}
+
+#[test]
+fn file_backend_end_to_end_with_real_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = BTreeMap::new();
+    {
+        let db = Database::open(dir.path(), small()).unwrap();
+        assert!(Database::open(dir.path(), small()).is_err(), "second open must be refused by the lock");
+        let c = db.create_collection("c", cfg()).unwrap();
+        for i in 0..300 {
+            let r: Record = rec(&format!("f{i}"), i as f32, 2.0);
+            model.insert(r.id.clone(), r.vector.clone());
+            c.upsert(vec![r]).unwrap();
+        }
+    }
+    let db = Database::open(dir.path(), small()).unwrap();
+    let c = db.collection("c").unwrap();
+    for (id, v) in &model {
+        assert_eq!(&c.get(id).unwrap().unwrap().vector, v);
+    }
+    let r = kernelize_store::verify(dir.path()).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
