@@ -149,6 +149,59 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
+/// Test tools.
+#[derive(Subcommand, Debug)]
+pub enum DebugCmd {
+    /// Writes batches `{prefix}-{i}-{j}` (j < batch) forever, printing `ack {i}` on stdout
+    /// after each batch is acknowledged. The crash tests kill it at random points.
+    WriteLoop {
+        /// Collection (created with dim 8 if missing).
+        #[arg(long, short)]
+        collection: String,
+        /// Id prefix.
+        #[arg(long)]
+        prefix: String,
+        /// Records per batch.
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+        /// Writer threads (batches are numbered across them).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn debug(cli: &Cli, cmd: &DebugCmd) -> Result<()> {
+    let DebugCmd::WriteLoop { collection, prefix, batch, threads } = cmd;
+    let db = open_db(cli)?;
+    let c = match db.collection(collection) {
+        Ok(c) => c,
+        Err(_) => db.create_collection(collection, CollectionConfig::new(8, Metric::L2))?,
+    };
+    let next = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..(*threads).max(1) {
+            s.spawn(|| -> Result<()> {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let records = (0..*batch)
+                        .map(|j| kernelize_store::Record {
+                            id: format!("{prefix}-{i}-{j}"),
+                            vector: vec![i as f32; 8],
+                            text: Some(format!("batch {i} record {j}")),
+                            metadata: None,
+                        })
+                        .collect();
+                    c.upsert(records)?;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ack {i}")?;
+                    out.flush()?;
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
 fn open_db(cli: &Cli) -> Result<Database> {
     let durability: Durability = cli.durability.parse()?;
     let opts = Options {
@@ -297,6 +350,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             pb.finish_and_clear();
             println!("exported {rows} records to {}", a.out.display());
         }
+        Command::Debug(cmd) => debug(cli, cmd)?,
         Command::Bench(_) => unreachable!("handled in main"),
     }
     Ok(ExitCode::SUCCESS)

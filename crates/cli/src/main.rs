@@ -69,6 +69,9 @@ pub enum Command {
     /// Benchmarks that print a table and a JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Tools for tests (hidden).
+    #[command(subcommand, hide = true)]
+    Debug(commands::DebugCmd),
 }
 
 fn main() -> ExitCode {

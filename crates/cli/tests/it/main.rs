@@ -1,1 +1,24 @@
-//! CLI integration tests.
+//! Integration tests of the `kernelize` binary.
+
+mod cli;
+mod crash;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `kernelize --data-dir DIR args…`.
+pub fn kz(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kernelize"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("kernelize runs")
+}
+
+/// stdout of a run that must succeed.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = kz(dir, args);
+    assert!(out.status.success(), "kernelize {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

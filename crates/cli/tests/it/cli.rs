@@ -1,0 +1,84 @@
+//! The CLI end to end on a real data directory.
+
+use super::{kz, ok};
+
+fn write_jsonl(path: &std::path::Path, lines: &[String]) {
+    fs_err::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn create_upsert_get_stats_backup_verify_restore_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.as_path();
+    ok(d, &["collection", "create", "docs", "--dim", "3", "--metric", "dot"]);
+    let lines: Vec<String> = (0..2500)
+        .map(|i| format!(r#"{{"id":"d{i}","vector":[{i},1.5,-2],"text":"doc {i}","metadata":{{"n":{i}}}}}"#))
+        .collect();
+    let file = tmp.path().join("in.jsonl");
+    write_jsonl(&file, &lines);
+    let out = ok(d, &["upsert", "-c", "docs", file.to_str().unwrap(), "--batch", "1000"]);
+    assert!(out.contains("upserted 2500 records in 3 batches"), "{out}");
+    let got = ok(d, &["get", "-c", "docs", "d7"]);
+    let r: serde_json::Value = serde_json::from_str(got.trim()).unwrap();
+    assert_eq!(r["vector"], serde_json::json!([7.0, 1.5, -2.0]));
+    assert_eq!(r["metadata"]["n"], 7);
+    assert!(!kz(d, &["get", "-c", "docs", "missing"]).status.success());
+    ok(d, &["delete", "-c", "docs", "d1", "d2"]);
+    let stats: serde_json::Value = serde_json::from_str(&ok(d, &["stats", "-c", "docs"])).unwrap();
+    assert_eq!(stats["records"], 2498);
+    assert_eq!(ok(d, &["scan", "-c", "docs", "--limit", "5"]).lines().count(), 5);
+    ok(d, &["compact", "-c", "docs"]);
+    let tar = tmp.path().join("b.tar");
+    ok(d, &["backup", tar.to_str().unwrap()]);
+    assert!(ok(d, &["verify", tar.to_str().unwrap()]).starts_with("ok"));
+    let d2 = tmp.path().join("restored");
+    ok(&d2, &["restore", tar.to_str().unwrap()]);
+    let stats: serde_json::Value = serde_json::from_str(&ok(&d2, &["stats", "-c", "docs"])).unwrap();
+    assert_eq!(stats["records"], 2498);
+    let pq = tmp.path().join("docs.parquet");
+    assert!(ok(d, &["export", "-c", "docs", "--out", pq.to_str().unwrap()]).contains("exported 2498"));
+}
+
+#[test]
+fn a_bad_line_names_file_and_line_and_keeps_earlier_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    ok(&d, &["collection", "create", "c", "--dim", "2"]);
+    let mut lines: Vec<String> = (0..25).map(|i| format!(r#"{{"id":"r{i}","vector":[1,{i}]}}"#)).collect();
+    lines[22] = r#"{"id":"bad","vector":[1,"x"]}"#.into();
+    let file = tmp.path().join("in.jsonl");
+    write_jsonl(&file, &lines);
+    let out = kz(&d, &["upsert", "-c", "c", file.to_str().unwrap(), "--batch", "10"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in.jsonl:23:"), "{err}");
+    assert!(err.contains("20 records in 2 batches before it were written"), "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&ok(&d, &["stats", "-c", "c"])).unwrap();
+    assert_eq!(stats["records"], 20, "the failing batch wrote nothing, earlier ones stay");
+    lines[22] = r#"{"id":"nan","vector":[1,NaN]}"#.into();
+    write_jsonl(&file, &lines);
+    let err = String::from_utf8_lossy(&kz(&d, &["upsert", "-c", "c", file.to_str().unwrap()]).stderr).into_owned();
+    assert!(err.contains("in.jsonl:23:"), "{err}");
+}
+
+#[test]
+fn verify_fails_on_a_flipped_byte_with_file_and_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    ok(&d, &["collection", "create", "c", "--dim", "2"]);
+    let lines: Vec<String> = (0..50).map(|i| format!(r#"{{"id":"r{i}","vector":[1,{i}]}}"#)).collect();
+    let file = tmp.path().join("in.jsonl");
+    write_jsonl(&file, &lines);
+    ok(&d, &["upsert", "-c", "c", file.to_str().unwrap()]);
+    let wal_dir = d.join("collections/c/wal");
+    let wal = fs_err::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    let mut bytes = fs_err::read(&wal).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 1;
+    fs_err::write(&wal, &bytes).unwrap();
+    let out = kz(&d, &["verify"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{} at offset 16: frame checksum mismatch", wal.display())), "{err}");
+}
