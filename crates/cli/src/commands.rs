@@ -4,6 +4,7 @@ use crate::progress;
 use crate::{Cli, Command};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use kernelize_store::Op;
 use kernelize_store::{
     BackupFormat, CollectionConfig, Database, Durability, Metric, Options, SegmentOptions, backup, export_parquet,
     restore, verify,
@@ -11,6 +12,7 @@ use kernelize_store::{
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Collection management.
@@ -421,14 +423,50 @@ fn upsert(cli: &Cli, a: &UpsertArgs) -> Result<()> {
                 }
             }
         });
-        for item in rx {
-            let batch = item?;
-            let n = batch.records.len() as u64;
-            c.upsert(batch.records)
-                .with_context(|| format!("writing the batch starting at line {}", batch.first_line))?;
-            records += n;
-            batches += 1;
-            pb.inc(if total > 0 { batch.bytes } else { n });
+        // Commit whatever batches are parsed and waiting (up to 8) together: each stays
+        // atomic and is acknowledged only after the one fsync that covers them all.
+        let mut pending_error = None;
+        while let Ok(first) = rx.recv() {
+            let mut ready = vec![first];
+            while ready.len() < 8 {
+                match rx.try_recv() {
+                    Ok(item) => ready.push(item),
+                    Err(_) => break,
+                }
+            }
+            let mut group = Vec::new();
+            for item in ready {
+                match item {
+                    Ok(b) => group.push(b),
+                    Err(e) => {
+                        pending_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !group.is_empty() {
+                let first_line = group[0].first_line;
+                let (n, bytes): (u64, u64) =
+                    group.iter().fold((0, 0), |(n, b), g| (n + g.records.len() as u64, b + g.bytes));
+                let count = group.len() as u64;
+                c.write_many(
+                    group
+                        .into_iter()
+                        .map(|b| b.records.into_iter().map(|r| Op::Upsert(Arc::new(r))).collect())
+                        .collect(),
+                )
+                .with_context(|| {
+                    format!(
+                        "writing {count} batches starting at line {first_line} (a prefix of them may have been written)"
+                    )
+                })?;
+                records += n;
+                batches += count;
+                pb.inc(if total > 0 { bytes } else { n });
+            }
+            if let Some(e) = pending_error {
+                return Err(e);
+            }
         }
         Ok(())
     });

@@ -290,46 +290,77 @@ impl Collection {
 
     /// Applies a batch of operations atomically; see [`Collection::upsert`].
     pub fn write(&self, ops: Vec<Op>) -> Result<u64> {
-        if ops.is_empty() {
-            return Err(Error::InvalidInput("empty batch".into()));
-        }
-        for op in &ops {
-            match op {
-                Op::Upsert(r) => validate_record(r, self.inner.config.dim)?,
-                Op::Delete(id) => validate_id(id)?,
+        let seqs = self.write_many(vec![ops])?;
+        Ok(seqs.first().copied().unwrap_or_default())
+    }
+
+    /// Applies several batches in order, each atomic on its own, sharing one WAL write and
+    /// one fsync. Every batch is validated before any is written; returns their sequence
+    /// numbers. This is how a single loader gets the benefit of group commit.
+    pub fn write_many(&self, batches: Vec<Vec<Op>>) -> Result<Vec<u64>> {
+        let mut pending = Vec::with_capacity(batches.len());
+        for ops in batches {
+            if ops.is_empty() {
+                return Err(Error::InvalidInput("empty batch".into()));
             }
+            for op in &ops {
+                match op {
+                    Op::Upsert(r) => validate_record(r, self.inner.config.dim)?,
+                    Op::Delete(id) => validate_id(id)?,
+                }
+            }
+            let mut encoded = Vec::new();
+            encode_batch(&ops, &mut encoded)?;
+            if encoded.len() > wal::MAX_RECORD_LEN {
+                return Err(Error::InvalidInput(format!(
+                    "batch encodes to {} bytes, the limit is {}; split it",
+                    encoded.len(),
+                    wal::MAX_RECORD_LEN
+                )));
+            }
+            pending.push(Pending { ticket: 0, ops, encoded });
         }
-        let mut encoded = Vec::new();
-        encode_batch(&ops, &mut encoded)?;
-        if encoded.len() > wal::MAX_RECORD_LEN {
-            return Err(Error::InvalidInput(format!(
-                "batch encodes to {} bytes, the limit is {}; split it",
-                encoded.len(),
-                wal::MAX_RECORD_LEN
-            )));
+        if pending.is_empty() {
+            return Ok(Vec::new());
         }
-        let seq = self.commit(Pending { ticket: 0, ops, encoded })?;
+        let seqs = self.commit(pending)?;
         if self.inner.version.read().mem.bytes() >= self.inner.opts.memtable_bytes {
             self.flush_inner(true)?;
         }
-        Ok(seq)
+        Ok(seqs)
     }
 
     /// Group commit: the first waiting writer becomes leader, writes every queued batch
     /// with one write and one fsync, applies them in order, and wakes the others.
-    fn commit(&self, mut pending: Pending) -> Result<u64> {
+    fn commit(&self, batches: Vec<Pending>) -> Result<Vec<u64>> {
         let inner = &*self.inner;
         let mut st = inner.write.lock();
         if let Some(cause) = &st.poisoned {
             return Err(Error::Poisoned { collection: inner.name.clone(), cause: cause.clone() });
         }
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        pending.ticket = ticket;
-        st.queue.push_back(pending);
+        // The batches enter the queue together, so they commit in this order.
+        let first_ticket = st.next_ticket;
+        let last_ticket = first_ticket + batches.len() as u64 - 1;
+        for mut p in batches {
+            p.ticket = st.next_ticket;
+            st.next_ticket += 1;
+            st.queue.push_back(p);
+        }
         loop {
-            if let Some(result) = st.results.remove(&ticket) {
-                return result.map_err(|f| f.into_error(&inner.name));
+            if st.results.contains_key(&last_ticket) {
+                let mut seqs = Vec::new();
+                let mut failure = None;
+                for t in first_ticket..=last_ticket {
+                    match st.results.remove(&t) {
+                        Some(Ok(seq)) => seqs.push(seq),
+                        Some(Err(f)) => failure = failure.or(Some(f)),
+                        None => {}
+                    }
+                }
+                return match failure {
+                    Some(f) => Err(f.into_error(&inner.name)),
+                    None => Ok(seqs),
+                };
             }
             if st.leader {
                 inner.cv.wait(&mut st);

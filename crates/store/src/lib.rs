@@ -22,6 +22,7 @@ mod codec;
 mod collection;
 mod database;
 mod error;
+#[cfg(feature = "parquet")]
 mod export;
 mod manifest;
 mod memtable;
@@ -35,6 +36,7 @@ pub use backup::{BackupFormat, BackupReport, Problem, RestoreReport, VerifyRepor
 pub use collection::{Collection, CompactReport, Durability, Options, RecoveryReport, Stats, wal_path};
 pub use database::Database;
 pub use error::{Error, ErrorClass, Result};
+#[cfg(feature = "parquet")]
 pub use export::export_parquet;
 pub use manifest::{CollectionConfig, Manifest, Metric, SegmentRef};
 pub use memtable::{Entry, Key};
