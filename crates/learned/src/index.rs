@@ -4,13 +4,16 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::pla::{OptimalPla, predict};
-use crate::search::{lower_bound_branchless, lower_bound_linear};
+use crate::search::{lower_bound_branchless, lower_bound_linear, lower_bound_sampled};
 use crate::{Error, Result};
 
 /// Default error bound for [`PgmIndex::build`] callers that have no reason to
-/// pick another. Chosen by measurement (see `crates/learned/BENCH_RESULTS.md`):
-/// on 100M uniform keys it gives the fastest lookups while the index stays far
-/// below 1% of the key array.
+/// pick another. Chosen by measurement (`crates/learned/BENCH_RESULTS.md`):
+/// on 100M uniform keys, lookups took 873 / 714 / 642 / 731 / 1013 ns for
+/// epsilon 16 / 32 / 64 / 128 / 256. Smaller bounds give narrower windows but
+/// a bigger index whose upper levels stop fitting in cache (2.4 MB at 16);
+/// larger ones read more cache lines per window. At 64 the index is 0.0016
+/// bytes per key (0.02% of the keys) and the window is 130 keys, 17 lines.
 pub const DEFAULT_EPSILON: usize = 64;
 
 /// Largest accepted error bound. Larger bounds only make windows wider than a
@@ -74,7 +77,8 @@ impl Level {
 ///
 /// [`PgmIndex::search`] returns a window of at most `2 * epsilon + 2` positions
 /// guaranteed to hold the lower bound of a key; [`PgmIndex::lower_bound`]
-/// finishes the job with a branchless binary search over that window.
+/// finishes the job with a search over that window that fetches all its cache
+/// lines at once.
 ///
 /// The index does not own the keys: it is built on a slice and queried with
 /// the same slice (an immutable segment file's key column, for instance).
@@ -171,11 +175,12 @@ fn build_level(keys: &[u64], eps: usize, pla: &mut OptimalPla) -> Level {
             let fit = pla.fit();
             // Verify with exactly the prediction used at query time. The fit is
             // exact in rational arithmetic; this catches floating-point rounding.
-            let ok = start.take(count).all(|(x, y)| {
-                let p = predict(fit.slope, fit.intercept, x - fit.first_x);
-                let y = y as i64;
-                p >= y - eps_i && p <= y + eps_i
-            });
+            let ok = !test_hooks::fail_verification()
+                && start.take(count).all(|(x, y)| {
+                    let p = predict(fit.slope, fit.intercept, x - fit.first_x);
+                    let y = y as i64;
+                    p >= y - eps_i && p <= y + eps_i
+                });
             if ok {
                 out_keys.push(fit.first_x);
                 out_segs.push(Seg { slope: fit.slope, intercept: fit.intercept });
@@ -199,6 +204,31 @@ fn build_level(keys: &[u64], eps: usize, pla: &mut OptimalPla) -> Level {
     Level { keys: out_keys, segs: out_segs }
 }
 
+/// Fault injection for the refit path, which floating-point rounding
+/// triggers too rarely to test otherwise.
+mod test_hooks {
+    #[cfg(test)]
+    thread_local! {
+        pub(crate) static FAIL_VERIFICATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Whether the next verification must be treated as failed.
+    #[cfg(test)]
+    pub(super) fn fail_verification() -> bool {
+        FAIL_VERIFICATIONS.with(|c| {
+            let left = c.get();
+            c.set(left.saturating_sub(1));
+            left > 0
+        })
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(super) fn fail_verification() -> bool {
+        false
+    }
+}
+
 impl PgmIndex {
     /// Builds the index over sorted (non-decreasing; duplicates allowed) keys
     /// with error bound `epsilon` (`1..=MAX_EPSILON`).
@@ -207,9 +237,7 @@ impl PgmIndex {
     /// [`Error::InvalidEpsilon`] for an out-of-range bound, [`Error::Unsorted`]
     /// (with the first offending index) for unsorted keys.
     pub fn build(keys: &[u64], epsilon: usize) -> Result<PgmIndex> {
-        let er =
-            std::fs::read_to_string("/tmp/kz_er").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(EPSILON_RECURSIVE);
-        Self::build_with(keys, epsilon, er)
+        Self::build_with(keys, epsilon, EPSILON_RECURSIVE)
     }
 
     pub(crate) fn build_with(keys: &[u64], epsilon: usize, epsilon_recursive: usize) -> Result<PgmIndex> {
@@ -293,39 +321,18 @@ impl PgmIndex {
     }
 
     /// Exact lower bound of `key` in `keys` (the first `i` with `keys[i] >=
-    /// key`, or `keys.len()`): [`PgmIndex::search`], then a branchless binary
-    /// search within the window. `keys` must be the slice the index was built
-    /// on; with any other slice the result is unspecified but this never
-    /// panics.
+    /// key`, or `keys.len()`): [`PgmIndex::search`], then a search within the
+    /// window that reads one key per cache line first (all those loads are
+    /// independent, so the window's lines arrive from memory in parallel) and
+    /// then at most 7 keys of one line already fetched. `keys` must be the
+    /// slice the index was built on; with any other slice the result is
+    /// unspecified but this never panics.
     #[inline]
     pub fn lower_bound(&self, keys: &[u64], key: u64) -> usize {
         let r = self.search(key);
         let hi = r.end.min(keys.len());
         let lo = r.start.min(hi);
-        let w = &keys[lo..hi];
-        let mode = 0;
-        lo + if mode == 1 || (mode == 2 && w.len() <= 40) {
-            lower_bound_linear(w, key)
-        } else {
-            lower_bound_branchless(w, key)
-        }
-    }
-
-    #[doc(hidden)]
-    #[inline]
-    pub fn lower_bound_mode(&self, keys: &[u64], key: u64, mode: u8) -> usize {
-        let r = self.search(key);
-        let hi = r.end.min(keys.len());
-        let lo = r.start.min(hi);
-        if mode == 3 {
-            return lb_sampled(keys, lo, hi, key);
-        }
-        let w = &keys[lo..hi];
-        lo + if mode == 1 || (mode == 2 && w.len() <= 40) {
-            lower_bound_linear(w, key)
-        } else {
-            lower_bound_branchless(w, key)
-        }
+        lo + lower_bound_sampled(&keys[lo..hi], key)
     }
 
     /// The error bound the index was built with.
@@ -451,6 +458,23 @@ mod tests {
     }
 
     #[test]
+    fn refit_path_keeps_the_bound() {
+        let keys: Vec<u64> = (0..5_000u64).map(|i| i * i + (i % 7) * 1_000).collect::<Vec<_>>();
+        let mut keys = keys;
+        keys.sort_unstable();
+        let clean = PgmIndex::build(&keys, 8).unwrap();
+        // Fail every verification for a while: segments are refitted with a
+        // smaller internal bound and, past zero, become single points.
+        super::test_hooks::FAIL_VERIFICATIONS.with(|c| c.set(200));
+        let idx = check_all(&keys, 8);
+        assert!(idx.segments() > clean.segments(), "{idx:?} vs {clean:?}");
+        super::test_hooks::FAIL_VERIFICATIONS.with(|c| c.set(usize::MAX));
+        let all_single = check_all(&keys, 8);
+        assert_eq!(all_single.segments(), keys.len());
+        super::test_hooks::FAIL_VERIFICATIONS.with(|c| c.set(0));
+    }
+
+    #[test]
     fn rejects_bad_input() {
         assert!(matches!(PgmIndex::build(&[1, 2], 0), Err(Error::InvalidEpsilon(0))));
         assert!(matches!(PgmIndex::build(&[1, 2], MAX_EPSILON + 1), Err(Error::InvalidEpsilon(_))));
@@ -466,24 +490,4 @@ mod tests {
             let _ = idx.lower_bound(&keys[..10], q);
         }
     }
-}
-
-fn last_mile_mode() -> u8 {
-    static M: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    *M.get_or_init(|| std::env::var("KZ_LM").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
-#[inline]
-fn lb_sampled(keys: &[u64], lo: usize, hi: usize, key: u64) -> usize {
-    let first = (lo + 7) & !7;
-    let mut t = 0usize;
-    let mut j = first;
-    while j < hi {
-        t += (keys[j] < key) as usize;
-        j += 8;
-    }
-    let start = if t == 0 { lo } else { first + 8 * (t - 1) + 1 };
-    let end = (first + 8 * t).min(hi);
-    let start = start.min(end);
-    start + keys[start..end].iter().map(|&k| (k < key) as usize).sum::<usize>()
 }

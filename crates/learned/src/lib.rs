@@ -4,8 +4,10 @@
 //! Each immutable segment of the store keeps its records sorted by a 64-bit
 //! key hash; a [`PgmIndex`] over that key column answers "where is the first
 //! key `>= k`?" with a window of at most `2 * epsilon + 2` positions, found by
-//! a few multiply-adds over a structure a few hundred times smaller than the
-//! keys, and then a branchless binary search inside the window.
+//! a few multiply-adds over a structure thousands of times smaller than the
+//! keys, and then a search inside the window that reads one key per cache
+//! line (independent loads, so the lines arrive from memory in parallel)
+//! before finishing within one line.
 //!
 //! ```
 //! use kernelize_learned::{PgmIndex, DEFAULT_EPSILON};
