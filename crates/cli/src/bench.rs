@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use kernelize_learned::bench::{BenchConfig, Distribution};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Benchmarks.
@@ -30,6 +31,37 @@ pub enum BenchCmd {
         /// RNG seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Embedding throughput (texts/s) on a text file (JSONL `text` fields or lines).
+    Embed {
+        /// Texts (default: the WordNet glosses).
+        #[arg(long, default_value = "data/wordnet.jsonl")]
+        texts: PathBuf,
+        /// Texts to use.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// Texts per embed call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Model directory.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
+    /// Retrieval quality on WordNet: query = a lemma, answer = its synset's gloss;
+    /// exact search over all embedded glosses; recall@1 and recall@10.
+    Wordnet {
+        /// Corpus from scripts/wordnet-corpus.sh.
+        #[arg(long, default_value = "data/wordnet.jsonl")]
+        corpus: PathBuf,
+        /// Held-out queries from scripts/wordnet-corpus.sh --queries.
+        #[arg(long, default_value = "data/wordnet-queries.jsonl")]
+        queries: PathBuf,
+        /// Model directory.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
     },
 }
 
@@ -66,6 +98,111 @@ pub fn run(cmd: &BenchCmd) -> Result<ExitCode> {
             println!("{}", kernelize_learned::bench::print_table(&rows));
             println!("{}", kernelize_learned::bench::to_json_line(&rows));
         }
+        BenchCmd::Embed { texts, limit, batch, threads, model_dir } => {
+            let dir = model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);
+            let e = crate::embedding::load_embedder(&dir)?;
+            let texts = crate::embedding::read_texts(texts, *limit)?;
+            let r = kernelize_embed::bench::run(&e, &texts, *batch, *threads);
+            println!("texts  tokens  batch  threads  median s  texts/s  tokens/s");
+            println!(
+                "{:>5}  {:>6}  {:>5}  {:>7}  {:>8.3}  {:>7.0}  {:>8.0}",
+                r.texts,
+                r.tokens,
+                r.batch_size,
+                r.threads,
+                r.median_secs,
+                r.texts as f64 / r.median_secs,
+                r.tokens as f64 / r.median_secs
+            );
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        BenchCmd::Wordnet { corpus, queries, model_dir } => {
+            let dir = model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);
+            let e = crate::embedding::load_embedder(&dir)?;
+            wordnet_recall(&e, corpus, queries)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exact top-k by dot product (vectors are unit-norm, so this is cosine).
+fn top_k(corpus: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<usize> {
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (i, row) in corpus.chunks_exact(dim).enumerate() {
+        let mut acc = [0f32; 8];
+        for (a, b) in row.chunks_exact(8).zip(q.chunks_exact(8)) {
+            for j in 0..8 {
+                acc[j] += a[j] * b[j];
+            }
+        }
+        let s: f32 = acc.iter().sum::<f32>()
+            + row
+                .chunks_exact(8)
+                .remainder()
+                .iter()
+                .zip(q.chunks_exact(8).remainder())
+                .map(|(a, b)| a * b)
+                .sum::<f32>();
+        if best.len() < k || s > best[best.len() - 1].0 {
+            let pos = best.partition_point(|(bs, _)| *bs >= s);
+            best.insert(pos, (s, i));
+            best.truncate(k);
+        }
+    }
+    best.into_iter().map(|(_, i)| i).collect()
+}
+
+fn wordnet_recall(e: &kernelize_embed::Embedder, corpus: &std::path::Path, queries: &std::path::Path) -> Result<()> {
+    use rayon::prelude::*;
+    let mut ids = Vec::new();
+    let mut texts = Vec::new();
+    for (i, line) in fs_err::read_to_string(corpus)?.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|err| anyhow::anyhow!("{}:{}: {err}", corpus.display(), i + 1))?;
+        ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+        texts.push(v["text"].as_str().unwrap_or_default().to_owned());
+    }
+    let mut qs = Vec::new();
+    for (i, line) in fs_err::read_to_string(queries)?.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|err| anyhow::anyhow!("{}:{}: {err}", queries.display(), i + 1))?;
+        qs.push((
+            v["query"].as_str().unwrap_or_default().to_owned(),
+            v["answer_id"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let index: std::collections::HashMap<&str, usize> =
+        ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let t = std::time::Instant::now();
+    let mut flat = Vec::with_capacity(texts.len() * e.dim());
+    for chunk in texts.chunks(4096) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        for v in e.embed(&refs)? {
+            flat.extend(v);
+        }
+        eprintln!("embedded {} / {} glosses", flat.len() / e.dim(), texts.len());
+    }
+    let embed_secs = t.elapsed().as_secs_f64();
+    let qrefs: Vec<&str> = qs.iter().map(|(q, _)| q.as_str()).collect();
+    let qv = e.embed(&qrefs)?;
+    let dim = e.dim();
+    let hits: Vec<(bool, bool)> = qv
+        .par_iter()
+        .zip(qs.par_iter())
+        .map(|(q, (_, answer))| {
+            let top = top_k(&flat, dim, q, 10);
+            let want = index.get(answer.as_str()).copied();
+            (want.is_some_and(|w| top.first() == Some(&w)), want.is_some_and(|w| top.contains(&w)))
+        })
+        .collect();
+    let n = hits.len().max(1) as f64;
+    let r1 = hits.iter().filter(|h| h.0).count() as f64 / n;
+    let r10 = hits.iter().filter(|h| h.1).count() as f64 / n;
+    println!("corpus {} glosses, {} queries, exact search (cosine)", texts.len(), qs.len());
+    println!("recall@1 {r1:.4}  recall@10 {r10:.4}  (embedding the corpus took {embed_secs:.1}s)");
+    println!(
+        "{}",
+        serde_json::json!({"bench": "wordnet", "corpus": texts.len(), "queries": qs.len(), "recall_at_1": r1, "recall_at_10": r10, "embed_secs": embed_secs})
+    );
+    Ok(())
 }

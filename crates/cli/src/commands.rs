@@ -204,7 +204,7 @@ fn debug(cli: &Cli, cmd: &DebugCmd) -> Result<()> {
     Ok(())
 }
 
-fn open_db(cli: &Cli) -> Result<Database> {
+pub fn open_db(cli: &Cli) -> Result<Database> {
     let durability: Durability = cli.durability.parse()?;
     let opts = Options {
         durability,
@@ -353,7 +353,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             println!("exported {rows} records to {}", a.out.display());
         }
         Command::Debug(cmd) => debug(cli, cmd)?,
-        Command::Bench(_) => unreachable!("handled in main"),
+        Command::Bench(_) | Command::Embed(_) | Command::Ingest(_) => unreachable!("handled in main"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,9 @@ pub struct Batch {
     pub bytes: u64,
 }
 
+/// Numbered lines of one batch and the bytes they took.
+pub type RawBatch = (Vec<(u64, String)>, u64);
+
 /// Reads raw lines into batches of `batch` non-empty lines.
 pub struct LineBatches<R> {
     reader: R,
@@ -27,7 +30,7 @@ impl<R: BufRead> LineBatches<R> {
     }
 
     /// The next batch of (line number, line) pairs, and the bytes read for them.
-    pub fn next_raw(&mut self) -> Result<Option<(Vec<(u64, String)>, u64)>> {
+    pub fn next_raw(&mut self) -> Result<Option<RawBatch>> {
         if self.done {
             return Ok(None);
         }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod embedding;
 mod jsonl;
 mod progress;
 
@@ -64,6 +65,12 @@ pub enum Command {
     /// Check every checksum of a data directory, backup directory or backup `.tar`;
     /// report the first problem with file and offset (exit code 1 if any).
     Verify(commands::VerifyArgs),
+    /// Print the embedding of a text (all-MiniLM-L6-v2, in process) as a JSON array.
+    Embed(embedding::EmbedArgs),
+    /// Load a file (JSONL, CSV, Parquet, safetensors, .npy) into a collection: text
+    /// fields are embedded, vector fields taken as they are, long texts chunked by tokens.
+    /// Batches are atomic; a bad row stops the load with file, line/row and field.
+    Ingest(embedding::IngestArgs),
     /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
     Export(commands::ExportArgs),
     /// Benchmarks that print a table and a JSON line.
@@ -88,6 +95,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Embed(a) => embedding::embed(a),
+        Command::Ingest(a) => embedding::ingest(&cli, a),
         _ => commands::run(&cli),
     }
 }

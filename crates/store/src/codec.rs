@@ -81,7 +81,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn f32s(&mut self, n: usize, what: &str) -> DecodeResult<Vec<f32>> {
-        let bytes = self.bytes(n.checked_mul(4).unwrap_or(usize::MAX), what)?;
+        let bytes = self.bytes(n.saturating_mul(4), what)?;
         Ok(f32s_from_le(bytes))
     }
 }

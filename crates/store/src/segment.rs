@@ -328,7 +328,7 @@ impl Segment {
                 return corrupt(path, at, format!("section {i} has kind {k}, expected {}", *kind as u32));
             }
             let end = off.checked_add(slen).filter(|e| *e <= table_offset);
-            let Some(end) = end.filter(|_| off >= prev_end && off as usize % ALIGN == 0) else {
+            let Some(end) = end.filter(|_| off >= prev_end && (off as usize).is_multiple_of(ALIGN)) else {
                 return corrupt(path, at, format!("section {kind:?} at {off}+{slen} is out of bounds or misplaced"));
             };
             let range = off as usize..end as usize;

@@ -1,0 +1,54 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout `kernelize-embed`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while loading the model or embedding text.
+///
+/// Classes: [`Error::ModelMissing`] and [`Error::InvalidArgument`] are user
+/// errors (fix the installation or the call), [`Error::Corrupt`] means the
+/// model files are damaged or not the expected model, [`Error::Io`] is
+/// environmental, [`Error::Tokenizer`] wraps a failure inside the tokenizer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file of the model directory does not exist.
+    #[error(
+        "model file {} not found; run scripts/install-model.sh \
+         (or set KERNELIZE_MODELS_DIR to a directory holding all-MiniLM-L6-v2/)",
+        path.display()
+    )]
+    ModelMissing {
+        /// The file that was looked for.
+        path: PathBuf,
+    },
+    /// A model file exists but cannot be used (truncated, wrong shape, wrong model).
+    #[error("model file {} is invalid: {reason}", path.display())]
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it, including the tensor name or offset where known.
+        reason: String,
+    },
+    /// Reading a file failed (the message names the path).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The tokenizer rejected its configuration or an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An argument is out of range (for example `overlap >= max_tokens` in `chunk`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Corrupt { path: path.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn tokenizer(err: impl std::fmt::Display) -> Self {
+        Error::Tokenizer(err.to_string())
+    }
+}

@@ -1,0 +1,442 @@
+//! BERT encoder weights and the forward pass over packed (unpadded) sequences.
+//!
+//! Sequences of one batch are concatenated row after row ("packed"): every
+//! dense layer runs as one GEMM over all tokens of the batch, attention runs
+//! per sequence and head, so no work is spent on padding and no mask is needed.
+#![allow(unsafe_code, reason = "calls #[target_feature] instantiations after run-time feature detection")]
+
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::matmul::{Parallelism, matmul};
+
+/// The fields of a Hugging Face BERT `config.json` the forward pass depends on.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Config {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    pub max_position_embeddings: usize,
+    pub vocab_size: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+
+impl Config {
+    pub(crate) fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |reason: String| Err(Error::corrupt(path, reason));
+        if let Some(t) = &self.model_type
+            && t != "bert"
+        {
+            return bad(format!("model_type {t:?} is not \"bert\""));
+        }
+        if self.hidden_act != "gelu" {
+            return bad(format!("hidden_act {:?} unsupported (want \"gelu\")", self.hidden_act));
+        }
+        if let Some(p) = &self.position_embedding_type
+            && p != "absolute"
+        {
+            return bad(format!("position_embedding_type {p:?} unsupported"));
+        }
+        let dims = [
+            self.hidden_size,
+            self.num_attention_heads,
+            self.num_hidden_layers,
+            self.intermediate_size,
+            self.max_position_embeddings,
+            self.vocab_size,
+            self.type_vocab_size,
+        ];
+        if dims.iter().any(|&d| d == 0 || d > 1 << 20) {
+            return bad("a dimension is zero or absurdly large".into());
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return bad("hidden_size is not a multiple of num_attention_heads".into());
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return bad("layer_norm_eps must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// One encoder layer. Weight matrices are stored transposed (`[in, out]`,
+/// row-major), the layout [`matmul`] wants.
+struct Layer {
+    /// Query, key and value weights side by side: `[hidden, 3·hidden]`.
+    w_qkv: Vec<f32>,
+    b_qkv: Vec<f32>,
+    w_o: Vec<f32>,
+    b_o: Vec<f32>,
+    ln1_g: Vec<f32>,
+    ln1_b: Vec<f32>,
+    w_1: Vec<f32>,
+    b_1: Vec<f32>,
+    w_2: Vec<f32>,
+    b_2: Vec<f32>,
+    ln2_g: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+/// A loaded BERT encoder (weights owned, f32).
+pub(crate) struct Model {
+    pub cfg: Config,
+    eps: f32,
+    word: Vec<f32>,
+    /// Position embeddings with token-type 0 already added: `[max_pos, hidden]`.
+    pos: Vec<f32>,
+    emb_ln_g: Vec<f32>,
+    emb_ln_b: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// Reusable activation buffers of one forward pass.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    ffn: Vec<f32>,
+    scores: Vec<f32>,
+    kt: Vec<f32>,
+}
+
+impl Scratch {
+    fn ensure(&mut self, cfg: &Config, tokens: usize, max_len: usize) {
+        let h = cfg.hidden_size;
+        let head = h / cfg.num_attention_heads;
+        grow(&mut self.h, tokens * h);
+        grow(&mut self.qkv, tokens * 3 * h);
+        grow(&mut self.ctx, tokens * h);
+        grow(&mut self.ffn, tokens * cfg.intermediate_size);
+        let padded = max_len.div_ceil(16) * 16;
+        grow(&mut self.scores, padded);
+        grow(&mut self.kt, padded * head);
+    }
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+fn tensor(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let t = st.tensor(name).map_err(|e| Error::corrupt(path, format!("tensor {name}: {e}")))?;
+    if t.dtype() != Dtype::F32 {
+        return Err(Error::corrupt(path, format!("tensor {name} has dtype {:?}, want F32", t.dtype())));
+    }
+    if t.shape() != shape {
+        return Err(Error::corrupt(path, format!("tensor {name} has shape {:?}, want {shape:?}", t.shape())));
+    }
+    let data = t.data();
+    let want: usize = shape.iter().product();
+    if data.len() != want * 4 {
+        return Err(Error::corrupt(path, format!("tensor {name} has {} bytes", data.len())));
+    }
+    Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// Transpose a row-major `[rows, cols]` matrix.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; rows * cols];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
+impl Model {
+    /// Read and check every tensor of `model.safetensors` against `cfg`.
+    pub(crate) fn from_safetensors(cfg: Config, path: &Path, bytes: &[u8]) -> Result<Model> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::corrupt(path, format!("not a safetensors file: {e}")))?;
+        let h = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        // Some exports prefix every name with "bert.".
+        let prefix = if st.names().iter().any(|n| n.starts_with("bert.")) { "bert." } else { "" };
+        let get = |name: &str, shape: &[usize]| tensor(&st, path, &format!("{prefix}{name}"), shape);
+
+        let word = get("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?;
+        let mut pos = get("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?;
+        let token_type = get("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?;
+        for row in pos.chunks_exact_mut(h) {
+            for (p, t) in row.iter_mut().zip(&token_type[..h]) {
+                *p += t;
+            }
+        }
+        let emb_ln_g = get("embeddings.LayerNorm.weight", &[h])?;
+        let emb_ln_b = get("embeddings.LayerNorm.bias", &[h])?;
+
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{l}.");
+            let g = |name: &str, shape: &[usize]| get(&format!("{p}{name}"), shape);
+            let mut w_qkv = g("attention.self.query.weight", &[h, h])?;
+            w_qkv.extend(g("attention.self.key.weight", &[h, h])?);
+            w_qkv.extend(g("attention.self.value.weight", &[h, h])?);
+            let w_qkv = transpose(&w_qkv, 3 * h, h);
+            let mut b_qkv = g("attention.self.query.bias", &[h])?;
+            b_qkv.extend(g("attention.self.key.bias", &[h])?);
+            b_qkv.extend(g("attention.self.value.bias", &[h])?);
+            layers.push(Layer {
+                w_qkv,
+                b_qkv,
+                w_o: transpose(&g("attention.output.dense.weight", &[h, h])?, h, h),
+                b_o: g("attention.output.dense.bias", &[h])?,
+                ln1_g: g("attention.output.LayerNorm.weight", &[h])?,
+                ln1_b: g("attention.output.LayerNorm.bias", &[h])?,
+                w_1: transpose(&g("intermediate.dense.weight", &[i, h])?, i, h),
+                b_1: g("intermediate.dense.bias", &[i])?,
+                w_2: transpose(&g("output.dense.weight", &[h, i])?, h, i),
+                b_2: g("output.dense.bias", &[h])?,
+                ln2_g: g("output.LayerNorm.weight", &[h])?,
+                ln2_b: g("output.LayerNorm.bias", &[h])?,
+            });
+        }
+        Ok(Model { eps: cfg.layer_norm_eps as f32, cfg, word, pos, emb_ln_g, emb_ln_b, layers })
+    }
+
+    /// Embed a pack of sequences.
+    ///
+    /// `ids` holds the token ids of all sequences back to back (each already
+    /// wrapped in `[CLS] … [SEP]` and at most `max_position_embeddings` long,
+    /// every id `< vocab_size`); `lens` their lengths. Writes one mean-pooled,
+    /// L2-normalised row of `hidden_size` per sequence into `out`.
+    pub(crate) fn forward(
+        &self,
+        ids: &[u32],
+        lens: &[usize],
+        scratch: &mut Scratch,
+        par: Parallelism,
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports every feature forward_avx512 is compiled for.
+                unsafe { self.forward_avx512(ids, lens, scratch, par, out) };
+                return;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports every feature forward_avx2 is compiled for.
+                unsafe { self.forward_avx2(ids, lens, scratch, par, out) };
+                return;
+            }
+        }
+        self.forward_impl(ids, lens, scratch, par, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
+    fn forward_avx512(&self, ids: &[u32], lens: &[usize], scratch: &mut Scratch, par: Parallelism, out: &mut [f32]) {
+        self.forward_impl(ids, lens, scratch, par, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
+    fn forward_avx2(&self, ids: &[u32], lens: &[usize], scratch: &mut Scratch, par: Parallelism, out: &mut [f32]) {
+        self.forward_impl(ids, lens, scratch, par, out);
+    }
+
+    #[inline(always)]
+    fn forward_impl(&self, ids: &[u32], lens: &[usize], s: &mut Scratch, par: Parallelism, out: &mut [f32]) {
+        let cfg = &self.cfg;
+        let hd = cfg.hidden_size;
+        let inter = cfg.intermediate_size;
+        let t = ids.len();
+        let max_len = lens.iter().copied().max().unwrap_or(0);
+        s.ensure(cfg, t, max_len);
+        let h = &mut s.h[..t * hd];
+        let qkv = &mut s.qkv[..t * 3 * hd];
+        let ctx = &mut s.ctx[..t * hd];
+        let ffn = &mut s.ffn[..t * inter];
+
+        // Embeddings: word + position (+ token type 0), then LayerNorm.
+        let mut row = 0;
+        for &len in lens {
+            for p in 0..len {
+                let id = ids[row] as usize;
+                let dst = &mut h[row * hd..(row + 1) * hd];
+                let w = &self.word[id * hd..(id + 1) * hd];
+                let pe = &self.pos[p * hd..(p + 1) * hd];
+                for ((d, w), pe) in dst.iter_mut().zip(w).zip(pe) {
+                    *d = w + pe;
+                }
+                row += 1;
+            }
+        }
+        kernels::layer_norm(h, &self.emb_ln_g, &self.emb_ln_b, self.eps);
+
+        for layer in &self.layers {
+            matmul(qkv, h, &layer.w_qkv, (t, 3 * hd, hd), false, par);
+            kernels::add_bias(qkv, &layer.b_qkv);
+            self.attention(qkv, ctx, lens, &mut s.scores, &mut s.kt);
+            // h ← LayerNorm(h + ctx·W_oᵀ + b_o): the residual is the GEMM accumulator.
+            matmul(h, ctx, &layer.w_o, (t, hd, hd), true, par);
+            kernels::bias_layer_norm(h, &layer.b_o, &layer.ln1_g, &layer.ln1_b, self.eps);
+            matmul(ffn, h, &layer.w_1, (t, inter, hd), false, par);
+            kernels::bias_gelu(ffn, &layer.b_1);
+            matmul(h, ffn, &layer.w_2, (t, hd, inter), true, par);
+            kernels::bias_layer_norm(h, &layer.b_2, &layer.ln2_g, &layer.ln2_b, self.eps);
+        }
+
+        // Mean pooling over each sequence, then L2 normalisation
+        // (sentence-transformers Pooling(mean) + Normalize).
+        let mut row = 0;
+        for (&len, o) in lens.iter().zip(out.chunks_exact_mut(hd)) {
+            o.fill(0.0);
+            for r in row..row + len {
+                for (o, v) in o.iter_mut().zip(&h[r * hd..(r + 1) * hd]) {
+                    *o += v;
+                }
+            }
+            row += len;
+            let inv_len = 1.0 / (len.max(1) as f32);
+            for v in o.iter_mut() {
+                *v *= inv_len;
+            }
+            let norm = o.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let inv = 1.0 / norm.max(1e-12);
+            for v in o.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+
+    /// Multi-head self-attention of every sequence of the pack, written to `ctx`.
+    #[inline(always)]
+    fn attention(&self, qkv: &[f32], ctx: &mut [f32], lens: &[usize], scores: &mut [f32], kt: &mut [f32]) {
+        let hd = self.cfg.hidden_size;
+        let heads = self.cfg.num_attention_heads;
+        let d = hd / heads;
+        let mut start = 0;
+        for &len in lens {
+            let sq = &qkv[start * 3 * hd..(start + len) * 3 * hd];
+            let sc = &mut ctx[start * hd..(start + len) * hd];
+            for head in 0..heads {
+                let a = HeadAttention { qkv: sq, len, hd, offset: head * d };
+                match d {
+                    32 => a.run::<32>(sc, scores, kt),
+                    64 => a.run::<64>(sc, scores, kt),
+                    _ => a.run_any(d, sc, scores, kt),
+                }
+            }
+            start += len;
+        }
+    }
+}
+
+/// One head of one sequence: rows of `qkv` are `[q | k | v]`, each `hd` wide,
+/// and this head's slice of each starts at `offset`.
+struct HeadAttention<'a> {
+    qkv: &'a [f32],
+    len: usize,
+    hd: usize,
+    offset: usize,
+}
+
+/// Key columns processed together when computing a row of scores.
+const KEY_BLOCK: usize = 16;
+
+impl HeadAttention<'_> {
+    /// `softmax(q·kᵀ/√D)·v` for every query row, head size known at compile time
+    /// so that a 16-wide block of scores and the output row stay in registers.
+    #[inline(always)]
+    fn run<const D: usize>(&self, ctx: &mut [f32], scores: &mut [f32], kt: &mut [f32]) {
+        let (len, hd, h3) = (self.len, self.hd, 3 * self.hd);
+        let (qo, ko, vo) = (self.offset, hd + self.offset, 2 * hd + self.offset);
+        let scale = 1.0 / (D as f32).sqrt();
+        // Kᵀ, [D, lp] with the columns past `len` zeroed.
+        let lp = len.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let kt = &mut kt[..D * lp];
+        for (j, row) in self.qkv.chunks_exact(h3).enumerate() {
+            let k: &[f32; D] = row[ko..ko + D].try_into().expect("head slice");
+            for (dd, &kv) in k.iter().enumerate() {
+                kt[dd * lp + j] = kv;
+            }
+        }
+        for dd in 0..D {
+            kt[dd * lp + len..(dd + 1) * lp].fill(0.0);
+        }
+        let scores = &mut scores[..lp];
+        for (i, qrow) in self.qkv.chunks_exact(h3).enumerate() {
+            let q: &[f32; D] = qrow[qo..qo + D].try_into().expect("head slice");
+            for (jb, block) in scores.chunks_exact_mut(KEY_BLOCK).enumerate() {
+                let mut acc = [0.0f32; KEY_BLOCK];
+                for (dd, &qv) in q.iter().enumerate() {
+                    let base = dd * lp + jb * KEY_BLOCK;
+                    let k: &[f32; KEY_BLOCK] = kt[base..base + KEY_BLOCK].try_into().expect("key block");
+                    for l in 0..KEY_BLOCK {
+                        acc[l] += qv * k[l];
+                    }
+                }
+                for l in 0..KEY_BLOCK {
+                    block[l] = acc[l] * scale;
+                }
+            }
+            let p = &mut scores[..len];
+            kernels::softmax(p);
+            let mut out = [0.0f32; D];
+            for (&pj, vrow) in p.iter().zip(self.qkv.chunks_exact(h3)) {
+                let v: &[f32; D] = vrow[vo..vo + D].try_into().expect("head slice");
+                for dd in 0..D {
+                    out[dd] += pj * v[dd];
+                }
+            }
+            ctx[i * hd + qo..i * hd + qo + D].copy_from_slice(&out);
+        }
+    }
+
+    /// The same for any head size (not used by MiniLM, whose heads are 32 wide).
+    #[inline(always)]
+    fn run_any(&self, d: usize, ctx: &mut [f32], scores: &mut [f32], kt: &mut [f32]) {
+        let (len, hd, h3) = (self.len, self.hd, 3 * self.hd);
+        let (qo, ko, vo) = (self.offset, hd + self.offset, 2 * hd + self.offset);
+        let scale = 1.0 / (d as f32).sqrt();
+        let kt = &mut kt[..d * len];
+        for (j, row) in self.qkv.chunks_exact(h3).enumerate() {
+            for (dd, &kv) in row[ko..ko + d].iter().enumerate() {
+                kt[dd * len + j] = kv;
+            }
+        }
+        let row = &mut scores[..len];
+        for (i, qrow) in self.qkv.chunks_exact(h3).enumerate() {
+            row.fill(0.0);
+            for (dd, &qv) in qrow[qo..qo + d].iter().enumerate() {
+                kernels::axpy(row, qv, &kt[dd * len..(dd + 1) * len]);
+            }
+            for v in row.iter_mut() {
+                *v *= scale;
+            }
+            kernels::softmax(row);
+            let out = &mut ctx[i * hd + qo..i * hd + qo + d];
+            out.fill(0.0);
+            for (&pj, vrow) in row.iter().zip(self.qkv.chunks_exact(h3)) {
+                kernels::axpy(out, pj, &vrow[vo..vo + d]);
+            }
+        }
+    }
+}

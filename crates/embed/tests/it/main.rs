@@ -1,0 +1,37 @@
+//! Integration tests of `kernelize-embed` (one test binary, modules below).
+//!
+//! They need the real model: `scripts/install-model.sh` puts it under
+//! `models/all-MiniLM-L6-v2` (or `$KERNELIZE_MODELS_DIR`). Without it every
+//! test that needs the model fails with that instruction; none passes silently.
+
+mod api;
+mod chunking;
+mod reference;
+
+use std::sync::OnceLock;
+
+use kernelize_embed::Embedder;
+
+/// The embedder shared by all tests of this binary (loaded once).
+pub fn embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| {
+        let dir = Embedder::default_model_dir();
+        match Embedder::load(&dir) {
+            Ok(e) => e,
+            Err(e) => panic!(
+                "cannot load the model from {}: {e}\n\
+                 run scripts/install-model.sh first (these tests never skip)",
+                dir.display()
+            ),
+        }
+    })
+}
+
+/// Cosine similarity of two vectors, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
