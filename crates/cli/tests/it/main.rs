@@ -1,4 +1,5 @@
 //! Integration tests of the `kernelize` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
 mod cli;
 mod crash;

@@ -1,4 +1,5 @@
 //! Integration tests of the durable engine (one test binary).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
 mod backup;
 mod basic;
