@@ -400,23 +400,32 @@ fn upsert(cli: &Cli, a: &UpsertArgs) -> Result<()> {
     let start = Instant::now();
     let (mut records, mut batches) = (0u64, 0u64);
     // A parser thread turns lines into validated batches while this thread writes.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<crate::jsonl::Batch>>(2);
+    // Three stages overlap: a reader thread splits the input into line batches, a parser
+    // thread parses each batch on the rayon pool, and this thread writes.
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Result<crate::jsonl::RawBatch>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<crate::jsonl::Batch>>(4);
     let outcome = std::thread::scope(|s| -> Result<()> {
         s.spawn(move || {
             let mut lines = crate::jsonl::LineBatches::new(reader, a.batch);
             loop {
-                let item = match lines.next_raw() {
-                    Ok(Some((raw, bytes))) => {
-                        let first_line = raw.first().map_or(0, |l| l.0);
-                        crate::jsonl::parse_lines(&name, &raw, dim).map(|records| crate::jsonl::Batch {
-                            records,
-                            first_line,
-                            bytes,
-                        })
-                    }
-                    Ok(None) => break,
-                    Err(e) => Err(e),
-                };
+                let item = lines.next_raw().transpose();
+                let Some(item) = item else { break };
+                let stop = item.is_err();
+                if raw_tx.send(item).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        s.spawn(move || {
+            for raw in raw_rx {
+                let item = raw.and_then(|(raw, bytes)| {
+                    let first_line = raw.first().map_or(0, |l| l.0);
+                    crate::jsonl::parse_lines(&name, &raw, dim).map(|records| crate::jsonl::Batch {
+                        records,
+                        first_line,
+                        bytes,
+                    })
+                });
                 let stop = item.is_err();
                 if tx.send(item).is_err() || stop {
                     break;
