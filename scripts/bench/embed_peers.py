@@ -19,9 +19,10 @@ Peers, each on the same texts and thread count:
                          torch.set_num_threads(--threads) and OMP/MKL_NUM_THREADS
                          set to the same value; float32, default settings
                          (it sorts texts by length and pads per batch).
-  kernelize-embed        `cargo run --release -p kernelize-embed --example
-                         bench_embed` with the same --texts/--every/--limit/
-                         --batch/--threads/--reps (skip with --no-kernelize).
+  kernelize-embed        `cargo build --release -p kernelize-embed --example
+                         bench_embed`, then that binary with the same --texts/
+                         --every/--limit/--batch/--threads, one process per
+                         timed pass (skip with --no-kernelize).
 One pass = all texts in batches of --batch; each peer does one untimed warm-up
 batch, then --reps timed passes. With --rounds R the peers alternate R times
 (kernelize, then sentence-transformers, ...) so that load from other processes
@@ -158,13 +159,16 @@ class Kernelize:
         log("building kernelize-embed bench_embed (cargo build --release)")
         subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "kernelize-embed",
                         "--example", "bench_embed"], cwd=REPO, check=True)
+        target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+        self.binary = os.path.join(os.path.abspath(target), "release", "examples", "bench_embed")
+        if not os.path.exists(self.binary):
+            raise RuntimeError(f"{self.binary} missing after cargo build")
         self.settings = {"batch_size": args.batch, "threads": args.threads, "dtype": "float32",
                          "engine": "gemm crate (run-time CPU dispatch), packed batches"}
 
     def run(self, reps: int) -> list[dict]:
         a = self.args
-        cmd = ["cargo", "run", "--release", "--quiet", "-p", "kernelize-embed", "--example",
-               "bench_embed", "--", "--texts", os.path.abspath(a.texts), "--every", str(a.every),
+        cmd = [self.binary, "--texts", os.path.abspath(a.texts), "--every", str(a.every),
                "--batch", str(a.batch), "--threads", str(a.threads), "--reps", "1"]
         if a.limit is not None:
             cmd += ["--limit", str(a.limit)]

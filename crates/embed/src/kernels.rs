@@ -181,7 +181,7 @@ pub(crate) fn softmax(x: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -213,7 +213,7 @@ mod tests {
     }
 
     /// Reference erf in f64: Maclaurin series below 3, asymptotic erfc above.
-    fn libm_erf(x: f64) -> f64 {
+    pub(crate) fn libm_erf(x: f64) -> f64 {
         let a = x.abs();
         if a >= 3.0 {
             let x2 = a * a;

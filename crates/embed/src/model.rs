@@ -105,6 +105,34 @@ pub(crate) struct Model {
     layers: Vec<Layer>,
 }
 
+/// Instruction sets the non-GEMM kernels are compiled for, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    /// Whatever the target's baseline is (SSE2 on x86-64, NEON on aarch64).
+    Generic,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512 F/VL/BW/DQ + AVX2 + FMA.
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports (cached by `std`).
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq") {
+                    return Isa::Avx512;
+                }
+                return Isa::Avx2;
+            }
+        }
+        Isa::Generic
+    }
+}
+
 /// Reusable activation buffers of one forward pass.
 #[derive(Default)]
 pub(crate) struct Scratch {
@@ -228,35 +256,41 @@ impl Model {
         par: Parallelism,
         out: &mut [f32],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU supports every feature forward_avx512 is compiled for.
-                unsafe { self.forward_avx512(ids, lens, scratch, par, out) };
-                return;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports every feature forward_avx2 is compiled for.
-                unsafe { self.forward_avx2(ids, lens, scratch, par, out) };
-                return;
-            }
+        self.forward_isa(Isa::detect(), ids, lens, scratch, par, out);
+    }
+
+    /// [`Model::forward`] with the instruction set capped at `isa` (never above
+    /// what the CPU has).
+    pub(crate) fn forward_isa(
+        &self,
+        isa: Isa,
+        ids: &[u32],
+        lens: &[usize],
+        scratch: &mut Scratch,
+        par: Parallelism,
+        out: &mut [f32],
+    ) {
+        match isa.min(Isa::detect()) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::detect() returned Avx512 or better, so the CPU has
+            // every feature forward_avx512 is compiled for.
+            Isa::Avx512 => unsafe { self.forward_avx512(ids, lens, scratch, par, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::detect() returned Avx2 or better, so the CPU has
+            // every feature forward_avx2 is compiled for.
+            Isa::Avx2 => unsafe { self.forward_avx2(ids, lens, scratch, par, out) },
+            _ => self.forward_impl(ids, lens, scratch, par, out),
         }
-        self.forward_impl(ids, lens, scratch, par, out);
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
     fn forward_avx512(&self, ids: &[u32], lens: &[usize], scratch: &mut Scratch, par: Parallelism, out: &mut [f32]) {
         self.forward_impl(ids, lens, scratch, par, out);
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
+    #[target_feature(enable = "avx2,fma")]
     fn forward_avx2(&self, ids: &[u32], lens: &[usize], scratch: &mut Scratch, par: Parallelism, out: &mut [f32]) {
         self.forward_impl(ids, lens, scratch, par, out);
     }
@@ -438,5 +472,241 @@ impl HeadAttention<'_> {
                 kernels::axpy(out, pj, &vrow[vo..vo + d]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use safetensors::tensor::TensorView;
+
+    use super::*;
+    use crate::kernels::tests::libm_erf;
+
+    type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+    /// xorshift64*, uniform in [-1, 1).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            x as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    fn config(hidden: usize, heads: usize) -> Config {
+        Config {
+            hidden_size: hidden,
+            num_attention_heads: heads,
+            num_hidden_layers: 2,
+            intermediate_size: 4 * hidden,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-12,
+            max_position_embeddings: 64,
+            vocab_size: 50,
+            type_vocab_size: 2,
+            position_embedding_type: None,
+            model_type: Some("bert".into()),
+        }
+    }
+
+    /// Random BERT weights (small, so activations stay in a realistic range),
+    /// serialised to safetensors bytes as a Hugging Face export would be.
+    fn random_weights(cfg: &Config, seed: u64) -> (Tensors, Vec<u8>) {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut rng = Rng(seed);
+        let mut t = Tensors::new();
+        let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+            let n = shape.iter().product();
+            let data = (0..n).map(|_| offset + scale * rng.next()).collect();
+            t.insert(name, (shape, data));
+        };
+        add("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h], 1.0, 0.0);
+        add("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h], 0.3, 0.0);
+        add("embeddings.token_type_embeddings.weight".into(), vec![cfg.type_vocab_size, h], 0.3, 0.0);
+        add("embeddings.LayerNorm.weight".into(), vec![h], 0.2, 1.0);
+        add("embeddings.LayerNorm.bias".into(), vec![h], 0.1, 0.0);
+        let w = 1.0 / (h as f32).sqrt();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{l}.");
+            for m in ["query", "key", "value"] {
+                add(format!("{p}attention.self.{m}.weight"), vec![h, h], 2.0 * w, 0.0);
+                add(format!("{p}attention.self.{m}.bias"), vec![h], 0.1, 0.0);
+            }
+            add(format!("{p}attention.output.dense.weight"), vec![h, h], w, 0.0);
+            add(format!("{p}attention.output.dense.bias"), vec![h], 0.1, 0.0);
+            add(format!("{p}attention.output.LayerNorm.weight"), vec![h], 0.2, 1.0);
+            add(format!("{p}attention.output.LayerNorm.bias"), vec![h], 0.1, 0.0);
+            add(format!("{p}intermediate.dense.weight"), vec![i, h], 2.0 * w, 0.0);
+            add(format!("{p}intermediate.dense.bias"), vec![i], 0.5, 0.0);
+            add(format!("{p}output.dense.weight"), vec![h, i], 1.0 / (i as f32).sqrt(), 0.0);
+            add(format!("{p}output.dense.bias"), vec![h], 0.1, 0.0);
+            add(format!("{p}output.LayerNorm.weight"), vec![h], 0.2, 1.0);
+            add(format!("{p}output.LayerNorm.bias"), vec![h], 0.1, 0.0);
+        }
+        let bytes: HashMap<&String, Vec<u8>> =
+            t.iter().map(|(k, (_, v))| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+        let views: Vec<(&String, TensorView<'_>)> = t
+            .iter()
+            .map(|(k, (shape, _))| (k, TensorView::new(Dtype::F32, shape.clone(), &bytes[k]).expect("view")))
+            .collect();
+        let file = safetensors::serialize(views, None).expect("serialize");
+        (t, file)
+    }
+
+    /// `x·Wᵀ + b` in f64 with `W` in PyTorch layout `[out, in]`.
+    fn linear(x: &[Vec<f64>], w: &(Vec<usize>, Vec<f32>), b: &(Vec<usize>, Vec<f32>)) -> Vec<Vec<f64>> {
+        let (out, inp) = (w.0[0], w.0[1]);
+        x.iter()
+            .map(|row| {
+                (0..out)
+                    .map(|o| f64::from(b.1[o]) + (0..inp).map(|k| row[k] * f64::from(w.1[o * inp + k])).sum::<f64>())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn layer_norm(x: &mut [Vec<f64>], g: &(Vec<usize>, Vec<f32>), b: &(Vec<usize>, Vec<f32>), eps: f64) {
+        for row in x {
+            let n = row.len() as f64;
+            let mean = row.iter().sum::<f64>() / n;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = (*v - mean) / (var + eps).sqrt() * f64::from(g.1[k]) + f64::from(b.1[k]);
+            }
+        }
+    }
+
+    /// Textbook BERT + mean pooling + L2 normalisation in f64, one sequence.
+    fn reference(t: &Tensors, cfg: &Config, ids: &[u32]) -> Vec<f64> {
+        let h = cfg.hidden_size;
+        let get = |n: &str| &t[n];
+        let (word, pos, tt) = (
+            get("embeddings.word_embeddings.weight"),
+            get("embeddings.position_embeddings.weight"),
+            get("embeddings.token_type_embeddings.weight"),
+        );
+        let mut x: Vec<Vec<f64>> = ids
+            .iter()
+            .enumerate()
+            .map(|(p, &id)| {
+                (0..h)
+                    .map(|k| f64::from(word.1[id as usize * h + k]) + f64::from(pos.1[p * h + k]) + f64::from(tt.1[k]))
+                    .collect()
+            })
+            .collect();
+        let eps = cfg.layer_norm_eps;
+        layer_norm(&mut x, get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"), eps);
+        let heads = cfg.num_attention_heads;
+        let d = h / heads;
+        for l in 0..cfg.num_hidden_layers {
+            let p = |n: &str| format!("encoder.layer.{l}.{n}");
+            let lin =
+                |x: &[Vec<f64>], n: &str| linear(x, get(&p(&format!("{n}.weight"))), get(&p(&format!("{n}.bias"))));
+            let q = lin(&x, "attention.self.query");
+            let k = lin(&x, "attention.self.key");
+            let v = lin(&x, "attention.self.value");
+            let len = x.len();
+            let mut ctx = vec![vec![0.0; h]; len];
+            for hh in 0..heads {
+                let r = hh * d..(hh + 1) * d;
+                for i in 0..len {
+                    let s: Vec<f64> = (0..len)
+                        .map(|j| r.clone().map(|c| q[i][c] * k[j][c]).sum::<f64>() / (d as f64).sqrt())
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in r.clone() {
+                        ctx[i][c] = (0..len).map(|j| e[j] / z * v[j][c]).sum();
+                    }
+                }
+            }
+            let mut a = lin(&ctx, "attention.output.dense");
+            for (a, x) in a.iter_mut().zip(&x) {
+                for (a, x) in a.iter_mut().zip(x) {
+                    *a += x;
+                }
+            }
+            layer_norm(
+                &mut a,
+                get(&p("attention.output.LayerNorm.weight")),
+                get(&p("attention.output.LayerNorm.bias")),
+                eps,
+            );
+            let mut f = lin(&a, "intermediate.dense");
+            for v in f.iter_mut().flatten() {
+                *v = 0.5 * *v * (1.0 + libm_erf(*v / std::f64::consts::SQRT_2));
+            }
+            let mut o = lin(&f, "output.dense");
+            for (o, a) in o.iter_mut().zip(&a) {
+                for (o, a) in o.iter_mut().zip(a) {
+                    *o += a;
+                }
+            }
+            layer_norm(&mut o, get(&p("output.LayerNorm.weight")), get(&p("output.LayerNorm.bias")), eps);
+            x = o;
+        }
+        let mut mean: Vec<f64> = (0..h).map(|k| x.iter().map(|r| r[k]).sum::<f64>() / x.len() as f64).collect();
+        let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+        for v in &mut mean {
+            *v /= norm;
+        }
+        mean
+    }
+
+    fn check_against_reference(hidden: usize, heads: usize) {
+        let cfg = config(hidden, heads);
+        let (tensors, file) = random_weights(&cfg, 0x5eed + hidden as u64);
+        let model = Model::from_safetensors(cfg.clone(), Path::new("random.safetensors"), &file).expect("load");
+        let mut rng = Rng(7);
+        // Packed sequences of assorted lengths, including 1 and one past a key block.
+        let lens = [1, 2, 5, 17, 40, 3];
+        let seqs: Vec<Vec<u32>> =
+            lens.iter().map(|&n| (0..n).map(|_| ((rng.next() + 1.0) * 24.9) as u32).collect()).collect();
+        let ids: Vec<u32> = seqs.iter().flatten().copied().collect();
+        let want: Vec<Vec<f64>> = seqs.iter().map(|s| reference(&tensors, &cfg, s)).collect();
+        for isa in [Isa::Generic, Isa::Avx2, Isa::Avx512] {
+            if isa > Isa::detect() {
+                continue;
+            }
+            for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                let mut out = vec![0.0; lens.len() * hidden];
+                model.forward_isa(isa, &ids, &lens, &mut Scratch::default(), par, &mut out);
+                for (s, (got, want)) in out.chunks_exact(hidden).zip(&want).enumerate() {
+                    let diff = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
+                    assert!(diff < 2e-5, "{isa:?} hidden {hidden} heads {heads} sequence {s}: max diff {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_matches_f64_reference_with_32_wide_heads() {
+        check_against_reference(64, 2);
+    }
+
+    #[test]
+    fn forward_matches_f64_reference_with_other_head_sizes() {
+        check_against_reference(48, 4);
+        check_against_reference(128, 2);
+    }
+
+    #[test]
+    fn wrong_shapes_and_dtypes_are_corrupt() {
+        let cfg = config(64, 2);
+        let (_, file) = random_weights(&cfg, 1);
+        let err = Model::from_safetensors(config(48, 2), Path::new("m.safetensors"), &file).err().expect("shape");
+        assert!(err.to_string().contains("m.safetensors") && err.to_string().contains("shape"), "{err}");
+        let mut bigger = config(64, 2);
+        bigger.num_hidden_layers = 3;
+        let err = Model::from_safetensors(bigger, Path::new("m.safetensors"), &file).err().expect("missing");
+        assert!(err.to_string().contains("encoder.layer.2"), "{err}");
+        assert!(Model::from_safetensors(cfg, Path::new("m"), &file[..file.len() - 1]).is_err());
     }
 }
