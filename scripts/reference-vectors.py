@@ -34,6 +34,9 @@ import random
 import shutil
 import subprocess
 import sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '.'))
+import kzvenv  # noqa: E402
+from kzvenv import in_venv  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -47,29 +50,9 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------- venv bootstrap
 
-def in_venv(venv: str) -> bool:
-    return os.path.realpath(sys.prefix) == os.path.realpath(venv)
-
-
 def ensure_venv_and_reexec(args, argv: list[str]) -> None:
     venv = args.venv
-    py = os.path.join(venv, "bin", "python")
-    with open(REQUIREMENTS, "rb") as f:
-        req_hash = hashlib.sha256(f.read()).hexdigest()
-    stamp = os.path.join(venv, ".kz-requirements.sha256")
-    if args.fresh_venv and os.path.isdir(venv):
-        log(f"removing {venv} (--fresh-venv)")
-        shutil.rmtree(venv)
-    current = open(stamp).read().strip() if os.path.exists(stamp) else None
-    if current != req_hash:
-        if not os.path.exists(py):
-            log(f"creating venv {venv}")
-            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        log(f"pip install -r {REQUIREMENTS} (torch pulls ~5 GiB of CUDA wheels)")
-        subprocess.run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-        subprocess.run([py, "-m", "pip", "install", "--quiet", "-r", REQUIREMENTS], check=True)
-        with open(stamp, "w") as f:
-            f.write(req_hash + "\n")
+    py = kzvenv.ensure(venv, REQUIREMENTS, args.fresh_venv, log)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     os.execve(py, [py, os.path.abspath(__file__), *argv], env)
 
