@@ -19,11 +19,10 @@ use std::time::Instant;
 
 /// Batches read ahead of the writer.
 pub const QUEUE_DEPTH: usize = 2;
-/// Longest record text, in bytes (mirrors `kernelize-store`'s limit, which is checked
-/// again on write; a test pins the two together).
-pub const MAX_TEXT_BYTES: usize = 16 << 20;
-/// Largest metadata object, in bytes of compact JSON (mirrors `kernelize-store`).
-pub const MAX_METADATA_BYTES: usize = 1 << 20;
+/// Largest metadata object, in bytes of compact JSON (the store's limit).
+pub use kernelize_store::MAX_METADATA_BYTES;
+/// Longest text, in bytes (the store's limit).
+pub use kernelize_store::MAX_TEXT_BYTES;
 
 /// Where ingestion is, reported after every written batch (and once at the start).
 #[non_exhaustive]

@@ -40,7 +40,9 @@ pub use error::{Error, ErrorClass, Result};
 pub use export::export_parquet;
 pub use manifest::{CollectionConfig, Manifest, Metric, SegmentRef};
 pub use memtable::{Entry, Key};
-pub use record::{MAX_DIM, MAX_ID_BYTES, Metadata, Op, Record, key_hash, validate_record};
+pub use record::{
+    MAX_DIM, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES, Metadata, Op, Record, key_hash, validate_record,
+};
 pub use segment::{Segment, SegmentOptions};
 pub use snapshot::Snapshot;
 pub use storage::{CrashMode, FaultKind, FaultStorage, FileStorage, Mapped, MemStorage, Storage, WritableFile};
