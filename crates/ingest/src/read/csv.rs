@@ -87,17 +87,7 @@ impl CsvSource {
                 format!("no id column {:?} (columns: {}); name the id column or generate ids", ctx.id_field, columns()),
             ));
         }
-        if vector.is_none() && text.is_none() {
-            return Err(Error::file(
-                &ctx.path,
-                format!(
-                    "neither a text column {:?} nor a vector column {:?} (columns: {})",
-                    ctx.text_field,
-                    ctx.vector_field,
-                    columns()
-                ),
-            ));
-        }
+        ctx.require_text_or_vector(vector.is_some(), text.is_some(), columns)?;
         let used = [id, vector, text, metadata];
         let others = headers
             .iter()

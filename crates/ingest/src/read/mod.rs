@@ -140,6 +140,23 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// A columnar file must have a text column or a vector column; `columns` lists what it
+    /// has, for the error.
+    pub fn require_text_or_vector(&self, has_vector: bool, has_text: bool, columns: impl Fn() -> String) -> Result<()> {
+        if has_vector || has_text {
+            return Ok(());
+        }
+        Err(Error::file(
+            &self.path,
+            format!(
+                "neither a text column {:?} nor a vector column {:?} (columns: {})",
+                self.text_field,
+                self.vector_field,
+                columns()
+            ),
+        ))
+    }
+
     pub fn new(path: &Path, opts: &IngestOptions) -> Ctx {
         Ctx {
             path: path.to_path_buf(),

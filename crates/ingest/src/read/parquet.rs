@@ -101,17 +101,7 @@ impl ParquetSource {
         {
             return Err(bad_type(&ctx.metadata_field, "a string column of JSON objects", i));
         }
-        if vector.is_none() && text.is_none() {
-            return Err(Error::file(
-                &ctx.path,
-                format!(
-                    "neither a text column {:?} nor a vector column {:?} (columns: {})",
-                    ctx.text_field,
-                    ctx.vector_field,
-                    columns()
-                ),
-            ));
-        }
+        ctx.require_text_or_vector(vector.is_some(), text.is_some(), columns)?;
         let used = [id, vector, text, metadata];
         let others = (0..schema.fields().len())
             .filter(|i| !used.contains(&Some(*i)))
