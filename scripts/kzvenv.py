@@ -15,6 +15,18 @@ import sys
 from typing import Callable
 
 
+def add_arguments(ap, default_venv: str) -> None:
+    """The flags every script with a throwaway venv takes."""
+    ap.add_argument("--venv", default=default_venv, help="throwaway venv to create/reuse")
+    ap.add_argument("--fresh-venv", action="store_true", help="delete and recreate the venv first")
+    ap.add_argument("--no-venv", action="store_true", help="use the current interpreter as is")
+
+
+def should_reexec(args) -> bool:
+    """True when the script must (create and) re-execute itself in its venv."""
+    return not args.no_venv and not in_venv(args.venv)
+
+
 def in_venv(venv: str) -> bool:
     """True when this interpreter runs inside `venv`."""
     return os.path.realpath(sys.prefix) == os.path.realpath(venv)

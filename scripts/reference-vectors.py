@@ -36,7 +36,6 @@ import subprocess
 import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '.'))
 import kzvenv  # noqa: E402
-from kzvenv import in_venv  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -373,11 +372,9 @@ def build_texts() -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--venv", default=os.environ.get("KZ_REF_VENV", "/tmp/kz-ref-venv"))
-    ap.add_argument("--fresh-venv", action="store_true")
-    ap.add_argument("--no-venv", action="store_true", help="use the current interpreter as is")
+    kzvenv.add_arguments(ap, os.environ.get("KZ_REF_VENV", "/tmp/kz-ref-venv"))
     args = ap.parse_args()
-    if not args.no_venv and not in_venv(args.venv):
+    if kzvenv.should_reexec(args):
         ensure_venv_and_reexec(args, sys.argv[1:])
         return
 

@@ -47,7 +47,6 @@ import tempfile
 import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import kzvenv  # noqa: E402
-from kzvenv import in_venv  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(HERE, "requirements-ingest.txt")
@@ -310,15 +309,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help="comma list of: " + ", ".join(PEERS))
     ap.add_argument("--limit", type=int, default=None, help="ingest only the first N records (smoke test)")
     ap.add_argument("--lance-index", default=None, metavar="TYPE", help="also time lancedb create_index(TYPE): IVF_HNSW_SQ, IVF_HNSW_PQ, IVF_PQ, IVF_SQ or IVF_FLAT (cosine, defaults otherwise)")
-    ap.add_argument("--venv", default="/tmp/kz-peers-venv")
-    ap.add_argument("--fresh-venv", action="store_true", help="delete and recreate the venv first")
-    ap.add_argument("--no-venv", action="store_true", help="use the current interpreter as is")
+    kzvenv.add_arguments(ap, "/tmp/kz-peers-venv")
     ap.add_argument("--tmp-dir", default=None, help="parent of the per-run temp dirs (default: $TMPDIR or /tmp)")
     ap.add_argument("--json-out", default=None, help="also write the per-peer JSON lines here")
     args = ap.parse_args(argv)
     args.expect_n = None
 
-    if not args.no_venv and not in_venv(args.venv):
+    if kzvenv.should_reexec(args):
         ensure_venv_and_reexec(args, argv)  # does not return
 
     # Thread limits must be in the environment before the peers' native code starts.
