@@ -1,0 +1,5 @@
+//! Kernelize search: SIMD distance kernels, the HNSW graph, scalar int8 and RaBitQ
+//! quantization, metadata filters, BM25 keyword search and hybrid fusion, and the
+//! collection-level searcher that ties them to the store's segments and memtable.
+
+pub mod distance;
