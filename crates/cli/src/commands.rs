@@ -6,8 +6,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use kernelize_store::Op;
 use kernelize_store::{
-    BackupFormat, CollectionConfig, Database, Durability, Metric, Options, SegmentOptions, backup, export_parquet,
-    restore, verify,
+    BackupFormat, CollectionConfig, Database, Durability, IndexSettings, Metric, Options, SegmentOptions, backup,
+    export_parquet, restore, verify,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -31,6 +31,16 @@ pub enum CollectionCmd {
         /// Keep obsolete WAL files in `wal-archive/` for point-in-time restore.
         #[arg(long)]
         wal_archive: bool,
+        /// What the graph walk keeps in memory: none (f32 vectors), int8, rabitq1 or
+        /// rabitq4; quantized searches re-rank with the f32 vectors, read from disk.
+        #[arg(long, default_value = "none")]
+        quantization: String,
+        /// HNSW links per node.
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        /// HNSW beam width while building.
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
     },
     /// List collections with their dimension, metric and record count.
     List,
@@ -353,7 +363,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             println!("exported {rows} records to {}", a.out.display());
         }
         Command::Debug(cmd) => debug(cli, cmd)?,
-        Command::Bench(_) | Command::Embed(_) | Command::Ingest(_) => unreachable!("handled in main"),
+        Command::Bench(_) | Command::Embed(_) | Command::Ingest(_) | Command::Search(_) | Command::Index(_) => {
+            unreachable!("handled in main")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -361,11 +373,17 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
 fn collection(cli: &Cli, cmd: &CollectionCmd) -> Result<()> {
     let db = open_db(cli)?;
     match cmd {
-        CollectionCmd::Create { name, dim, metric, wal_archive } => {
+        CollectionCmd::Create { name, dim, metric, wal_archive, quantization, m, ef_construction } => {
             let metric: Metric = metric.parse()?;
-            let config = CollectionConfig { dim: *dim, metric, wal_archive: *wal_archive };
+            if !(2..=256).contains(m) || !(1..=4096).contains(ef_construction) {
+                bail!("--m must be in 2..=256 and --ef-construction in 1..=4096");
+            }
+            let index = IndexSettings { m: *m, ef_construction: *ef_construction, quantization: quantization.parse()? };
+            let config = CollectionConfig { dim: *dim, metric, wal_archive: *wal_archive, index };
             db.create_collection(name, config)?;
-            println!("created collection {name} (dim {dim}, {metric})");
+            println!(
+                "created collection {name} (dim {dim}, {metric}, index m={m} ef_construction={ef_construction} quantization={quantization})"
+            );
         }
         CollectionCmd::List => {
             for c in db.collections() {

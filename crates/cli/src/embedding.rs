@@ -66,7 +66,7 @@ pub struct IngestArgs {
     pub model_dir: Option<PathBuf>,
 }
 
-fn model_dir(arg: &Option<PathBuf>) -> PathBuf {
+pub fn model_dir(arg: &Option<PathBuf>) -> PathBuf {
     arg.clone().unwrap_or_else(Embedder::default_model_dir)
 }
 

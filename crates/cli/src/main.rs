@@ -5,6 +5,7 @@ mod commands;
 mod embedding;
 mod jsonl;
 mod progress;
+mod search;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -71,6 +72,13 @@ pub enum Command {
     /// fields are embedded, vector fields taken as they are, long texts chunked by tokens.
     /// Batches are atomic; a bad row stops the load with file, line/row and field.
     Ingest(embedding::IngestArgs),
+    /// Search a collection: nearest vectors (HNSW over each segment, the memtable
+    /// exactly), BM25 keyword search, or both fused; with metadata filters. Prints JSON
+    /// lines `{id, score, text?, metadata?}`, best first.
+    Search(search::SearchArgs),
+    /// Build the search indexes of a collection's segments ahead of the first search.
+    #[command(subcommand)]
+    Index(search::IndexCmd),
     /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
     Export(commands::ExportArgs),
     /// Benchmarks that print a table and a JSON line.
@@ -97,6 +105,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Embed(a) => embedding::embed(a),
         Command::Ingest(a) => embedding::ingest(&cli, a),
+        Command::Search(a) => search::search(&cli, a),
+        Command::Index(cmd) => search::index(&cli, cmd),
         _ => commands::run(&cli),
     }
 }

@@ -98,6 +98,27 @@ pub fn dot_u8(q: &[f32], codes: &[u8]) -> f32 {
     (kernels().dot_u8)(q, codes)
 }
 
+/// `Σ lo[j]·(codes[j] & 15) + hi[j]·(codes[j] >> 4)`: packed 4-bit codes against an
+/// 8-bit query whose first half pairs with the low nibbles and second half with the high
+/// ones (the RaBitQ 4-bit layout). `lo`, `hi` and `codes` have equal length.
+#[inline]
+pub fn dot_u4_i8(codes: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if kernels().level >= Level::Avx2 {
+        return x86::dot_u4_i8_avx2(codes, lo, hi);
+    }
+    scalar::dot_u4_i8(codes, lo, hi)
+}
+
+/// Asks the CPU to start loading the first cache lines of `row`.
+#[inline]
+pub fn prefetch<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    x86::prefetch(row.as_ptr() as *const i8);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
 /// Euclidean norm.
 pub fn norm(a: &[f32]) -> f32 {
     dot(a, a).sqrt()
@@ -144,6 +165,15 @@ pub mod scalar {
         }
         let tail: f32 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
         acc.iter().sum::<f32>() + tail
+    }
+
+    /// See [`super::dot_u4_i8`].
+    pub fn dot_u4_i8(codes: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+        codes
+            .iter()
+            .zip(lo.iter().zip(hi))
+            .map(|(&c, (&l, &h))| i32::from(c & 15) * i32::from(l) + i32::from(c >> 4) * i32::from(h))
+            .sum()
     }
 
     /// `Σ q[i] · codes[i]`.
@@ -194,6 +224,50 @@ mod x86 {
         unsafe { dot_u8_avx512_impl(q, c) }
     }
 
+    pub fn dot_u4_i8_avx2(codes: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+        // SAFETY: called only at level Avx2 or above, so AVX2 was detected at run time.
+        unsafe { dot_u4_i8_avx2_impl(codes, lo, hi) }
+    }
+
+    #[inline]
+    pub fn prefetch(p: *const i8) {
+        // SAFETY: prefetching is a hint; it never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn dot_u4_i8_avx2_impl(codes: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+        let n = codes.len().min(lo.len()).min(hi.len());
+        let (pc, pl, ph) = (codes.as_ptr(), lo.as_ptr(), hi.as_ptr());
+        let mask = _mm256_set1_epi8(15);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_si256();
+        let mut i = 0;
+        // SAFETY: i + 32 <= n bounds the three 32-byte loads. Products:
+        // maddubs of 4-bit codes and i8 weights stays within ±3810, their sum ±7620.
+        unsafe {
+            while i + 32 <= n {
+                let b = _mm256_loadu_si256(pc.add(i) as *const __m256i);
+                let l = _mm256_and_si256(b, mask);
+                let h = _mm256_and_si256(_mm256_srli_epi16::<4>(b), mask);
+                let p1 = _mm256_maddubs_epi16(l, _mm256_loadu_si256(pl.add(i) as *const __m256i));
+                let p2 = _mm256_maddubs_epi16(h, _mm256_loadu_si256(ph.add(i) as *const __m256i));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_add_epi16(p1, p2), ones));
+                i += 32;
+            }
+        }
+        let mut lanes = [0i32; 8];
+        // SAFETY: `lanes` is 32 bytes, the size of one unaligned store.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc) };
+        let mut r: i32 = lanes.iter().sum();
+        while i < n {
+            let c = codes[i];
+            r += i32::from(c & 15) * i32::from(lo[i]) + i32::from(c >> 4) * i32::from(hi[i]);
+            i += 1;
+        }
+        r
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn hsum256(v: __m256) -> f32 {
@@ -211,7 +285,7 @@ mod x86 {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY (all loads below): i + width <= n bounds every unaligned load.
+        // SAFETY: i + width <= n bounds every unaligned load.
         unsafe {
             while i + 32 <= n {
                 for (j, s) in acc.iter_mut().enumerate() {
@@ -241,7 +315,7 @@ mod x86 {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY (all loads below): i + width <= n bounds every unaligned load.
+        // SAFETY: i + width <= n bounds every unaligned load.
         unsafe {
             while i + 32 <= n {
                 for (j, s) in acc.iter_mut().enumerate() {
@@ -272,7 +346,7 @@ mod x86 {
         let (pq, pc) = (q.as_ptr(), c.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut i = 0;
-        // SAFETY (all loads below): i + 16 <= n bounds the 16-byte code load and the two
+        // SAFETY: i + 16 <= n bounds the 16-byte code load and the two
         // 8-float query loads.
         unsafe {
             while i + 16 <= n {
@@ -298,7 +372,7 @@ mod x86 {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY (all loads below): i + width <= n bounds every unaligned load; the tail
+        // SAFETY: i + width <= n bounds every unaligned load; the tail
         // uses a masked load that touches only the `n - i` valid lanes.
         unsafe {
             while i + 64 <= n {
@@ -329,7 +403,7 @@ mod x86 {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY (all loads below): as in `dot_avx512_impl`.
+        // SAFETY: as in `dot_avx512_impl`.
         unsafe {
             while i + 64 <= n {
                 for (j, s) in acc.iter_mut().enumerate() {
@@ -358,7 +432,7 @@ mod x86 {
         let (pq, pc) = (q.as_ptr(), c.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut i = 0;
-        // SAFETY (all loads below): i + 32 <= n bounds the two 16-byte code loads and the
+        // SAFETY: i + 32 <= n bounds the two 16-byte code loads and the
         // two 16-float query loads; the 16-wide tail loop likewise.
         unsafe {
             while i + 32 <= n {
@@ -475,6 +549,9 @@ mod tests {
             prop_assert!(close(l2_sq(&a, &b), scalar::l2_sq(&a, &b), l2s));
             let us: f32 = a.iter().zip(&c).map(|(x, y)| (x * f32::from(*y)).abs()).sum();
             prop_assert!(close(dot_u8(&a, &c), scalar::dot_u8(&a, &c), us));
+            let lo: Vec<i8> = c.iter().map(|&x| x.wrapping_mul(31) as i8).collect();
+            let hi: Vec<i8> = c.iter().map(|&x| x.wrapping_mul(77) as i8).collect();
+            prop_assert_eq!(dot_u4_i8(&c, &lo, &hi), scalar::dot_u4_i8(&c, &lo, &hi));
             // And the scalar kernels against the plain definition.
             let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             prop_assert!(close(scalar::dot(&a, &b), naive, scale));

@@ -198,10 +198,13 @@ impl Collection {
 
         // Segments the manifest names; anything else in seg/ is left from an interrupted
         // flush or compaction and was never live.
+        // Companion files (`{id:08}.{ext}`, e.g. search indexes) live and die with their segment.
         let live: std::collections::HashSet<String> =
             manifest.segments.iter().map(|s| segment_file_name(s.id)).collect();
         for name in storage.list_dir(&seg_dir).at(&seg_dir)? {
-            if !live.contains(&name) {
+            let companion_of_live = !name.ends_with(".tmp")
+                && name.split_once('.').is_some_and(|(stem, _)| live.contains(&format!("{stem}.seg")));
+            if !live.contains(&name) && !companion_of_live {
                 let p = seg_dir.join(&name);
                 storage.remove_file(&p).at(&p)?;
                 report.removed_orphans.push(p);
@@ -597,10 +600,14 @@ impl Collection {
             nv.segments.push(seg);
             *cur = Arc::new(nv);
         }
+        let seg_dir = inner.dir.join(SEG_DIR);
+        let names = inner.storage.list_dir(&seg_dir).at(&seg_dir)?;
         for old in &before {
             inner.storage.remove_file(old.path()).at(old.path())?;
+            for companion in segment_companions(old.path(), &names) {
+                inner.storage.remove_file(&companion).at(&companion)?;
+            }
         }
-        let seg_dir = inner.dir.join(SEG_DIR);
         inner.storage.sync_dir(&seg_dir).at(&seg_dir)?;
         Ok(CompactReport {
             segments_before: before.len() as u64,
@@ -761,6 +768,23 @@ fn replay_wal(
         storage.sync_dir(wal_dir).at(wal_dir)?;
     }
     Ok((mem, next))
+}
+
+/// The companion files of `segment` among the directory entries `names`.
+pub fn segment_companions(segment: &Path, names: &[String]) -> Vec<PathBuf> {
+    let Some(stem) = segment.file_stem().and_then(|s| s.to_str()) else { return Vec::new() };
+    let dir = crate::storage::parent_of(segment);
+    names
+        .iter()
+        .filter(|n| n.split_once('.').is_some_and(|(s, ext)| s == stem && ext != "seg"))
+        .map(|n| dir.join(n))
+        .collect()
+}
+
+/// Path of a segment's companion file with extension `ext` (`seg/00000007.idx`): derived
+/// data (search indexes) that is removed with the segment and rebuilt when missing.
+pub fn segment_companion(segment: &Path, ext: &str) -> PathBuf {
+    segment.with_extension(ext)
 }
 
 /// Name of the WAL file a collection would create for `first_seq` (for tools and tests).

@@ -33,19 +33,24 @@ mod storage;
 mod wal;
 
 pub use backup::{BackupFormat, BackupReport, Problem, RestoreReport, VerifyReport, backup, restore, verify};
-pub use collection::{Collection, CompactReport, Durability, Options, RecoveryReport, Stats, wal_path};
+pub use collection::{
+    Collection, CompactReport, Durability, Options, RecoveryReport, Stats, segment_companion, segment_companions,
+    wal_path,
+};
 pub use database::Database;
 pub use error::{Error, ErrorClass, Result};
 #[cfg(feature = "parquet")]
 pub use export::export_parquet;
-pub use manifest::{CollectionConfig, Manifest, Metric, SegmentRef};
+pub use manifest::{CollectionConfig, IndexSettings, Manifest, Metric, Quantization, SegmentRef};
 pub use memtable::{Entry, Key};
 pub use record::{
     MAX_DIM, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES, Metadata, Op, Record, key_hash, validate_record,
 };
 pub use segment::{Segment, SegmentOptions};
 pub use snapshot::Snapshot;
-pub use storage::{CrashMode, FaultKind, FaultStorage, FileStorage, Mapped, MemStorage, Storage, WritableFile};
+pub use storage::{
+    CrashMode, FaultKind, FaultStorage, FileStorage, Mapped, MemStorage, Storage, WritableFile, write_atomic,
+};
 
 /// WAL format helpers for tools, tests and fuzzing.
 pub mod wal_format {

@@ -48,6 +48,65 @@ impl fmt::Display for Metric {
     }
 }
 
+/// How a collection's segments are indexed for search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexSettings {
+    /// HNSW links per node (layer 0 keeps twice as many).
+    pub m: usize,
+    /// HNSW beam width while building.
+    pub ef_construction: usize,
+    /// What the graph walk reads: full vectors or compact codes (re-ranked with the full
+    /// vectors, which then stay on disk in the segment file).
+    pub quantization: Quantization,
+}
+
+impl Default for IndexSettings {
+    fn default() -> IndexSettings {
+        IndexSettings { m: 16, ef_construction: 200, quantization: Quantization::None }
+    }
+}
+
+/// How vectors are held in memory for the graph walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// Full-precision f32, read from the segment itself.
+    None,
+    /// Scalar 8-bit per dimension.
+    Int8,
+    /// RaBitQ, 1 bit per dimension.
+    Rabitq1,
+    /// RaBitQ, 4 bits per dimension.
+    Rabitq4,
+}
+
+impl FromStr for Quantization {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Quantization> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "f32" => Ok(Quantization::None),
+            "int8" | "sq8" => Ok(Quantization::Int8),
+            "rabitq1" | "rabitq" => Ok(Quantization::Rabitq1),
+            "rabitq4" => Ok(Quantization::Rabitq4),
+            _ => {
+                Err(Error::InvalidInput(format!("unknown quantization {s:?}: expected none, int8, rabitq1 or rabitq4")))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Quantization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Quantization::None => "none",
+            Quantization::Int8 => "int8",
+            Quantization::Rabitq1 => "rabitq1",
+            Quantization::Rabitq4 => "rabitq4",
+        })
+    }
+}
+
 /// What a collection is, fixed at creation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionConfig {
@@ -58,12 +117,15 @@ pub struct CollectionConfig {
     /// Keep obsolete WAL files in `wal-archive/` for point-in-time restore.
     #[serde(default)]
     pub wal_archive: bool,
+    /// Search index settings.
+    #[serde(default)]
+    pub index: IndexSettings,
 }
 
 impl CollectionConfig {
     /// A configuration with the archive off.
     pub fn new(dim: usize, metric: Metric) -> CollectionConfig {
-        CollectionConfig { dim, metric, wal_archive: false }
+        CollectionConfig { dim, metric, wal_archive: false, index: IndexSettings::default() }
     }
 }
 

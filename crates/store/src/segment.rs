@@ -499,6 +499,17 @@ impl Segment {
         }
     }
 
+    /// Every vector, row after row (`len() * dim()` floats), borrowed from the mapped file;
+    /// `None` on a big-endian host, where [`Segment::vector`] converts each row instead.
+    pub fn vectors(&self) -> Option<&[f32]> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice::<u8, f32>(self.section(Kind::Vectors))
+            .ok()
+            .filter(|v| v.len() == self.count * self.dim)
+    }
+
     /// Whether position `i` is a tombstone.
     pub fn is_tombstone(&self, i: usize) -> bool {
         self.section(Kind::Flags).get(i).is_some_and(|f| f & FLAG_TOMBSTONE != 0)

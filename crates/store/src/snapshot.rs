@@ -197,6 +197,31 @@ impl Snapshot {
         Ok(None)
     }
 
+    /// True when a source newer than live segment `seg` (memtables, newer segments) holds
+    /// an entry for `key`: the segment's row for that key is then overwritten or deleted.
+    pub fn shadowed(&self, seg: usize, key: &Key) -> Result<bool> {
+        if self.v.mem.get(key).is_some() || self.v.imm.iter().any(|m| m.get(key).is_some()) {
+            return Ok(true);
+        }
+        for s in self.v.segments.iter().take(seg) {
+            if s.find(key)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// True when anything newer than live segment `seg` exists (so rows may be shadowed).
+    pub fn has_newer_than(&self, seg: usize) -> bool {
+        seg > 0 || !self.v.mem.is_empty() || self.v.imm.iter().any(|m| !m.is_empty())
+    }
+
+    /// The memtables' newest entries (active and frozen merged), tombstones included, in
+    /// key order: what a search scans exactly on top of the segments' indexes.
+    pub fn memtable(&self) -> Vec<(Key, Entry)> {
+        self.memtable_entries().filter_map(|r| r.ok()).collect()
+    }
+
     /// Every key's newest entry in key order, tombstones included.
     pub fn entries(&self) -> impl Iterator<Item = Result<(Key, Entry)>> + '_ {
         Merge::new(&self.v, None)

@@ -1,0 +1,483 @@
+//! Collection search: every live segment through its index (built and persisted on first
+//! use), the memtables exactly, results merged by exact distance. Rows that a newer
+//! source overwrote or deleted stay navigable in their segment's graph but are never
+//! returned. Filters become bitsets through each segment's payload index; a planner scans
+//! the matching rows exactly when they are few. Keyword queries score BM25 with
+//! statistics summed over every source; hybrid queries fuse the vector and keyword lists
+//! with reciprocal rank fusion.
+
+use crate::bitset::Bitset;
+use crate::bm25::{Bm25Stats, score_doc, tokenize};
+use crate::filter::{Filter, FilterError};
+use crate::hnsw::Cand;
+use crate::segment_index::{self, IndexError, SegmentIndex};
+use kernelize_store::{Collection, Key, Metric, Record, Segment, Snapshot, Storage};
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Largest `k` a query may ask for.
+pub const MAX_K: usize = 10_000;
+/// Largest beam width.
+pub const MAX_EF: usize = 10_000;
+/// Beam width when the query names none (raised to `k`).
+pub const DEFAULT_EF: usize = 128;
+/// A filtered segment is scanned exactly when at most this fraction of its rows match.
+pub const EXACT_FRACTION: f64 = 0.05;
+/// Reciprocal rank fusion constant.
+pub const RRF_K: f32 = 60.0;
+
+/// What ranks the results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Nearest vectors.
+    #[default]
+    Vector,
+    /// BM25 over the `text` field.
+    Keyword,
+    /// Both lists fused with reciprocal rank fusion.
+    Hybrid,
+}
+
+/// A search request.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Query vector (vector and hybrid modes).
+    pub vector: Option<Vec<f32>>,
+    /// Query text (keyword and hybrid modes).
+    pub text: Option<String>,
+    /// Results wanted.
+    pub k: usize,
+    /// Beam width (default [`DEFAULT_EF`]).
+    pub ef: Option<usize>,
+    /// Metadata filter.
+    pub filter: Option<Filter>,
+    /// Ranking.
+    pub mode: Mode,
+    /// Exact search (ground truth): scan every live record.
+    pub exact: bool,
+}
+
+/// One result.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Record id.
+    pub id: String,
+    /// Vector mode: cosine similarity, dot product, or Euclidean distance (by metric);
+    /// keyword: BM25 score; hybrid: fused score.
+    pub score: f32,
+    /// The record.
+    pub record: Arc<Record>,
+}
+
+/// Why a query was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// A bad request, with what is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The filter is malformed or names a field no record has.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// The filter names a field no record in the collection has.
+    #[error("filter: unknown field {field:?}; fields in this collection: {known}")]
+    UnknownField {
+        /// The field.
+        field: String,
+        /// Up to 20 known fields, comma-separated.
+        known: String,
+    },
+    /// An index file could not be built or read.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kernelize_store::Error),
+}
+
+/// Open segment indexes, by segment file; built (and persisted) when missing or stale.
+#[derive(Debug, Default)]
+pub struct IndexCache {
+    open: Mutex<HashMap<PathBuf, Arc<SegmentIndex>>>,
+}
+
+/// What [`IndexCache::ensure`] did for one segment.
+#[derive(Debug, Clone)]
+pub struct EnsureReport {
+    /// The index file.
+    pub path: PathBuf,
+    /// Rows.
+    pub rows: u64,
+    /// Built now (false: opened from disk).
+    pub built: bool,
+    /// Seconds spent building or opening.
+    pub secs: f64,
+}
+
+impl IndexCache {
+    /// An empty cache.
+    pub fn new() -> IndexCache {
+        IndexCache::default()
+    }
+
+    /// The index of `segment`: cached, else opened, else built and written atomically.
+    /// A file that is damaged, stale or built with other settings is rebuilt.
+    pub fn get(
+        &self,
+        storage: &dyn Storage,
+        segment: &Segment,
+        metric: Metric,
+        settings: kernelize_store::IndexSettings,
+    ) -> Result<(Arc<SegmentIndex>, bool), IndexError> {
+        if let Some(ix) = self.open.lock().get(segment.path())
+            && ix.meta().settings == settings
+        {
+            return Ok((ix.clone(), false));
+        }
+        let opened = match SegmentIndex::open(storage, segment) {
+            Ok(Some(ix)) if ix.meta().settings == settings && ix.meta().metric == metric => Some(ix),
+            Ok(_) => None,
+            Err(IndexError::Corrupt { .. }) => None, // rebuilt below
+            Err(e) => return Err(e),
+        };
+        let (ix, built) = match opened {
+            Some(ix) => (ix, false),
+            None => {
+                let bytes = segment_index::build(segment, metric, settings)?;
+                let path = segment_index::index_path(segment);
+                kernelize_store::write_atomic(storage, &path, &bytes)
+                    .map_err(|source| IndexError::Io { path: path.clone(), source })?;
+                let ix = SegmentIndex::open(storage, segment)?.ok_or_else(|| IndexError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "index file vanished after writing".into(),
+                })?;
+                (ix, true)
+            }
+        };
+        let ix = Arc::new(ix);
+        let mut open = self.open.lock();
+        open.retain(|p, _| p.exists());
+        open.insert(segment.path().to_owned(), ix.clone());
+        Ok((ix, built))
+    }
+
+    /// Makes sure every live segment of `collection` has its index; reports each.
+    pub fn ensure(&self, collection: &Collection, storage: &dyn Storage) -> Result<Vec<EnsureReport>, IndexError> {
+        let snap = collection.snapshot();
+        let cfg = collection.config();
+        let mut out = Vec::new();
+        for seg in snap.segments() {
+            let t = std::time::Instant::now();
+            let (ix, built) = self.get(storage, seg, cfg.metric, cfg.index)?;
+            out.push(EnsureReport {
+                path: ix.path().to_owned(),
+                rows: seg.len() as u64,
+                built,
+                secs: t.elapsed().as_secs_f64(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Where a candidate lives.
+#[derive(Debug, Clone)]
+enum Src {
+    Seg(usize, u32),
+    Mem(Arc<Record>),
+}
+
+/// Checks a query's shape before any work.
+fn validate(q: &Query, dim: usize) -> Result<(), SearchError> {
+    if q.k == 0 || q.k > MAX_K {
+        return Err(SearchError::Invalid(format!("k = {} is out of range: expected 1..={MAX_K}", q.k)));
+    }
+    if let Some(ef) = q.ef
+        && (ef == 0 || ef > MAX_EF)
+    {
+        return Err(SearchError::Invalid(format!("ef = {ef} is out of range: expected 1..={MAX_EF}")));
+    }
+    if matches!(q.mode, Mode::Vector | Mode::Hybrid) {
+        let Some(v) = &q.vector else {
+            return Err(SearchError::Invalid(format!("{:?} search needs a query vector", q.mode).to_lowercase()));
+        };
+        if v.len() != dim {
+            return Err(SearchError::Invalid(format!(
+                "query vector has dimension {}, the collection has {dim}",
+                v.len()
+            )));
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(SearchError::Invalid(format!("query vector element {i} is {} (not finite)", v[i])));
+        }
+    }
+    if matches!(q.mode, Mode::Keyword | Mode::Hybrid) && q.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        return Err(SearchError::Invalid(format!("{:?} search needs query text", q.mode).to_lowercase()));
+    }
+    if let Some(f) = &q.filter {
+        f.validate()?;
+    }
+    Ok(())
+}
+
+/// A collection searcher: the collection and the cache of its segment indexes.
+pub struct Searcher<'a> {
+    collection: &'a Collection,
+    storage: &'a dyn Storage,
+    cache: &'a IndexCache,
+}
+
+/// One source's view for a query: the snapshot's segments with their indexes.
+struct View {
+    snap: Snapshot,
+    indexes: Vec<Arc<SegmentIndex>>,
+    memtable: Vec<Arc<Record>>,
+}
+
+impl<'a> Searcher<'a> {
+    /// A searcher over `collection`, whose files `storage` reaches.
+    pub fn new(collection: &'a Collection, storage: &'a dyn Storage, cache: &'a IndexCache) -> Searcher<'a> {
+        Searcher { collection, storage, cache }
+    }
+
+    fn view(&self) -> Result<View, SearchError> {
+        let snap = self.collection.snapshot();
+        let cfg = self.collection.config();
+        let indexes = snap
+            .segments()
+            .iter()
+            .map(|s| self.cache.get(self.storage, s, cfg.metric, cfg.index).map(|(ix, _)| ix))
+            .collect::<Result<Vec<_>, _>>()?;
+        let memtable = snap.memtable().into_iter().filter_map(|(_, e)| e.record).collect();
+        Ok(View { snap, indexes, memtable })
+    }
+
+    /// Runs a query.
+    pub fn search(&self, q: &Query) -> Result<Vec<Hit>, SearchError> {
+        let cfg = self.collection.config();
+        validate(q, cfg.dim)?;
+        let view = self.view()?;
+        if let Some(f) = &q.filter {
+            check_fields(f, &view)?;
+        }
+        let ranked: Vec<(f32, Src)> = match q.mode {
+            Mode::Vector => {
+                let v = q.vector.as_deref().unwrap_or(&[]);
+                self.vector_search(&view, v, q, q.k)?.into_iter().map(|(d, s)| (to_score(cfg.metric, d), s)).collect()
+            }
+            Mode::Keyword => keyword_search(&view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), q.k)?,
+            Mode::Hybrid => {
+                let depth = (2 * q.k).clamp(50, MAX_K);
+                let v = q.vector.as_deref().unwrap_or(&[]);
+                let vec_list = self.vector_search(&view, v, q, depth)?;
+                let kw_list = keyword_search(&view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), depth)?;
+                fuse(&[vec_list.into_iter().map(|(_, s)| s).collect(), kw_list.into_iter().map(|(_, s)| s).collect()])
+            }
+        };
+        ranked.into_iter().take(q.k).map(|(score, src)| resolve(&view, score, src)).collect()
+    }
+
+    /// Vector candidates, exact distances, closest first.
+    fn vector_search(&self, view: &View, v: &[f32], q: &Query, k: usize) -> Result<Vec<(f32, Src)>, SearchError> {
+        let metric = self.collection.config().metric;
+        let ef = q.ef.unwrap_or(DEFAULT_EF).max(k);
+        let mut all: Vec<(f32, Src)> = Vec::new();
+        for (si, (seg, ix)) in view.snap.segments().iter().zip(&view.indexes).enumerate() {
+            let matching = match &q.filter {
+                Some(f) => Some(ix.payload().evaluate(f)?),
+                None => None,
+            };
+            let shadowable = view.snap.has_newer_than(si);
+            let live = |i: u32| {
+                !seg.is_tombstone(i as usize)
+                    && matching.as_ref().is_none_or(|b| b.get(i))
+                    && (!shadowable || !is_shadowed(&view.snap, si, seg, i))
+            };
+            let n = seg.len();
+            let count = matching.as_ref().map_or(n, Bitset::count);
+            let scan_exactly = q.exact || (matching.is_some() && (count as f64) <= EXACT_FRACTION * n as f64);
+            let mut cands = if scan_exactly {
+                exact_rows(ix, seg, v, k, matching.as_ref(), &live)
+            } else {
+                ix.search(seg, v, k, ef, &live)?
+            };
+            // A filtered walk can come back short; the matching set is the ground truth.
+            if cands.len() < k && count > cands.len() && !scan_exactly {
+                cands = exact_rows(ix, seg, v, k, matching.as_ref(), &live);
+            }
+            all.extend(cands.into_iter().map(|c| (c.d, Src::Seg(si, c.id))));
+        }
+        let pq = crate::space::prepare_query(metric, v);
+        for r in &view.memtable {
+            if q.filter.as_ref().is_some_and(|f| !f.matches(r.metadata.as_ref())) {
+                continue;
+            }
+            let inv = if metric == Metric::Cosine {
+                let n = crate::distance::norm(&r.vector);
+                if n > 0.0 { 1.0 / n } else { 0.0 }
+            } else {
+                1.0
+            };
+            all.push((crate::space::metric_dist(metric, &pq, &r.vector, inv), Src::Mem(r.clone())));
+        }
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        all.truncate(k);
+        Ok(all)
+    }
+}
+
+fn is_shadowed(snap: &Snapshot, si: usize, seg: &Segment, row: u32) -> bool {
+    let Ok(id) = seg.id(row as usize) else { return true };
+    let key = Key { hash: seg.hashes().get(row as usize).copied().unwrap_or(0), id: Arc::from(id) };
+    snap.shadowed(si, &key).unwrap_or(true)
+}
+
+/// Exact top-`k` over a segment's rows (the matching set, or all), with `live` applied.
+fn exact_rows(
+    ix: &SegmentIndex,
+    seg: &Segment,
+    v: &[f32],
+    k: usize,
+    matching: Option<&Bitset>,
+    live: &impl Fn(u32) -> bool,
+) -> Vec<Cand> {
+    let rows: Box<dyn Iterator<Item = u32>> = match matching {
+        Some(b) => Box::new(b.iter_ones()),
+        None => Box::new(0..seg.len() as u32),
+    };
+    let mut c = ix.exact(seg, v, rows.filter(|&i| live(i)));
+    let k = k.min(c.len());
+    if k > 0 && k < c.len() {
+        c.select_nth_unstable(k - 1);
+        c.truncate(k);
+    }
+    c.sort_unstable();
+    c
+}
+
+fn to_score(metric: Metric, d: f32) -> f32 {
+    match metric {
+        Metric::Cosine => 1.0 - d,
+        Metric::Dot => -d,
+        Metric::L2 => d.max(0.0).sqrt(),
+    }
+}
+
+/// A filter may only name fields some record has (a typo should not silently match nothing).
+fn check_fields(f: &Filter, view: &View) -> Result<(), SearchError> {
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for ix in &view.indexes {
+        known.extend(ix.payload().known_fields().map(str::to_owned));
+    }
+    for r in &view.memtable {
+        if let Some(m) = &r.metadata {
+            collect_paths(m, "", &mut known);
+        }
+    }
+    for field in f.fields() {
+        if !known.contains(field) {
+            let list: Vec<&str> = known.iter().map(String::as_str).take(20).collect();
+            return Err(SearchError::UnknownField { field: field.to_owned(), known: list.join(", ") });
+        }
+    }
+    Ok(())
+}
+
+fn collect_paths(m: &serde_json::Map<String, serde_json::Value>, prefix: &str, out: &mut BTreeSet<String>) {
+    for (k, v) in m {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        if let serde_json::Value::Object(inner) = v {
+            collect_paths(inner, &path, out);
+        }
+        out.insert(path);
+    }
+}
+
+/// BM25 over every source; best first.
+fn keyword_search(view: &View, text: &str, filter: Option<&Filter>, k: usize) -> Result<Vec<(f32, Src)>, SearchError> {
+    let terms = tokenize(text);
+    let mut stats = Bm25Stats::new();
+    for ix in &view.indexes {
+        stats.add_index(ix.bm25(), &terms);
+    }
+    let mem_tokens: Vec<Vec<String>> =
+        view.memtable.iter().map(|r| r.text.as_deref().map(tokenize).unwrap_or_default()).collect();
+    for t in &mem_tokens {
+        stats.add_doc_for_terms(t, &terms);
+    }
+    let mut all: Vec<(f32, Src)> = Vec::new();
+    for (si, (seg, ix)) in view.snap.segments().iter().zip(&view.indexes).enumerate() {
+        let matching = match filter {
+            Some(f) => Some(ix.payload().evaluate(f)?),
+            None => None,
+        };
+        let shadowable = view.snap.has_newer_than(si);
+        // Ask for more until `k` rows survive the shadow check or the segment runs out.
+        let mut want = k;
+        loop {
+            let found = ix.bm25().search(&terms, &stats, want, matching.as_ref());
+            let exhausted = found.len() < want;
+            let kept: Vec<(f32, Src)> = found
+                .into_iter()
+                .filter(|&(row, _)| !seg.is_tombstone(row as usize))
+                .filter(|&(row, _)| !shadowable || !is_shadowed(&view.snap, si, seg, row))
+                .map(|(row, s)| (s, Src::Seg(si, row)))
+                .collect();
+            if kept.len() >= k || exhausted {
+                all.extend(kept.into_iter().take(k));
+                break;
+            }
+            want *= 4;
+        }
+    }
+    for (r, toks) in view.memtable.iter().zip(&mem_tokens) {
+        if filter.is_some_and(|f| !f.matches(r.metadata.as_ref())) {
+            continue;
+        }
+        let s = score_doc(toks, &terms, &stats);
+        if s > 0.0 {
+            all.push((s, Src::Mem(r.clone())));
+        }
+    }
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    all.truncate(k);
+    Ok(all)
+}
+
+/// Reciprocal rank fusion: `Σ 1 / (RRF_K + rank)` over the lists an item appears in.
+fn fuse(lists: &[Vec<Src>]) -> Vec<(f32, Src)> {
+    let mut score: HashMap<String, (f32, Src)> = HashMap::new();
+    for list in lists {
+        for (rank, src) in list.iter().enumerate() {
+            let key = match src {
+                Src::Seg(si, row) => format!("s{si}:{row}"),
+                Src::Mem(r) => format!("m:{}", r.id),
+            };
+            let e = score.entry(key).or_insert((0.0, src.clone()));
+            e.0 += 1.0 / (RRF_K + rank as f32 + 1.0);
+        }
+    }
+    let mut out: Vec<(f32, Src)> = score.into_values().collect();
+    out.sort_by(|a, b| b.0.total_cmp(&a.0));
+    out
+}
+
+fn resolve(view: &View, score: f32, src: Src) -> Result<Hit, SearchError> {
+    let record = match src {
+        Src::Mem(r) => r,
+        Src::Seg(si, row) => {
+            let seg = &view.snap.segments()[si];
+            let (_, entry) = seg.entry(row as usize)?;
+            match entry.record {
+                Some(r) => r,
+                None => {
+                    return Err(SearchError::Invalid(format!("row {row} of {} is a tombstone", seg.path().display())));
+                }
+            }
+        }
+    };
+    Ok(Hit { id: record.id.clone(), score, record })
+}
