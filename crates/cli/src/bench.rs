@@ -50,6 +50,11 @@ pub enum BenchCmd {
         #[arg(long)]
         model_dir: Option<PathBuf>,
     },
+    /// Approximate nearest neighbours on a collection (WordNet glosses by default): per
+    /// index kind (f32, int8, RaBitQ 1/4-bit) and thread count, build time, index bytes,
+    /// memory, and recall@10 / QPS over an ef sweep; then filtered search. Writes the
+    /// vectors, queries and ground truth as .npy for scripts/bench/ann_peers.py.
+    Ann(crate::ann::AnnArgs),
     /// Retrieval quality on WordNet: query = a lemma, answer = its synset's gloss;
     /// exact search over all embedded glosses; recall@1 and recall@10.
     Wordnet {
@@ -116,6 +121,7 @@ pub fn run(cmd: &BenchCmd) -> Result<ExitCode> {
             );
             println!("{}", serde_json::to_string(&r)?);
         }
+        BenchCmd::Ann(a) => crate::ann::run(a)?,
         BenchCmd::Wordnet { corpus, queries, model_dir } => {
             let dir = model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);
             let e = crate::embedding::load_embedder(&dir)?;

@@ -1,5 +1,6 @@
 //! `kernelize`: the command-line tool of Kernelize.
 
+mod ann;
 mod bench;
 mod commands;
 mod embedding;

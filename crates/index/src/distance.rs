@@ -80,6 +80,17 @@ pub fn level() -> Level {
     kernels().level
 }
 
+/// The dot-product kernel itself, for hot loops that keep it in a register instead of
+/// going through the dispatcher on every call.
+pub fn dot_kernel() -> fn(&[f32], &[f32]) -> f32 {
+    kernels().dot
+}
+
+/// The squared-l2 kernel itself (see [`dot_kernel`]).
+pub fn l2_sq_kernel() -> fn(&[f32], &[f32]) -> f32 {
+    kernels().l2_sq
+}
+
 /// Dot product. Slices must have equal length (the shorter one bounds the sum).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -181,17 +181,21 @@ fn search_layer<S: Space, L: Links>(
             if c.d > bound {
                 break;
             }
+            // Collect the unvisited neighbours first and start loading all of them, so
+            // their cache misses overlap instead of queueing one after another.
+            let mut fresh = [0u32; 256];
+            let mut nf = 0;
             links.with_neighbors(c.id, layer, |ns| {
-                if let Some(&first) = ns.first() {
-                    space.prefetch(first);
+                for &nb in ns {
+                    if nf < fresh.len() && visited.insert(nb) {
+                        space.prefetch(nb);
+                        fresh[nf] = nb;
+                        nf += 1;
+                    }
                 }
-                for (j, &nb) in ns.iter().enumerate() {
-                    if let Some(&next) = ns.get(j + 1) {
-                        space.prefetch(next);
-                    }
-                    if !visited.insert(nb) {
-                        continue;
-                    }
+            });
+            {
+                for &nb in &fresh[..nf] {
                     let d = space.dist(q, nb);
                     if d < bound || best.len() < ef {
                         todo.push(std::cmp::Reverse(Cand { d, id: nb }));
@@ -206,7 +210,7 @@ fn search_layer<S: Space, L: Links>(
                         }
                     }
                 }
-            });
+            }
         }
         best.into_sorted_vec()
     })
@@ -327,7 +331,28 @@ impl<'a> Builder<'a> {
                 search_layer(&self.space, self, &q, &entries, self.params.ef_construction, layer, n, &|i| i != node);
             let chosen = select_neighbors(&self.space, &found, self.params.m);
             let cap = if layer == 0 { self.params.m0() } else { self.params.m };
-            *self.links[node as usize][layer].lock() = chosen.clone();
+            {
+                // Concurrent inserts may already have linked back to `node` on this layer
+                // (they found it through a higher layer); keep those links, or a node whose
+                // only in-link is here becomes unreachable.
+                let mut own = self.links[node as usize][layer].lock();
+                if own.is_empty() {
+                    own.clone_from(&chosen);
+                } else {
+                    let mut cands: Vec<Cand> = chosen
+                        .iter()
+                        .chain(own.iter())
+                        .map(|&x| Cand { d: self.space.node_dist(node, x), id: x })
+                        .collect();
+                    cands.sort_unstable();
+                    cands.dedup_by_key(|c| c.id);
+                    *own = if cands.len() <= cap {
+                        cands.iter().map(|c| c.id).collect()
+                    } else {
+                        select_neighbors(&self.space, &cands, cap)
+                    };
+                }
+            }
             for &nb in &chosen {
                 self.connect(nb, node, layer, cap);
             }
@@ -524,6 +549,21 @@ impl<'a> Graph<'a> {
             return err(format!("entry node {entry} (level {top}) does not match the level table"));
         };
         Ok(Graph { n, m, entry, layer0, upper_start, upper })
+    }
+
+    /// Wraps arrays that [`Graph::new`] already accepted (searches re-create the view per
+    /// query; validating every link each time would cost more than the search).
+    pub fn trusted(
+        n: usize,
+        m: usize,
+        entry: u32,
+        top: usize,
+        layer0: &'a [u32],
+        upper_start: &'a [u32],
+        upper: &'a [u32],
+    ) -> Graph<'a> {
+        let entry = if entry == u32::MAX { None } else { Some((entry, top)) };
+        Graph { n, m, entry, layer0, upper_start, upper }
     }
 
     /// Nodes.

@@ -131,8 +131,14 @@ impl IndexCache {
         metric: Metric,
         settings: kernelize_store::IndexSettings,
     ) -> Result<(Arc<SegmentIndex>, bool), IndexError> {
+        // A cached index serves only the segment it was built for: a dropped and
+        // re-created collection reuses segment file names.
         if let Some(ix) = self.open.lock().get(segment.path())
             && ix.meta().settings == settings
+            && ix.meta().metric == metric
+            && ix.meta().segment_bytes == segment.file_bytes() as u64
+            && ix.meta().segment_seqs == segment.seq_range()
+            && ix.meta().nodes == segment.len() as u64
         {
             return Ok((ix.clone(), false));
         }
@@ -159,7 +165,7 @@ impl IndexCache {
         };
         let ix = Arc::new(ix);
         let mut open = self.open.lock();
-        open.retain(|p, _| p.exists());
+        open.retain(|p, _| storage.exists(p).unwrap_or(true));
         open.insert(segment.path().to_owned(), ix.clone());
         Ok((ix, built))
     }
@@ -448,19 +454,24 @@ fn keyword_search(view: &View, text: &str, filter: Option<&Filter>, k: usize) ->
 }
 
 /// Reciprocal rank fusion: `Σ 1 / (RRF_K + rank)` over the lists an item appears in.
+/// Equal scores keep the order items were first seen in (the first list's, then the
+/// next's), so the result is deterministic.
 fn fuse(lists: &[Vec<Src>]) -> Vec<(f32, Src)> {
-    let mut score: HashMap<String, (f32, Src)> = HashMap::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<(f32, Src)> = Vec::new();
     for list in lists {
         for (rank, src) in list.iter().enumerate() {
             let key = match src {
                 Src::Seg(si, row) => format!("s{si}:{row}"),
                 Src::Mem(r) => format!("m:{}", r.id),
             };
-            let e = score.entry(key).or_insert((0.0, src.clone()));
-            e.0 += 1.0 / (RRF_K + rank as f32 + 1.0);
+            let i = *at.entry(key).or_insert_with(|| {
+                out.push((0.0, src.clone()));
+                out.len() - 1
+            });
+            out[i].0 += 1.0 / (RRF_K + rank as f32 + 1.0);
         }
     }
-    let mut out: Vec<(f32, Src)> = score.into_values().collect();
     out.sort_by(|a, b| b.0.total_cmp(&a.0));
     out
 }

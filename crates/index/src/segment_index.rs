@@ -137,8 +137,47 @@ pub struct SegmentIndex {
     meta: IndexMeta,
     sections: [Range<usize>; 15],
     rabitq: Option<RabitqModel>,
+    /// Hot data in memory: the f32 vectors (no quantization) or the index file itself
+    /// (graph and codes; the f32 vectors then stay on disk for re-ranking).
+    resident: Resident,
     payload: PayloadIndex,
     bm25: Bm25Index,
+}
+
+/// A private copy of hot data in anonymous memory backed by 2 MiB pages where the kernel
+/// grants them (`MADV_HUGEPAGE`): the graph walk touches vectors at random, and with 4 KiB
+/// pages of a mapped file nearly every touch is also a TLB miss. Falls back to the heap.
+#[derive(Debug)]
+pub struct Resident {
+    map: Option<memmap2::MmapMut>,
+    heap: Vec<f32>,
+}
+
+impl Resident {
+    /// Copies `floats` into huge-page memory.
+    pub fn copy(floats: &[f32]) -> Resident {
+        let bytes: &[u8] = bytemuck::cast_slice(floats);
+        if bytes.is_empty() {
+            return Resident { map: None, heap: Vec::new() };
+        }
+        match memmap2::MmapMut::map_anon(bytes.len()) {
+            Ok(mut m) => {
+                #[cfg(target_os = "linux")]
+                let _ = m.advise(memmap2::Advice::HugePage);
+                m.copy_from_slice(bytes);
+                Resident { map: Some(m), heap: Vec::new() }
+            }
+            Err(_) => Resident { map: None, heap: floats.to_vec() },
+        }
+    }
+
+    /// The floats.
+    pub fn floats(&self) -> &[f32] {
+        match &self.map {
+            Some(m) => bytemuck::try_cast_slice(m).unwrap_or(&[]),
+            None => &self.heap,
+        }
+    }
 }
 
 /// Bytes in 8-byte aligned memory, so sections can be viewed as `u32`/`f32` arrays.
@@ -157,6 +196,20 @@ impl AlignedBytes {
     }
 }
 
+/// A whole file held in [`Resident`] memory.
+#[derive(Debug)]
+struct ResidentBytes {
+    r: Resident,
+    len: usize,
+}
+
+impl AsRef<[u8]> for ResidentBytes {
+    fn as_ref(&self) -> &[u8] {
+        let b: &[u8] = bytemuck::cast_slice(self.r.floats());
+        &b[..self.len.min(b.len())]
+    }
+}
+
 impl AsRef<[u8]> for AlignedBytes {
     fn as_ref(&self) -> &[u8] {
         &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
@@ -171,6 +224,14 @@ fn le_bytes_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// The segment's vectors copied into [`Resident`] memory.
+fn resident_vectors(segment: &Segment) -> Resident {
+    match segment.vectors() {
+        Some(v) => Resident::copy(v),
+        None => Resident::copy(&(0..segment.len()).flat_map(|i| segment.vector(i).into_owned()).collect::<Vec<f32>>()),
+    }
+}
+
 /// The path of `segment`'s index file.
 pub fn index_path(segment: &Segment) -> PathBuf {
     kernelize_store::segment_companion(segment.path(), INDEX_EXT)
@@ -181,15 +242,12 @@ pub fn build(segment: &Segment, metric: Metric, settings: IndexSettings) -> Resu
     let started = std::time::Instant::now();
     let n = segment.len();
     let dim = segment.dim();
-    let owned;
-    let vectors: &[f32] = match segment.vectors() {
-        Some(v) => v,
-        None => {
-            owned = (0..n).flat_map(|i| segment.vector(i).into_owned()).collect::<Vec<f32>>();
-            &owned
-        }
-    };
-    let inv = if metric == Metric::Cosine { inverse_norms(vectors, dim) } else { Vec::new() };
+    let resident = resident_vectors(segment);
+    let vectors = resident.floats();
+    let mut inv = if metric == Metric::Cosine { inverse_norms(vectors, dim) } else { Vec::new() };
+    if crate::space::all_unit(&inv) {
+        inv.clear(); // unit vectors (embedders normalise): cosine is 1 - dot, no norms
+    }
     let space = F32Space::new(vectors, dim, metric, &inv);
     let live = |i: u32| !segment.is_tombstone(i as usize);
     let params = HnswParams { m: settings.m, ef_construction: settings.ef_construction, ..HnswParams::default() };
@@ -388,7 +446,16 @@ impl SegmentIndex {
             .or_else(|e| corrupt(&path, sections[Tag::Payload as usize].start as u64, format!("payload index: {e}")))?;
         let bm25 = Bm25Index::from_bytes(&b[sections[Tag::Bm25 as usize].clone()])
             .or_else(|e| corrupt(&path, sections[Tag::Bm25 as usize].start as u64, format!("BM25 index: {e}")))?;
-        let mut ix = SegmentIndex { path, map: map.clone(), meta, sections, rabitq: None, payload, bm25 };
+        let resident = match meta.settings.quantization {
+            Quantization::None => resident_vectors(segment),
+            _ => Resident::copy(&[]),
+        };
+        // The graph walk reads the links (and codes) at random: keep the file resident.
+        let map = {
+            let words: &[f32] = bytemuck::try_cast_slice(&map[..map.len() / 4 * 4]).unwrap_or(&[]);
+            Mapped::new(ResidentBytes { r: Resident::copy(words), len: map.len() })
+        };
+        let mut ix = SegmentIndex { path, map, meta, sections, rabitq: None, resident, payload, bm25 };
         if let Quantization::Rabitq1 | Quantization::Rabitq4 = ix.meta.settings.quantization {
             let bits = if ix.meta.settings.quantization == Quantization::Rabitq1 { 1 } else { 4 };
             ix.rabitq = Some(RabitqModel {
@@ -423,7 +490,8 @@ impl SegmentIndex {
         let (n, dim) = (self.meta.nodes as usize, self.meta.dim);
         let bad = |what: &str| corrupt::<()>(&self.path, 0, format!("{what} has the wrong length"));
         self.graph()?;
-        if self.meta.metric == Metric::Cosine && self.f32s(Tag::InvNorms).len() != n {
+        let norms = self.f32s(Tag::InvNorms).len();
+        if self.meta.metric == Metric::Cosine && norms != n && norms != 0 {
             return bad("norms section");
         }
         match self.meta.settings.quantization {
@@ -451,6 +519,19 @@ impl SegmentIndex {
             return bad("payload or BM25 index");
         }
         Ok(())
+    }
+
+    /// The graph, validated at open.
+    fn graph_view(&self) -> Graph<'_> {
+        Graph::trusted(
+            self.meta.nodes as usize,
+            self.meta.settings.m,
+            self.meta.entry,
+            self.meta.top,
+            self.u32s(Tag::Layer0),
+            self.u32s(Tag::UpperStart),
+            self.u32s(Tag::Upper),
+        )
     }
 
     fn graph(&self) -> Result<Graph<'_>, IndexError> {
@@ -525,13 +606,14 @@ impl SegmentIndex {
         ef: usize,
         allow: &impl Fn(u32) -> bool,
     ) -> Result<Vec<Cand>, IndexError> {
-        let graph = self.graph()?;
+        let graph = self.graph_view();
         let n = self.meta.nodes as usize;
         let (metric, dim) = (self.meta.metric, self.meta.dim);
         let owned;
-        let vectors: &[f32] = match segment.vectors() {
-            Some(v) => v,
-            None => {
+        let vectors: &[f32] = match (self.resident.floats(), segment.vectors()) {
+            (r, _) if !r.is_empty() => r,
+            (_, Some(v)) => v,
+            _ => {
                 owned = (0..n).flat_map(|i| segment.vector(i).into_owned()).collect::<Vec<f32>>();
                 &owned
             }

@@ -43,13 +43,20 @@ pub struct F32Space<'a> {
     dim: usize,
     metric: Metric,
     inv_norms: &'a [f32],
+    dot: fn(&[f32], &[f32]) -> f32,
+    l2_sq: fn(&[f32], &[f32]) -> f32,
+}
+
+/// True when every `1 / ‖v‖` is 1 to within float rounding: cosine then needs no norms.
+pub fn all_unit(inv_norms: &[f32]) -> bool {
+    inv_norms.iter().all(|&x| (x - 1.0).abs() < 1e-5)
 }
 
 impl<'a> F32Space<'a> {
-    /// `vectors` holds `len * dim` floats; `inv_norms` one entry per row for cosine (it
-    /// may be empty for dot and l2).
+    /// `vectors` holds `len * dim` floats; `inv_norms` one entry per row for cosine, or
+    /// empty when the rows are unit vectors (and for dot and l2).
     pub fn new(vectors: &'a [f32], dim: usize, metric: Metric, inv_norms: &'a [f32]) -> F32Space<'a> {
-        F32Space { vectors, dim, metric, inv_norms }
+        F32Space { vectors, dim, metric, inv_norms, dot: distance::dot_kernel(), l2_sq: distance::l2_sq_kernel() }
     }
 
     /// Rows.
@@ -77,7 +84,7 @@ impl<'a> F32Space<'a> {
     /// The prepared query of a stored row (for building).
     pub fn node_query(&self, i: u32) -> Vec<f32> {
         let mut q = self.row(i).to_vec();
-        if self.metric == Metric::Cosine {
+        if self.metric == Metric::Cosine && !self.inv_norms.is_empty() {
             let inv = self.inv(i);
             q.iter_mut().for_each(|x| *x *= inv);
         }
@@ -89,9 +96,10 @@ impl<'a> F32Space<'a> {
     pub fn node_dist(&self, a: u32, b: u32) -> f32 {
         let (x, y) = (self.row(a), self.row(b));
         match self.metric {
-            Metric::Cosine => 1.0 - distance::dot(x, y) * self.inv(a) * self.inv(b),
-            Metric::Dot => -distance::dot(x, y),
-            Metric::L2 => distance::l2_sq(x, y),
+            Metric::Cosine if self.inv_norms.is_empty() => 1.0 - (self.dot)(x, y),
+            Metric::Cosine => 1.0 - (self.dot)(x, y) * self.inv(a) * self.inv(b),
+            Metric::Dot => -(self.dot)(x, y),
+            Metric::L2 => (self.l2_sq)(x, y),
         }
     }
 }
@@ -101,7 +109,13 @@ impl Space for F32Space<'_> {
 
     #[inline]
     fn dist(&self, q: &Vec<f32>, node: u32) -> f32 {
-        metric_dist(self.metric, q, self.row(node), self.inv(node))
+        let v = self.row(node);
+        match self.metric {
+            Metric::Cosine if self.inv_norms.is_empty() => 1.0 - (self.dot)(q, v),
+            Metric::Cosine => 1.0 - (self.dot)(q, v) * self.inv(node),
+            Metric::Dot => -(self.dot)(q, v),
+            Metric::L2 => (self.l2_sq)(q, v),
+        }
     }
 
     #[inline]
