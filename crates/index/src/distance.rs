@@ -121,11 +121,30 @@ pub fn dot_u4_i8(codes: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
     scalar::dot_u4_i8(codes, lo, hi)
 }
 
-/// Asks the CPU to start loading the first cache lines of `row`.
+/// Asks the CPU to start loading every cache line of `row`.
+#[inline]
+pub fn prefetch_all<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = row.as_ptr() as *const i8;
+        for l in 0..std::mem::size_of_val(row).div_ceil(64) {
+            x86::prefetch(p.wrapping_add(l * 64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Asks the CPU to start loading the first cache lines (up to four) of `row`.
 #[inline]
 pub fn prefetch<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    x86::prefetch(row.as_ptr() as *const i8);
+    {
+        let p = row.as_ptr() as *const i8;
+        for l in 0..std::mem::size_of_val(row).div_ceil(64).min(4) {
+            x86::prefetch(p.wrapping_add(l * 64));
+        }
+    }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = row;
 }

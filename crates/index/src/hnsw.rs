@@ -49,11 +49,13 @@ pub struct Cand {
 
 impl Eq for Cand {}
 impl PartialOrd for Cand {
+    #[inline]
     fn partial_cmp(&self, o: &Cand) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
 impl Ord for Cand {
+    #[inline]
     fn cmp(&self, o: &Cand) -> Ordering {
         self.d.total_cmp(&o.d).then(self.id.cmp(&o.id))
     }
@@ -68,6 +70,9 @@ pub trait Space: Sync {
     /// Hints the CPU to fetch a node's data.
     #[inline]
     fn prefetch(&self, _node: u32) {}
+    /// Hints the CPU to fetch all of a node's data (the node is next in line).
+    #[inline]
+    fn prefetch_all(&self, _node: u32) {}
 }
 
 /// Read access to a graph's links.
@@ -76,6 +81,9 @@ pub trait Links: Sync {
     fn entry(&self) -> Option<(u32, usize)>;
     /// Calls `f` with the neighbours of `node` on `layer`.
     fn with_neighbors<R>(&self, node: u32, layer: usize, f: impl FnOnce(&[u32]) -> R) -> R;
+    /// Hints the CPU to fetch `node`'s layer-0 neighbour list.
+    #[inline]
+    fn prefetch_links(&self, _node: u32) {}
 }
 
 /// A visited set reused across searches on one thread (epoch-tagged, cleared in O(1)).
@@ -181,6 +189,10 @@ fn search_layer<S: Space, L: Links>(
             if c.d > bound {
                 break;
             }
+            // The next node to expand is probably the heap's top: start loading its links.
+            if let Some(std::cmp::Reverse(next)) = todo.peek() {
+                links.prefetch_links(next.id);
+            }
             // Collect the unvisited neighbours first and start loading all of them, so
             // their cache misses overlap instead of queueing one after another.
             let mut fresh = [0u32; 256];
@@ -195,7 +207,10 @@ fn search_layer<S: Space, L: Links>(
                 }
             });
             {
-                for &nb in &fresh[..nf] {
+                for (j, &nb) in fresh[..nf].iter().enumerate() {
+                    if let Some(&next) = fresh.get(j + 1).filter(|_| j + 1 < nf) {
+                        space.prefetch_all(next);
+                    }
                     let d = space.dist(q, nb);
                     if d < bound || best.len() < ef {
                         todo.push(std::cmp::Reverse(Cand { d, id: nb }));
@@ -580,6 +595,12 @@ impl<'a> Graph<'a> {
 impl Links for Graph<'_> {
     fn entry(&self) -> Option<(u32, usize)> {
         self.entry
+    }
+
+    #[inline]
+    fn prefetch_links(&self, node: u32) {
+        let w = 2 * self.m + 1;
+        crate::distance::prefetch(self.layer0.get(node as usize * w..).unwrap_or(&[]));
     }
 
     #[inline]
