@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: builds kernelize, installs the MiniLM weights and the WordNet corpus,
 # embeds the first 2,000 WordNet glosses in process into a collection, reads them back,
-# shows stats, takes a backup and verifies it. KERNELIZE_DEMO_SYNSETS=117659 for all.
+# searches it (semantic, filtered, hybrid), shows stats, takes a backup and verifies it.
+# KERNELIZE_DEMO_SYNSETS=117659 for all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
@@ -24,6 +25,16 @@ step "get n:00001740 (entity)"
 "$K" get --collection wordnet n:00001740 | python3 -c 'import json,sys; r=json.load(sys.stdin); r["vector"]=r["vector"][:4]+["…"]; print(json.dumps(r, ensure_ascii=False))'
 step "embed a text"
 "$K" embed "a domesticated carnivorous mammal" | cut -c1-100
+step "search: semantic, filtered, hybrid (the first search builds the segment index)"
+"$K" compact --collection wordnet
+"$K" index build --collection wordnet
+show() { python3 -c 'import json, sys
+for l in sys.stdin:
+    r = json.loads(l)
+    print("%.3f  %-12s %s" % (r["score"], r["id"], r.get("text", "")[:70]))'; }
+"$K" search --collection wordnet --text "a domesticated carnivorous mammal" --k 3 | show
+"$K" search --collection wordnet --text "a domesticated carnivorous mammal" --k 3 --filter 'pos = "v"' | show
+"$K" search --collection wordnet --text "tree with edible nuts" --hybrid --k 3 | show
 step "stats"
 "$K" stats --collection wordnet
 step "backup + verify"

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use kernelize_index::filter::Filter;
-use kernelize_index::search::{IndexCache, Mode, Query, Searcher};
+use kernelize_index::search::{IndexCache, Mode, Plan, Query, Searcher};
 use kernelize_index::segment_index::{self, AlignedBytes, SegmentIndex};
 use kernelize_store::{Database, IndexSettings, Mapped, Options, Quantization};
 use rayon::prelude::*;
@@ -60,6 +60,9 @@ pub struct AnnArgs {
     /// Filters for the filtered benchmark (`;`-separated), with the collection's index.
     #[arg(long, default_value = "lexname = \"noun.artifact\";lexname = \"noun.quantity\"")]
     pub filters: String,
+    /// Beam widths for the filtered benchmark.
+    #[arg(long, default_value = "32,64,128")]
+    pub filter_ef: String,
     /// Model directory (to embed the queries).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
@@ -100,6 +103,7 @@ pub fn run(a: &AnnArgs) -> Result<()> {
     let kinds: Vec<Quantization> = list(&a.quantization, "quantization")?;
     let threads: Vec<usize> = list(&a.threads, "threads")?;
     let efs: Vec<usize> = list(&a.ef, "ef")?;
+    let filter_efs: Vec<usize> = list(&a.filter_ef, "filter-ef")?;
     let db = Database::open(&a.data_dir, Options::default())?;
     let coll = db.collection(&a.collection)?;
     {
@@ -231,7 +235,7 @@ pub fn run(a: &AnnArgs) -> Result<()> {
                     "{}",
                     serde_json::json!({"bench": "ann", "system": name, "threads": t, "M": a.m,
                         "ef_construction": a.ef_construction, "ef": ef, "k": 10, "recall_at_10": recall,
-                        "qps": qps, "build_secs": build_secs, "index_bytes": index_bytes, "memory": mem,
+                        "qps": qps, "build_secs": build_secs, "graph_secs": ix.meta().graph_secs, "index_bytes": index_bytes, "memory": mem,
                         "n": n, "dim": dim, "queries": queries.len(), "simd": format!("{:?}", kernelize_index::distance::level())})
                 );
             }
@@ -248,8 +252,8 @@ pub fn run(a: &AnnArgs) -> Result<()> {
                 seg.entry(i).ok().is_some_and(|(_, e)| e.record.is_some_and(|r| filter.matches(r.metadata.as_ref())))
             })
             .count();
-        for &ef in &efs {
-            let run = |exact: bool| -> Result<(Vec<Vec<String>>, f64)> {
+        for &ef in &filter_efs {
+            let run = |exact: bool, plan: Plan| -> Result<(Vec<Vec<String>>, f64)> {
                 let t0 = Instant::now();
                 let mut out = Vec::new();
                 for q in &queries {
@@ -260,28 +264,33 @@ pub fn run(a: &AnnArgs) -> Result<()> {
                         filter: Some(filter.clone()),
                         mode: Mode::Vector,
                         exact,
+                        plan,
                         ..Query::default()
                     };
                     out.push(searcher.search(&query)?.into_iter().map(|h| h.id).collect());
                 }
                 Ok((out, t0.elapsed().as_secs_f64()))
             };
-            let (truth_ids, _) = run(true)?;
-            let (got, secs) = run(false)?;
-            let hits: usize = got.iter().zip(&truth_ids).map(|(g, t)| g.iter().filter(|x| t.contains(x)).count()).sum();
-            let wanted: usize = truth_ids.iter().map(Vec::len).sum();
-            let recall = hits as f64 / wanted.max(1) as f64;
-            let qps = queries.len() as f64 / secs;
-            let sel = matching as f64 / n as f64;
-            println!(
-                "filtered {expr:<28} selectivity {:>5.2}% ef {ef:>4}: recall@10 {recall:.4}, {qps:.0} QPS (1 thread, records decoded)",
-                sel * 100.0
-            );
-            println!(
-                "{}",
-                serde_json::json!({"bench": "ann-filtered", "filter": expr, "selectivity": sel, "ef": ef, "k": 10,
-                    "recall_at_10": recall, "qps": qps, "threads": 1})
-            );
+            let (truth_ids, _) = run(true, Plan::Auto)?;
+            for plan in [Plan::Auto, Plan::Walk] {
+                let (got, secs) = run(false, plan)?;
+                let hits: usize =
+                    got.iter().zip(&truth_ids).map(|(g, t)| g.iter().filter(|x| t.contains(x)).count()).sum();
+                let wanted: usize = truth_ids.iter().map(Vec::len).sum();
+                let recall = hits as f64 / wanted.max(1) as f64;
+                let qps = queries.len() as f64 / secs;
+                let sel = matching as f64 / n as f64;
+                println!(
+                    "filtered {expr:<28} selectivity {:>5.2}% ef {ef:>4} plan {plan:<5}: recall@10 {recall:.4}, {qps:.0} QPS (1 thread, records decoded)",
+                    sel * 100.0,
+                    plan = format!("{plan:?}").to_lowercase()
+                );
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "ann-filtered", "filter": expr, "selectivity": sel, "ef": ef, "k": 10,
+                        "plan": plan, "recall_at_10": recall, "qps": qps, "threads": 1})
+                );
+            }
         }
     }
     Ok(())

@@ -54,7 +54,7 @@ pub enum BenchCmd {
     /// index kind (f32, int8, RaBitQ 1/4-bit) and thread count, build time, index bytes,
     /// memory, and recall@10 / QPS over an ef sweep; then filtered search. Writes the
     /// vectors, queries and ground truth as .npy for scripts/bench/ann_peers.py.
-    Ann(crate::ann::AnnArgs),
+    Ann(Box<crate::ann::AnnArgs>),
     /// Retrieval quality on WordNet: query = a lemma, answer = its synset's gloss;
     /// exact search over all embedded glosses; recall@1 and recall@10.
     Wordnet {

@@ -6,7 +6,7 @@ use crate::embedding::{load_embedder, model_dir};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use kernelize_index::filter::Filter;
-use kernelize_index::search::{IndexCache, Mode, Query, Searcher};
+use kernelize_index::search::{IndexCache, Mode, Plan, Query, Searcher};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,11 @@ pub struct SearchArgs {
     /// Exact search over every live record (ground truth; slow on large collections).
     #[arg(long)]
     pub exact: bool,
+    /// Filtered queries: `auto` lets the planner choose per segment between walking the
+    /// graph (skipping rows the filter rejects) and scanning the matching rows; `walk`
+    /// and `scan` force one.
+    #[arg(long, default_value = "auto")]
+    pub plan: String,
     /// Model directory (for `--text` in vector and hybrid modes).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
@@ -89,7 +94,13 @@ pub fn search(cli: &Cli, a: &SearchArgs) -> Result<ExitCode> {
     let coll = db.collection(&a.collection)?;
     let cache = IndexCache::new();
     let searcher = Searcher::new(&coll, &**db.storage(), &cache);
-    let q = Query { vector, text: a.text.clone(), k: a.k, ef: a.ef, filter, mode, exact: a.exact };
+    let plan = match a.plan.as_str() {
+        "auto" => Plan::Auto,
+        "walk" => Plan::Walk,
+        "scan" => Plan::Scan,
+        p => bail!("unknown plan {p:?}: expected auto, walk or scan"),
+    };
+    let q = Query { vector, text: a.text.clone(), k: a.k, ef: a.ef, filter, mode, exact: a.exact, plan };
     let hits = searcher.search(&q)?;
     let mut out = std::io::stdout().lock();
     for h in hits {

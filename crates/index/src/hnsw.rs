@@ -185,6 +185,7 @@ fn search_layer<S: Space, L: Links>(
             best.pop();
         }
         let mut bound = if best.len() >= ef { best.peek().map_or(f32::INFINITY, |c| c.d) } else { f32::INFINITY };
+        let mut fresh: Vec<u32> = Vec::with_capacity(64);
         while let Some(std::cmp::Reverse(c)) = todo.pop() {
             if c.d > bound {
                 break;
@@ -195,20 +196,18 @@ fn search_layer<S: Space, L: Links>(
             }
             // Collect the unvisited neighbours first and start loading all of them, so
             // their cache misses overlap instead of queueing one after another.
-            let mut fresh = [0u32; 256];
-            let mut nf = 0;
+            fresh.clear();
             links.with_neighbors(c.id, layer, |ns| {
                 for &nb in ns {
-                    if nf < fresh.len() && visited.insert(nb) {
+                    if visited.insert(nb) {
                         space.prefetch(nb);
-                        fresh[nf] = nb;
-                        nf += 1;
+                        fresh.push(nb);
                     }
                 }
             });
             {
-                for (j, &nb) in fresh[..nf].iter().enumerate() {
-                    if let Some(&next) = fresh.get(j + 1).filter(|_| j + 1 < nf) {
+                for (j, &nb) in fresh.iter().enumerate() {
+                    if let Some(&next) = fresh.get(j + 1) {
                         space.prefetch_all(next);
                     }
                     let d = space.dist(q, nb);

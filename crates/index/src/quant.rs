@@ -7,9 +7,11 @@
 //! * **RaBitQ** (Gao & Long, SIGMOD 2024, and its multi-bit extension): vectors are
 //!   centred on the segment centroid, normalised, and turned by a random orthogonal
 //!   matrix; each rotated coordinate is kept with `bits` bits (1 or 4). Inner products
-//!   with the unit residual `r̂` are estimated as `⟨x̄, w⟩ / ⟨x̄, r̂⟩`, where `x̄` is the
-//!   quantized residual and `w` the rotated query; the estimate is unbiased up to the
-//!   quantization of the query itself (4 bits for 1-bit codes, 8 bits for 4-bit codes).
+//!   with the unit residual `r̂` are estimated as `⟨x̄, w⟩ / ⟨x̄, u⟩`, where `x̄` is the
+//!   quantized residual in rotated space, `u` the rotated unit residual (so the divisor is
+//!   `⟨x̄, u⟩`) and `w` the rotated query (the unit query residual for cosine and l2, the raw
+//!   query for dot); the estimate is unbiased up to the quantization of the query itself
+//!   (4 bits for 1-bit codes, 8 bits for 4-bit codes).
 
 use crate::distance;
 use crate::hnsw::Space;

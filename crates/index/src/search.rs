@@ -2,7 +2,8 @@
 //! use), the memtables exactly, results merged by exact distance. Rows that a newer
 //! source overwrote or deleted stay navigable in their segment's graph but are never
 //! returned. Filters become bitsets through each segment's payload index; a planner scans
-//! the matching rows exactly when they are few. Keyword queries score BM25 with
+//! the matching rows exactly when that is cheaper than a filtered graph walk (few rows
+//! match), else the walk skips non-matching rows while still navigating through them. Keyword queries score BM25 with
 //! statistics summed over every source; hybrid queries fuse the vector and keyword lists
 //! with reciprocal rank fusion.
 
@@ -23,8 +24,9 @@ pub const MAX_K: usize = 10_000;
 pub const MAX_EF: usize = 10_000;
 /// Beam width when the query names none (raised to `k`).
 pub const DEFAULT_EF: usize = 128;
-/// A filtered segment is scanned exactly when at most this fraction of its rows match.
-pub const EXACT_FRACTION: f64 = 0.05;
+/// Distance computations an unfiltered graph walk makes per unit of `ef` (about 2·M
+/// neighbours per expanded node); the planner's cost model for filtered queries.
+pub const WALK_COST_PER_EF: f64 = 32.0;
 /// Reciprocal rank fusion constant.
 pub const RRF_K: f32 = 60.0;
 
@@ -39,6 +41,20 @@ pub enum Mode {
     Keyword,
     /// Both lists fused with reciprocal rank fusion.
     Hybrid,
+}
+
+/// How a filtered vector query meets each segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    /// The planner picks by cost (see [`WALK_COST_PER_EF`]).
+    #[default]
+    Auto,
+    /// Walk the graph, skipping rows the filter rejects (an exact scan of the matching
+    /// rows still backs a walk that comes back short).
+    Walk,
+    /// Scan the matching rows exactly.
+    Scan,
 }
 
 /// A search request.
@@ -58,6 +74,8 @@ pub struct Query {
     pub mode: Mode,
     /// Exact search (ground truth): scan every live record.
     pub exact: bool,
+    /// Filtered vector queries: planner choice or a forced path.
+    pub plan: Plan,
 }
 
 /// One result.
@@ -304,7 +322,16 @@ impl<'a> Searcher<'a> {
             };
             let n = seg.len();
             let count = matching.as_ref().map_or(n, Bitset::count);
-            let scan_exactly = q.exact || (matching.is_some() && (count as f64) <= EXACT_FRACTION * n as f64);
+            // Cost model: scanning costs `count` distances; a walk that must collect `ef`
+            // allowed nodes when only a fraction `count / n` is allowed visits about
+            // `WALK_COST_PER_EF · ef · n / count`. Scan when that is cheaper.
+            let walk_cost = WALK_COST_PER_EF * ef as f64 * n as f64 / count.max(1) as f64;
+            let scan_exactly = q.exact
+                || match q.plan {
+                    Plan::Auto => matching.is_some() && (count as f64) <= walk_cost,
+                    Plan::Walk => false,
+                    Plan::Scan => matching.is_some(),
+                };
             let mut cands = if scan_exactly {
                 exact_rows(ix, seg, v, k, matching.as_ref(), &live)
             } else {

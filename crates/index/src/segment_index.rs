@@ -1,9 +1,12 @@
 //! A segment's search index: one companion file `seg/{id:08}.idx` beside the immutable
 //! segment, holding its HNSW graph, the vector codes the graph walk reads (none for f32:
 //! the segment's own mapped vectors are used), the metadata payload index and the BM25
-//! index. Written once, atomically, then opened by mmap without rebuilding; every section
-//! is checksummed and the file is bound to its segment (size and sequence range), so a
-//! stale or damaged file is refused and rebuilt. Layout: `docs/format/index.md`.
+//! index. Written once, atomically; opened by mapping and validating it in place (no
+//! rebuild), after which the parts the graph walk touches at random (links, codes, and
+//! for f32 indexes the segment's vectors) are copied into anonymous memory. Every section
+//! is checksummed and the file is bound to its segment (size, sequence range, rows,
+//! dimension), so a stale or damaged file is refused and rebuilt. Layout:
+//! `docs/format/index.md`.
 
 use crate::bm25::Bm25Index;
 use crate::filter::PayloadIndex;
@@ -64,6 +67,9 @@ const TAGS: [Tag; 14] = [
 /// Why an index file could not be built or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    /// Index files are read in place and need a little-endian host.
+    #[error("{0}: index files need a little-endian host")]
+    Unsupported(PathBuf),
     /// The file is damaged or does not belong to its segment.
     #[error("{path}: offset {offset}: {reason}")]
     Corrupt {
@@ -114,6 +120,9 @@ pub struct IndexMeta {
     pub top: usize,
     /// Seconds the build took.
     pub build_secs: f64,
+    /// Of which building the graph (the part peers' build times measure).
+    #[serde(default)]
+    pub graph_secs: f64,
 }
 
 /// Bytes an open index keeps resident for searching, by part.
@@ -244,16 +253,19 @@ pub fn build(segment: &Segment, metric: Metric, settings: IndexSettings) -> Resu
     let dim = segment.dim();
     let resident = resident_vectors(segment);
     let vectors = resident.floats();
+    let live = |i: u32| !segment.is_tombstone(i as usize);
     let mut inv = if metric == Metric::Cosine { inverse_norms(vectors, dim) } else { Vec::new() };
-    if crate::space::all_unit(&inv) {
+    let live_inv: Vec<f32> = inv.iter().enumerate().filter(|&(i, _)| live(i as u32)).map(|(_, &x)| x).collect();
+    if crate::space::all_unit(&live_inv) {
         inv.clear(); // unit vectors (embedders normalise): cosine is 1 - dot, no norms
     }
     let space = F32Space::new(vectors, dim, metric, &inv);
-    let live = |i: u32| !segment.is_tombstone(i as usize);
     let params = HnswParams { m: settings.m, ef_construction: settings.ef_construction, ..HnswParams::default() };
     let builder = Builder::new(space, params);
+    let graph_started = std::time::Instant::now();
     builder.insert_all(live);
     let parts: GraphParts = builder.freeze();
+    let graph_secs = graph_started.elapsed().as_secs_f64();
     let indexed = (0..n as u32).filter(|&i| live(i)).count() as u64;
 
     let mut sections: Vec<(Tag, Vec<u8>)> = vec![
@@ -325,6 +337,7 @@ pub fn build(segment: &Segment, metric: Metric, settings: IndexSettings) -> Resu
         entry: parts.entry,
         top: parts.top,
         build_secs: started.elapsed().as_secs_f64(),
+        graph_secs,
     };
     Ok(encode_file(&meta, &sections))
 }
@@ -387,7 +400,7 @@ impl SegmentIndex {
     pub fn from_mapped(path: PathBuf, map: Mapped, segment: &Segment) -> Result<SegmentIndex, IndexError> {
         let map = if map.as_ptr().align_offset(8) == 0 { map } else { Mapped::new(AlignedBytes::copy(&map)) };
         if cfg!(target_endian = "big") {
-            return corrupt(&path, 0, "index files are read in place and need a little-endian host");
+            return Err(IndexError::Unsupported(path));
         }
         let b: &[u8] = &map;
         if b.len() < FIXED_HEADER + 4 || b[..8] != MAGIC {
@@ -420,7 +433,10 @@ impl SegmentIndex {
             let Some(slot) = TAGS.iter().position(|t| *t as u32 == tag) else {
                 return corrupt(&path, at as u64, format!("unknown section tag {tag}"));
             };
-            let end = off.checked_add(len).filter(|&e| e <= b.len() as u64 && off as usize >= head_len);
+            if sections[slot + 1] != (0..0) {
+                return corrupt(&path, at as u64, format!("section {tag} appears twice"));
+            }
+            let end = off.checked_add(len).filter(|&e| e <= b.len() as u64 && off as usize >= head_len + 4);
             let Some(end) = end else {
                 return corrupt(&path, at as u64, format!("section {tag} ({off}+{len}) is outside the file"));
             };

@@ -82,3 +82,67 @@ fn verify_fails_on_a_flipped_byte_with_file_and_offset() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{} at offset 16: frame checksum mismatch", wal.display())), "{err}");
 }
+
+#[test]
+fn search_by_vector_filter_keyword_and_hybrid_with_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.as_path();
+    ok(d, &["collection", "create", "s", "--dim", "4", "--metric", "cosine", "--quantization", "int8"]);
+    let words = ["apple", "banana", "cherry", "durian"];
+    let lines: Vec<String> = (0..600)
+        .map(|i| {
+            let a = i as f32 * 0.01;
+            format!(
+                r#"{{"id":"r{i}","vector":[{},{},{},1],"text":"{} fruit number {i}","metadata":{{"kind":"{}","n":{i}}}}}"#,
+                a.cos(),
+                a.sin(),
+                (i % 7) as f32 * 0.1,
+                words[i % 4],
+                words[i % 4]
+            )
+        })
+        .collect();
+    let file = tmp.path().join("in.jsonl");
+    write_jsonl(&file, &lines);
+    ok(d, &["upsert", "-c", "s", file.to_str().unwrap(), "--batch", "200"]);
+    ok(d, &["compact", "-c", "s"]);
+    let built = ok(d, &["index", "build", "-c", "s"]);
+    assert!(built.contains("built"), "{built}");
+    // The query is record r42's own vector: it comes first, with cosine ~1.
+    let q = tmp.path().join("q.json");
+    let a = 0.42f32;
+    fs_err::write(&q, format!("[{}, {}, {}, 1]", a.cos(), a.sin(), (42 % 7) as f32 * 0.1)).unwrap();
+    let qs = q.to_str().unwrap();
+    let out = ok(d, &["search", "-c", "s", "--vector-file", qs, "--k", "5"]);
+    let hits: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(hits.len(), 5);
+    assert_eq!(hits[0]["id"], "r42");
+    assert!(hits[0]["score"].as_f64().unwrap() > 0.999, "{out}");
+    let out = ok(d, &["search", "-c", "s", "--vector-file", qs, "--filter", r#"kind = "durian" and n >= 100"#]);
+    assert_eq!(out.lines().count(), 10);
+    for l in out.lines() {
+        let h: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(h["metadata"]["kind"], "durian", "{l}");
+        assert!(h["metadata"]["n"].as_i64().unwrap() >= 100, "{l}");
+    }
+    let out = ok(d, &["search", "-c", "s", "--text", "cherry number 7", "--mode", "keyword", "--k", "3"]);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["id"], "r7", "{out}");
+    let out = ok(d, &["search", "-c", "s", "--vector-file", qs, "--text", "cherry", "--hybrid", "--k", "4"]);
+    assert_eq!(out.lines().count(), 4);
+    // Errors name what is wrong.
+    let bad = |args: &[&str], want: &str| {
+        let o = kz(d, args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    bad(&["search", "-c", "s", "--vector-file", qs, "--filter", "colour = \"red\""], "unknown field \"colour\"");
+    bad(&["search", "-c", "s", "--vector-file", qs, "--filter", "kind ="], "column");
+    bad(&["search", "-c", "s", "--vector-file", qs, "--k", "0"], "k = 0");
+    let q3 = tmp.path().join("q3.json");
+    fs_err::write(&q3, "[1, 2, 3]").unwrap();
+    bad(&["search", "-c", "s", "--vector-file", q3.to_str().unwrap()], "dimension 3");
+    bad(&["search", "-c", "s"], "--text");
+}

@@ -5,7 +5,7 @@
 use crate::fixture::{self, Ctx, build, filter, id, queries, recall, vq};
 use crate::tempdb;
 use kernelize_index::filter::Filter;
-use kernelize_index::search::{EXACT_FRACTION, IndexCache};
+use kernelize_index::search::{IndexCache, Plan};
 use kernelize_store::Quantization;
 
 /// Live records matching `f`, by a snapshot scan.
@@ -38,17 +38,19 @@ fn filtered_recall_and_counts() {
     let ctx = Ctx { coll: &coll, storage: &**db.storage(), cache: &cache };
     let qs = queries(&fixture::centers(), 50, 21);
 
-    // ~10% of every segment matches: above EXACT_FRACTION, so the graph walk runs.
+    // ~10% of every segment matches: the graph walk, forced (at this size the planner
+    // would scan), and the planner's own choice.
     let tenth = filter(r#"cat = "c3""#);
-    const { assert!(0.1 > EXACT_FRACTION) };
-    for ef in [None, Some(10)] {
-        let r = ctx.recall(&qs, 10, ef, Some(&tenth));
-        eprintln!("filtered recall@10 at 10%, ef {ef:?}: {r:.3}");
-        assert!(r >= 0.95, "filtered recall@10 at 10%, ef {ef:?} = {r:.3}");
+    for plan in [Plan::Walk, Plan::Auto] {
+        for ef in [None, Some(10)] {
+            let r = ctx.recall_with(&qs, 10, ef, Some(&tenth), plan);
+            eprintln!("filtered recall@10 at 10%, ef {ef:?}, {plan:?}: {r:.3}");
+            assert!(r >= 0.95, "filtered recall@10 at 10%, ef {ef:?}, {plan:?} = {r:.3}");
+        }
     }
     check_hits(&ctx, &qs, &tenth, 10);
 
-    // ~1%: below EXACT_FRACTION, so the planner scans the matching rows exactly.
+    // ~1%: the planner scans the matching rows exactly.
     let hundredth = filter("rare = true");
     assert_eq!(matching(&ctx, &hundredth), fixture::N / 100);
     let r = ctx.recall(&qs, 10, None, Some(&hundredth));

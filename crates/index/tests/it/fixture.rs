@@ -13,7 +13,7 @@
 //! rewrites of ids from the first two segments, some of them for the second time).
 
 use kernelize_index::filter::Filter;
-use kernelize_index::search::{Hit, IndexCache, Mode, Query, Searcher};
+use kernelize_index::search::{Hit, IndexCache, Mode, Plan, Query, Searcher};
 use kernelize_store::{
     Collection, CollectionConfig, Database, Durability, IndexSettings, Metric, Options, Quantization, Record, Storage,
 };
@@ -236,10 +236,23 @@ impl Ctx<'_> {
 
     /// Mean recall@`k` of approximate against exact search over `queries`.
     pub fn recall(&self, queries: &[Vec<f32>], k: usize, ef: Option<usize>, filter: Option<&Filter>) -> f64 {
+        self.recall_with(queries, k, ef, filter, Plan::Auto)
+    }
+
+    /// Like [`Ctx::recall`], with the filtered-query plan given.
+    pub fn recall_with(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        ef: Option<usize>,
+        filter: Option<&Filter>,
+        plan: Plan,
+    ) -> f64 {
         let mut sum = 0.0;
         for v in queries {
             let mut q = vq(v, k);
             q.ef = ef;
+            q.plan = plan;
             q.filter = filter.cloned();
             let approx = self.search(&q);
             q.exact = true;
