@@ -32,9 +32,9 @@ show() { python3 -c 'import json, sys
 for l in sys.stdin:
     r = json.loads(l)
     print("%.3f  %-12s %s" % (r["score"], r["id"], r.get("text", "")[:70]))'; }
-"$K" search --collection wordnet --text "a domesticated carnivorous mammal" --k 3 | show
-"$K" search --collection wordnet --text "a domesticated carnivorous mammal" --k 3 --filter 'pos = "v"' | show
-"$K" search --collection wordnet --text "tree with edible nuts" --hybrid --k 3 | show
+"$K" search --collection wordnet --text "hunting wild animals" --k 3 | show
+"$K" search --collection wordnet --text "a living thing" --k 3 --filter 'lexname = "noun.Tops"' | show
+"$K" search --collection wordnet --text "feeding a baby" --hybrid --k 3 | show
 step "stats"
 "$K" stats --collection wordnet
 step "backup + verify"
