@@ -36,6 +36,7 @@ use std::collections::{HashMap, HashSet};
 use rust_stemmers::{Algorithm, Stemmer};
 
 use crate::bitset::Bitset;
+use crate::bytes::{Corrupt, Reader};
 
 /// BM25 term-frequency saturation.
 pub const K1: f64 = 1.2;
@@ -384,7 +385,7 @@ impl Bm25Index {
     /// Reads [`Bm25Index::to_bytes`] output, checking every invariant. Never panics; errors
     /// name the byte offset.
     pub fn from_bytes(bytes: &[u8]) -> Result<Bm25Index, Bm25Error> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Reader::new(bytes);
         let version = r.u32("version")?;
         if version != FORMAT_VERSION {
             return Err(corrupt(0, format!("unsupported version {version}")));
@@ -462,43 +463,9 @@ fn corrupt(offset: usize, message: impl Into<String>) -> Bm25Error {
     Bm25Error::Corrupt { offset, message: message.into() }
 }
 
-/// A bounds-checked little-endian cursor.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, len: usize, what: &str) -> Result<&'a [u8], Bm25Error> {
-        let s = self
-            .buf
-            .get(self.pos..self.pos.saturating_add(len))
-            .ok_or_else(|| corrupt(self.pos, format!("truncated {what}")))?;
-        self.pos += len;
-        Ok(s)
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32, Bm25Error> {
-        let b = self.bytes(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64, Bm25Error> {
-        let lo = self.u32(what)?;
-        let hi = self.u32(what)?;
-        Ok(u64::from(lo) | u64::from(hi) << 32)
-    }
-
-    /// A `u32` count of items at least `min_size` bytes each, checked against what is left
-    /// so a corrupt count cannot trigger a huge allocation.
-    fn count(&mut self, what: &str, min_size: usize) -> Result<usize, Bm25Error> {
-        let at = self.pos;
-        let count = self.u32(what)? as usize;
-        let left = self.buf.len() - self.pos;
-        if count.saturating_mul(min_size) > left {
-            return Err(corrupt(at, format!("{what} {count} exceeds the {left} bytes left")));
-        }
-        Ok(count)
+impl From<Corrupt> for Bm25Error {
+    fn from(c: Corrupt) -> Bm25Error {
+        Bm25Error::Corrupt { offset: c.offset, message: c.message }
     }
 }
 

@@ -53,6 +53,7 @@ use std::str::Split;
 use serde_json::{Map, Number, Value};
 
 use crate::bitset::Bitset;
+use crate::bytes::{Corrupt, Reader};
 
 /// How deeply `and`, `or`, `not` and parentheses may nest.
 pub const MAX_DEPTH: usize = 64;
@@ -1101,7 +1102,7 @@ impl PayloadIndex {
     /// Reads [`PayloadIndex::to_bytes`] output, checking every invariant the index relies
     /// on. Never panics; errors name the byte offset.
     pub fn from_bytes(bytes: &[u8]) -> Result<PayloadIndex, FilterError> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Reader::new(bytes);
         let version = r.u32("version")?;
         if version != FORMAT_VERSION {
             return Err(corrupt(0, format!("unsupported version {version}")));
@@ -1185,53 +1186,9 @@ fn corrupt(offset: usize, message: impl Into<String>) -> FilterError {
     FilterError::Corrupt { offset, message: message.into() }
 }
 
-/// A bounds-checked little-endian cursor.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self, what: &str) -> Result<[u8; N], FilterError> {
-        let bytes = self
-            .buf
-            .get(self.pos..self.pos.saturating_add(N))
-            .and_then(|s| <[u8; N]>::try_from(s).ok())
-            .ok_or_else(|| corrupt(self.pos, format!("truncated {what}")))?;
-        self.pos += N;
-        Ok(bytes)
-    }
-
-    fn u8(&mut self, what: &str) -> Result<u8, FilterError> {
-        Ok(self.take::<1>(what)?[0])
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32, FilterError> {
-        Ok(u32::from_le_bytes(self.take(what)?))
-    }
-
-    fn f64(&mut self, what: &str) -> Result<f64, FilterError> {
-        Ok(f64::from_le_bytes(self.take(what)?))
-    }
-
-    /// A `u32` count of items at least `min_size` bytes each, checked against what is left
-    /// so a corrupt count cannot trigger a huge allocation.
-    fn count(&mut self, what: &str, min_size: usize) -> Result<usize, FilterError> {
-        let at = self.pos;
-        let count = self.u32(what)? as usize;
-        let left = self.buf.len() - self.pos;
-        if count.saturating_mul(min_size) > left {
-            return Err(corrupt(at, format!("{what} {count} exceeds the {left} bytes left")));
-        }
-        Ok(count)
-    }
-
-    fn string(&mut self, what: &str) -> Result<String, FilterError> {
-        let len = self.count(what, 1)?;
-        let at = self.pos;
-        let bytes = &self.buf[at..at + len];
-        self.pos += len;
-        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt(at, format!("{what} is not UTF-8")))
+impl From<Corrupt> for FilterError {
+    fn from(c: Corrupt) -> FilterError {
+        FilterError::Corrupt { offset: c.offset, message: c.message }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod bitset;
 pub mod bm25;
+mod bytes;
 pub mod distance;
 pub mod filter;
 pub mod hnsw;
