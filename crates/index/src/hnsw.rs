@@ -524,6 +524,31 @@ impl<'a> Graph<'a> {
         upper_start: &'a [u32],
         upper: &'a [u32],
     ) -> Result<Graph<'a>, GraphError> {
+        let g = Graph::trusted(n, m, entry, top, layer0, upper_start, upper);
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Wraps arrays without checking them: for arrays [`Graph::new`] (or
+    /// [`Graph::validate`]) already accepted, since searches re-create the view per query
+    /// and validating every link each time would cost more than the search.
+    pub fn trusted(
+        n: usize,
+        m: usize,
+        entry: u32,
+        top: usize,
+        layer0: &'a [u32],
+        upper_start: &'a [u32],
+        upper: &'a [u32],
+    ) -> Graph<'a> {
+        let entry = if entry == u32::MAX { None } else { Some((entry, top)) };
+        Graph { n, m, entry, layer0, upper_start, upper }
+    }
+
+    /// Checks shapes, counts, that every neighbour is in range and that the entry node's
+    /// level matches the level table.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        let Graph { n, m, entry, layer0, upper_start, upper } = *self;
         let err = |s: String| Err(GraphError(s));
         if m == 0 || m > 1024 {
             return err(format!("m = {m} out of range"));
@@ -536,8 +561,11 @@ impl<'a> Graph<'a> {
             return err("upper-layer table has the wrong shape".into());
         }
         let blocks = upper.len() / wu;
-        if upper_start.windows(2).any(|w| w[0] > w[1]) || upper_start.last().is_some_and(|&b| b as usize != blocks) {
-            return err("upper-layer starts are not increasing to the block count".into());
+        if upper_start.first() != Some(&0)
+            || upper_start.windows(2).any(|w| w[0] > w[1])
+            || upper_start.last().is_some_and(|&b| b as usize != blocks)
+        {
+            return err("upper-layer starts do not run from 0, never decreasing, to the block count".into());
         }
         let check = |row: &[u32], cap: usize, what: &str| -> Result<(), GraphError> {
             let c = row[0] as usize;
@@ -555,29 +583,14 @@ impl<'a> Graph<'a> {
         for (b, row) in upper.chunks_exact(wu).enumerate() {
             check(row, m, &format!("upper block {b}"))?;
         }
-        let entry = if entry == u32::MAX {
-            None
-        } else if (entry as usize) < n && upper_start[entry as usize + 1] - upper_start[entry as usize] == top as u32 {
-            Some((entry, top))
-        } else {
-            return err(format!("entry node {entry} (level {top}) does not match the level table"));
-        };
-        Ok(Graph { n, m, entry, layer0, upper_start, upper })
-    }
-
-    /// Wraps arrays that [`Graph::new`] already accepted (searches re-create the view per
-    /// query; validating every link each time would cost more than the search).
-    pub fn trusted(
-        n: usize,
-        m: usize,
-        entry: u32,
-        top: usize,
-        layer0: &'a [u32],
-        upper_start: &'a [u32],
-        upper: &'a [u32],
-    ) -> Graph<'a> {
-        let entry = if entry == u32::MAX { None } else { Some((entry, top)) };
-        Graph { n, m, entry, layer0, upper_start, upper }
+        match entry {
+            Some((e, top))
+                if (e as usize) >= n || upper_start[e as usize + 1] - upper_start[e as usize] != top as u32 =>
+            {
+                err(format!("entry node {e} (level {top}) does not match the level table"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Nodes.

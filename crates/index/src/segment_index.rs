@@ -551,16 +551,11 @@ impl SegmentIndex {
     }
 
     fn graph(&self) -> Result<Graph<'_>, IndexError> {
-        Graph::new(
-            self.meta.nodes as usize,
-            self.meta.settings.m,
-            self.meta.entry,
-            self.meta.top,
-            self.u32s(Tag::Layer0),
-            self.u32s(Tag::UpperStart),
-            self.u32s(Tag::Upper),
-        )
-        .or_else(|e| corrupt(&self.path, self.sections[Tag::Layer0 as usize].start as u64, format!("graph: {}", e.0)))
+        let g = self.graph_view();
+        match g.validate() {
+            Ok(()) => Ok(g),
+            Err(e) => corrupt(&self.path, self.sections[Tag::Layer0 as usize].start as u64, format!("graph: {}", e.0)),
+        }
     }
 
     /// The file's metadata.
