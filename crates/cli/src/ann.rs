@@ -8,7 +8,7 @@
 use anyhow::{Context, Result, bail};
 use kernelize_index::filter::Filter;
 use kernelize_index::search::{IndexCache, Mode, Plan, Query, Searcher};
-use kernelize_index::segment_index::{self, AlignedBytes, SegmentIndex};
+use kernelize_index::segment_index::{self, SegmentIndex};
 use kernelize_store::{Database, IndexSettings, Mapped, Options, Quantization};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -185,12 +185,9 @@ pub fn run(a: &AnnArgs) -> Result<()> {
                 (ix, len)
             } else {
                 let bytes = pool.install(|| segment_index::build(&seg, metric, settings))?;
-                let ix = SegmentIndex::from_mapped(
-                    PathBuf::from("(memory)"),
-                    Mapped::new(AlignedBytes::copy(&bytes)),
-                    &seg,
-                )?;
-                (std::sync::Arc::new(ix), bytes.len())
+                let len = bytes.len();
+                let ix = SegmentIndex::from_mapped(PathBuf::from("(memory)"), Mapped::new(bytes), &seg)?;
+                (std::sync::Arc::new(ix), len)
             };
             let build_secs = started.elapsed().as_secs_f64();
             let mem = ix.memory();

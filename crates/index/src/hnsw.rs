@@ -473,7 +473,7 @@ impl<'a> Builder<'a> {
         }
         upper_start.push(blocks);
         let (entry, top) = self.entry.read().map_or((u32::MAX, 0), |(e, t)| (e, t));
-        GraphParts { n, m, entry, top, levels: self.levels.clone(), layer0, upper_start, upper }
+        GraphParts { n, m, entry, top, layer0, upper_start, upper }
     }
 }
 
@@ -488,8 +488,6 @@ pub struct GraphParts {
     pub entry: u32,
     /// The entry's level.
     pub top: usize,
-    /// Level of every node.
-    pub levels: Vec<u8>,
     /// `n` rows of `2m + 1` words: count, then neighbours.
     pub layer0: Vec<u32>,
     /// `n + 1` block numbers: node `i`'s upper layers are blocks `upper_start[i]..upper_start[i+1]`.
@@ -726,7 +724,6 @@ mod tests {
             m: 1,
             entry: 0,
             top: 0,
-            levels: vec![0, 0],
             layer0: vec![1, 1, u32::MAX, 1, 7, u32::MAX],
             upper_start: vec![0, 0, 0],
             upper: vec![],

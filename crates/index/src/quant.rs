@@ -21,15 +21,6 @@ use rand_distr::{Distribution, StandardNormal};
 
 pub use kernelize_store::Quantization;
 
-/// Bytes per vector the graph walk reads (factors included) at dimension `dim`.
-pub fn code_bytes(q: Quantization, dim: usize) -> usize {
-    match q {
-        Quantization::None => dim * 4,
-        Quantization::Int8 => dim + 4,
-        Quantization::Rabitq1 => padded_dim(dim) / 8 + 8,
-        Quantization::Rabitq4 => padded_dim(dim) / 2 + 8,
-    }
-}
 /// RaBitQ works on dimensions rounded up to a multiple of 64.
 pub fn padded_dim(dim: usize) -> usize {
     dim.div_ceil(64) * 64

@@ -153,75 +153,47 @@ pub struct SegmentIndex {
     bm25: Bm25Index,
 }
 
-/// A private copy of hot data in anonymous memory backed by 2 MiB pages where the kernel
-/// grants them (`MADV_HUGEPAGE`): the graph walk touches vectors at random, and with 4 KiB
-/// pages of a mapped file nearly every touch is also a TLB miss. Falls back to the heap.
+/// A private, 8-byte aligned copy of hot data in anonymous memory backed by 2 MiB pages
+/// where the kernel grants them (`MADV_HUGEPAGE`): the graph walk touches links, codes and
+/// vectors at random, and with 4 KiB pages of a mapped file nearly every touch is also a
+/// TLB miss. Falls back to the heap.
 #[derive(Debug)]
 pub struct Resident {
     map: Option<memmap2::MmapMut>,
-    heap: Vec<f32>,
+    heap: Vec<u64>,
+    len: usize,
 }
 
 impl Resident {
-    /// Copies `floats` into huge-page memory.
-    pub fn copy(floats: &[f32]) -> Resident {
-        let bytes: &[u8] = bytemuck::cast_slice(floats);
-        if bytes.is_empty() {
-            return Resident { map: None, heap: Vec::new() };
-        }
-        match memmap2::MmapMut::map_anon(bytes.len()) {
-            Ok(mut m) => {
-                #[cfg(target_os = "linux")]
-                let _ = m.advise(memmap2::Advice::HugePage);
-                m.copy_from_slice(bytes);
-                Resident { map: Some(m), heap: Vec::new() }
-            }
-            Err(_) => Resident { map: None, heap: floats.to_vec() },
-        }
-    }
-
-    /// The floats.
-    pub fn floats(&self) -> &[f32] {
-        match &self.map {
-            Some(m) => bytemuck::try_cast_slice(m).unwrap_or(&[]),
-            None => &self.heap,
-        }
-    }
-}
-
-/// Bytes in 8-byte aligned memory, so sections can be viewed as `u32`/`f32` arrays.
-#[derive(Debug, Clone)]
-pub struct AlignedBytes {
-    words: Vec<u64>,
-    len: usize,
-}
-
-impl AlignedBytes {
     /// Copies `bytes`.
-    pub fn copy(bytes: &[u8]) -> AlignedBytes {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        AlignedBytes { words, len: bytes.len() }
+    pub fn copy(bytes: &[u8]) -> Resident {
+        let len = bytes.len();
+        if len > 0
+            && let Ok(mut m) = memmap2::MmapMut::map_anon(len)
+        {
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            m.copy_from_slice(bytes);
+            return Resident { map: Some(m), heap: Vec::new(), len };
+        }
+        let mut heap = vec![0u64; len.div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut heap)[..len].copy_from_slice(bytes);
+        Resident { map: None, heap, len }
+    }
+
+    /// The bytes viewed as floats (a trailing partial float is left out).
+    pub fn floats(&self) -> &[f32] {
+        let b = self.as_ref();
+        bytemuck::try_cast_slice(&b[..b.len() / 4 * 4]).unwrap_or(&[])
     }
 }
 
-/// A whole file held in [`Resident`] memory.
-#[derive(Debug)]
-struct ResidentBytes {
-    r: Resident,
-    len: usize,
-}
-
-impl AsRef<[u8]> for ResidentBytes {
+impl AsRef<[u8]> for Resident {
     fn as_ref(&self) -> &[u8] {
-        let b: &[u8] = bytemuck::cast_slice(self.r.floats());
-        &b[..self.len.min(b.len())]
-    }
-}
-
-impl AsRef<[u8]> for AlignedBytes {
-    fn as_ref(&self) -> &[u8] {
-        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+        match &self.map {
+            Some(m) => &m[..self.len],
+            None => &bytemuck::cast_slice::<u64, u8>(&self.heap)[..self.len],
+        }
     }
 }
 
@@ -236,8 +208,11 @@ fn le_bytes_f32(v: &[f32]) -> Vec<u8> {
 /// The segment's vectors copied into [`Resident`] memory.
 fn resident_vectors(segment: &Segment) -> Resident {
     match segment.vectors() {
-        Some(v) => Resident::copy(v),
-        None => Resident::copy(&(0..segment.len()).flat_map(|i| segment.vector(i).into_owned()).collect::<Vec<f32>>()),
+        Some(v) => Resident::copy(bytemuck::cast_slice(v)),
+        None => {
+            let v: Vec<f32> = (0..segment.len()).flat_map(|i| segment.vector(i).into_owned()).collect();
+            Resident::copy(bytemuck::cast_slice(&v))
+        }
     }
 }
 
@@ -274,16 +249,19 @@ pub fn build(segment: &Segment, metric: Metric, settings: IndexSettings) -> Resu
         (Tag::Upper, le_bytes_u32(&parts.upper)),
         (Tag::InvNorms, le_bytes_f32(&inv)),
     ];
-    let prepared = |i: usize| space.node_query(i as u32);
+    // Quantizers train on and encode the rows prepared for the metric, computed once.
+    let rows: Vec<(usize, Vec<f32>)> = match settings.quantization {
+        Quantization::None => Vec::new(),
+        _ => (0..n).filter(|&i| live(i as u32)).map(|i| (i, space.node_query(i as u32))).collect(),
+    };
     match settings.quantization {
         Quantization::None => {}
         Quantization::Int8 => {
-            let rows: Vec<Vec<f32>> = (0..n).filter(|&i| live(i as u32)).map(prepared).collect();
-            let model = Int8Model::train(dim, rows.iter().map(|r| r.as_slice()));
+            let model = Int8Model::train(dim, rows.iter().map(|(_, r)| r.as_slice()));
             let mut codes = vec![0u8; n * dim];
             let mut norms = vec![0f32; n];
-            for i in (0..n).filter(|&i| live(i as u32)) {
-                norms[i] = model.encode(&prepared(i), &mut codes[i * dim..(i + 1) * dim]);
+            for (i, r) in &rows {
+                norms[*i] = model.encode(r, &mut codes[i * dim..(i + 1) * dim]);
             }
             sections.push((Tag::Int8Lo, le_bytes_f32(&model.lo)));
             sections.push((Tag::Int8Step, le_bytes_f32(&model.step)));
@@ -292,13 +270,13 @@ pub fn build(segment: &Segment, metric: Metric, settings: IndexSettings) -> Resu
         }
         Quantization::Rabitq1 | Quantization::Rabitq4 => {
             let bits = if settings.quantization == Quantization::Rabitq1 { 1 } else { 4 };
-            let rows: Vec<Vec<f32>> = (0..n).filter(|&i| live(i as u32)).map(prepared).collect();
-            let model = RabitqModel::train(bits, dim, rows.iter().map(|r| r.as_slice()), params.seed);
+            let model = RabitqModel::train(bits, dim, rows.iter().map(|(_, r)| r.as_slice()), params.seed);
             let len = model.code_len();
             let mut codes = vec![0u8; n * len];
             let mut factors = vec![0f32; n * 2];
-            for i in (0..n).filter(|&i| live(i as u32)) {
-                let f = model.encode(&prepared(i), &mut codes[i * len..(i + 1) * len]);
+            for (i, r) in &rows {
+                let i = *i;
+                let f = model.encode(r, &mut codes[i * len..(i + 1) * len]);
                 factors[2 * i..2 * i + 2].copy_from_slice(&f);
             }
             sections.push((Tag::RabitqCentroid, le_bytes_f32(&model.centroid)));
@@ -395,10 +373,11 @@ impl SegmentIndex {
         SegmentIndex::from_mapped(path, map, segment).map(Some)
     }
 
-    /// Validates index bytes already in memory against their segment. Bytes that are not
-    /// 8-byte aligned (an in-memory storage backend) are copied once into aligned memory.
+    /// Validates index bytes against their segment. The bytes are first copied, once, into
+    /// [`Resident`] memory: aligned (whatever the storage backend handed over) and where the
+    /// graph walk reads links and codes at random.
     pub fn from_mapped(path: PathBuf, map: Mapped, segment: &Segment) -> Result<SegmentIndex, IndexError> {
-        let map = if map.as_ptr().align_offset(8) == 0 { map } else { Mapped::new(AlignedBytes::copy(&map)) };
+        let map = Mapped::new(Resident::copy(&map));
         if cfg!(target_endian = "big") {
             return Err(IndexError::Unsupported(path));
         }
@@ -465,11 +444,6 @@ impl SegmentIndex {
         let resident = match meta.settings.quantization {
             Quantization::None => resident_vectors(segment),
             _ => Resident::copy(&[]),
-        };
-        // The graph walk reads the links (and codes) at random: keep the file resident.
-        let map = {
-            let words: &[f32] = bytemuck::try_cast_slice(&map[..map.len() / 4 * 4]).unwrap_or(&[]);
-            Mapped::new(ResidentBytes { r: Resident::copy(words), len: map.len() })
         };
         let mut ix = SegmentIndex { path, map, meta, sections, rabitq: None, resident, payload, bm25 };
         if let Quantization::Rabitq1 | Quantization::Rabitq4 = ix.meta.settings.quantization {
