@@ -55,6 +55,13 @@ pub enum BenchCmd {
     /// memory, and recall@10 / QPS over an ef sweep; then filtered search. Writes the
     /// vectors, queries and ground truth as .npy for scripts/bench/ann_peers.py.
     Ann(Box<crate::ann::AnnArgs>),
+    /// Load test of the server: a collection of random unit vectors (100k × 384 by
+    /// default) served by `kernelize serve` in its own process; vector searches at a fixed
+    /// rate for a fixed time from 127.0.0.1; p50/p90/p99 latency and errors.
+    Serve(crate::bench_serve::ServeBenchArgs),
+    /// A kernel on a device: open (mmap, signature, every section hash, shapes) to the
+    /// first answered query, repeated; then query latency at the default nprobe / ef.
+    Kernel(crate::kernel::KernelBenchArgs),
     /// Retrieval quality on WordNet: query = a lemma, answer = its synset's gloss;
     /// exact search over all embedded glosses; recall@1 and recall@10.
     Wordnet {
@@ -122,6 +129,8 @@ pub fn run(cmd: &BenchCmd) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&r)?);
         }
         BenchCmd::Ann(a) => crate::ann::run(a)?,
+        BenchCmd::Serve(a) => crate::bench_serve::run(a)?,
+        BenchCmd::Kernel(a) => crate::kernel::bench(a)?,
         BenchCmd::Wordnet { corpus, queries, model_dir } => {
             let dir = model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);
             let e = crate::embedding::load_embedder(&dir)?;

@@ -363,7 +363,15 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             println!("exported {rows} records to {}", a.out.display());
         }
         Command::Debug(cmd) => debug(cli, cmd)?,
-        Command::Bench(_) | Command::Embed(_) | Command::Ingest(_) | Command::Search(_) | Command::Index(_) => {
+        Command::Bench(_)
+        | Command::Embed(_)
+        | Command::Ingest(_)
+        | Command::Search(_)
+        | Command::Index(_)
+        | Command::Serve(_)
+        | Command::Audit(_)
+        | Command::Kernel(_)
+        | Command::Keys(_) => {
             unreachable!("handled in main")
         }
     }

@@ -2,11 +2,14 @@
 
 mod ann;
 mod bench;
+mod bench_serve;
 mod commands;
 mod embedding;
 mod jsonl;
+mod kernel;
 mod progress;
 mod search;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -80,6 +83,20 @@ pub enum Command {
     /// Build the search indexes of a collection's segments ahead of the first search.
     #[command(subcommand)]
     Index(search::IndexCmd),
+    /// Run the REST API server (`/v1`, OpenAPI at `/openapi.json`, docs at `/docs`) on
+    /// 127.0.0.1:7700 by default. At first start an admin key is generated and printed
+    /// once (or installed from --admin-key / --admin-key-file).
+    Serve(serve::ServeArgs),
+    /// The server's audit log.
+    #[command(subcommand)]
+    Audit(serve::AuditCmd),
+    /// Knowledge kernels: compress a collection into one signed, queryable file; inspect,
+    /// verify, query offline, merge and compare kernels.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCmd),
+    /// Signing keys for kernels.
+    #[command(subcommand)]
+    Keys(kernel::KeysCmd),
     /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
     Export(commands::ExportArgs),
     /// Benchmarks that print a table and a JSON line.
@@ -108,6 +125,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ingest(a) => embedding::ingest(&cli, a),
         Command::Search(a) => search::search(&cli, a),
         Command::Index(cmd) => search::index(&cli, cmd),
+        Command::Serve(a) => serve::serve(&cli, a),
+        Command::Audit(cmd) => serve::audit(&cli, cmd),
+        Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
+        Command::Keys(cmd) => kernel::keys(cmd),
         _ => commands::run(&cli),
     }
 }

@@ -193,18 +193,54 @@ impl RabitqModel {
         self.padded() * usize::from(self.bits) / 8
     }
 
-    fn rotate(&self, v: &[f32]) -> Vec<f32> {
+    /// `v` (zero-padded to the padded dimension) turned by the rotation.
+    pub fn rotate(&self, v: &[f32]) -> Vec<f32> {
         let d = self.padded();
         let mut x = vec![0f32; d];
         x[..v.len().min(d)].copy_from_slice(&v[..v.len().min(d)]);
         self.rotation.chunks_exact(d).map(|row| distance::dot(row, &x)).collect()
     }
 
+    /// `Rᵀ·v`: back from rotated space (`v` has the padded length).
+    pub fn unrotate(&self, v: &[f32]) -> Vec<f32> {
+        let d = self.padded();
+        let mut out = vec![0f32; d];
+        for (row, &x) in self.rotation.chunks_exact(d).zip(v) {
+            out.iter_mut().zip(row).for_each(|(o, r)| *o += r * x);
+        }
+        out
+    }
+
+    /// The quantized residual direction `x̄` of a code (centred grid values, in rotated
+    /// space, not normalised).
+    pub fn dequantize(&self, codes: &[u8]) -> Vec<f32> {
+        let d = self.padded();
+        let off = ((1u32 << self.bits) - 1) as f32 / 2.0;
+        (0..d)
+            .map(|i| {
+                let c = if self.bits == 1 {
+                    codes.get(i / 8).map_or(0, |b| b >> (i % 8) & 1)
+                } else {
+                    let h = d / 2;
+                    let (j, shift) = if i < h { (i, 0) } else { (i - h, 4) };
+                    codes.get(j).map_or(0, |b| b >> shift & 0xf)
+                };
+                f32::from(c) - off
+            })
+            .collect()
+    }
+
     /// Encodes one prepared row into `out` (`code_len` bytes); returns `[‖x - c‖, factor]`.
     pub fn encode(&self, row: &[f32], out: &mut [u8]) -> [f32; 2] {
-        let mut r: Vec<f32> = row.iter().zip(&self.centroid).map(|(x, c)| x - c).collect();
-        let nr = distance::normalize(&mut r);
-        let u = self.rotate(&r);
+        let r: Vec<f32> = row.iter().zip(&self.centroid).map(|(x, c)| x - c).collect();
+        self.encode_rotated(self.rotate(&r), out)
+    }
+
+    /// Encodes a residual that is already rotated (`R·(x - c)`, padded length), so a
+    /// caller with many centroids (IVF lists) rotates each vector and centroid once.
+    /// Returns `[‖x - c‖, factor]` as [`RabitqModel::encode`] does.
+    pub fn encode_rotated(&self, mut u: Vec<f32>, out: &mut [u8]) -> [f32; 2] {
+        let nr = distance::normalize(&mut u);
         out.fill(0);
         let levels = (1u32 << self.bits) - 1;
         let off = levels as f32 / 2.0;
@@ -277,6 +313,8 @@ pub struct RabitqQuery {
     nq: f32,
     /// dot: `⟨c, q⟩`.
     cq: f32,
+    /// The rotated query in full precision (for [`RabitqSpace::dist_f32`]).
+    w: Vec<f32>,
 }
 
 impl RabitqSpace<'_> {
@@ -284,12 +322,20 @@ impl RabitqSpace<'_> {
     pub fn query(&self, q: &[f32]) -> RabitqQuery {
         let m = self.model;
         let q = prepared(self.metric, q);
-        let (mut v, cq) = match self.metric {
+        let (v, cq) = match self.metric {
             Metric::Dot => (q.clone(), distance::dot(&q, &m.centroid)),
             _ => (q.iter().zip(&m.centroid).map(|(a, c)| a - c).collect::<Vec<f32>>(), 0.0),
         };
-        let nq = if self.metric == Metric::Dot { 0.0 } else { distance::normalize(&mut v) };
-        let w = m.rotate(&v);
+        m.query_rotated(self.metric, m.rotate(&v), cq)
+    }
+}
+
+impl RabitqModel {
+    /// Prepares a query given in rotated space: `w` is `R·(q - c)` for cosine and l2
+    /// (normalised here) or `R·q` for dot, and `cq` is `⟨c, q⟩` for dot (else unused).
+    pub fn query_rotated(&self, metric: Metric, mut w: Vec<f32>, cq: f32) -> RabitqQuery {
+        let m = self;
+        let nq = if metric == Metric::Dot { 0.0 } else { distance::normalize(&mut w) };
         let sum_w: f32 = w.iter().sum();
         if m.bits == 1 {
             let (lo, hi) = w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
@@ -304,15 +350,17 @@ impl RabitqSpace<'_> {
                     }
                 }
             }
-            RabitqQuery { planes, q8: Vec::new(), scale, lo, sum_w, nq, cq }
+            RabitqQuery { planes, q8: Vec::new(), scale, lo, sum_w, nq, cq, w }
         } else {
             let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
             let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
             let q8 = w.iter().map(|&x| (x / scale).round().clamp(-127.0, 127.0) as i8).collect();
-            RabitqQuery { planes: Vec::new(), q8, scale, lo: 0.0, sum_w, nq, cq }
+            RabitqQuery { planes: Vec::new(), q8, scale, lo: 0.0, sum_w, nq, cq, w }
         }
     }
+}
 
+impl RabitqSpace<'_> {
     /// `Σ code_i · w_i` for one node.
     #[inline]
     fn code_dot(&self, q: &RabitqQuery, codes: &[u8]) -> f32 {
@@ -335,6 +383,30 @@ impl RabitqSpace<'_> {
     }
 }
 
+impl RabitqSpace<'_> {
+    /// The distance from the estimate `est` of `⟨r̂, v̂⟩` (or `⟨r̂, q⟩` for dot).
+    #[inline]
+    fn finish(&self, q: &RabitqQuery, nr: f32, est: f32) -> f32 {
+        match self.metric {
+            Metric::Dot => -(q.cq + nr * est),
+            Metric::L2 => nr * nr + q.nq * q.nq - 2.0 * nr * q.nq * est,
+            // Both unit vectors: ‖x - q‖² / 2 = 1 - cos.
+            Metric::Cosine => (nr * nr + q.nq * q.nq - 2.0 * nr * q.nq * est) / 2.0,
+        }
+    }
+
+    /// [`Space::dist`] with the query in full precision instead of 4 or 8 bits: slower,
+    /// for re-ranking a short list when no full-precision vectors are kept.
+    pub fn dist_f32(&self, q: &RabitqQuery, node: u32) -> f32 {
+        let len = self.model.code_len();
+        let i = node as usize;
+        let codes = self.codes.get(i * len..(i + 1) * len).unwrap_or(&[]);
+        let [nr, factor] = self.factors.get(i).copied().unwrap_or([0.0, 0.0]);
+        let xb = self.model.dequantize(codes);
+        self.finish(q, nr, factor * distance::dot(&xb, &q.w))
+    }
+}
+
 impl Space for RabitqSpace<'_> {
     type Query = RabitqQuery;
 
@@ -346,13 +418,7 @@ impl Space for RabitqSpace<'_> {
         let [nr, factor] = self.factors.get(i).copied().unwrap_or([0.0, 0.0]);
         let off = ((1u32 << self.model.bits) - 1) as f32 / 2.0;
         // Estimated ⟨r̂, v̂⟩ (or ⟨r̂, q⟩ for dot).
-        let est = factor * (self.code_dot(q, codes) - off * q.sum_w);
-        match self.metric {
-            Metric::Dot => -(q.cq + nr * est),
-            Metric::L2 => nr * nr + q.nq * q.nq - 2.0 * nr * q.nq * est,
-            // Both unit vectors: ‖x - q‖² / 2 = 1 - cos.
-            Metric::Cosine => (nr * nr + q.nq * q.nq - 2.0 * nr * q.nq * est) / 2.0,
-        }
+        self.finish(q, nr, factor * (self.code_dot(q, codes) - off * q.sum_w))
     }
 
     #[inline]

@@ -391,7 +391,8 @@ fn exact_rows(
     c
 }
 
-fn to_score(metric: Metric, d: f32) -> f32 {
+/// A distance as the API reports it: cosine similarity, dot product or Euclidean distance.
+pub fn to_score(metric: Metric, d: f32) -> f32 {
     match metric {
         Metric::Cosine => 1.0 - d,
         Metric::Dot => -d,

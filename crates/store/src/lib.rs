@@ -37,7 +37,7 @@ pub use collection::{
     Collection, CompactReport, Durability, Options, RecoveryReport, Stats, segment_companion, segment_companions,
     wal_path,
 };
-pub use database::Database;
+pub use database::{Database, validate_name};
 pub use error::{Error, ErrorClass, Result};
 #[cfg(feature = "parquet")]
 pub use export::export_parquet;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod serve;
 
 use std::path::Path;
 use std::process::{Command, Output};

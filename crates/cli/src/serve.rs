@@ -1,0 +1,131 @@
+//! `serve` and `audit verify`.
+
+use crate::Cli;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use kernelize_server::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `serve` arguments: each overrides the config file; each has a `KERNELIZE_*` variable.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML config file (keys as in `kernelize_server::Config`: listen, tls_cert, tls_key,
+    /// database_url, cors_origins, log_format, [limits] …).
+    #[arg(long, env = "KERNELIZE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7700).
+    #[arg(long, env = "KERNELIZE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, env = "KERNELIZE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "KERNELIZE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Control-plane database: `postgres://…` (default: SQLite `<data-dir>/control.db`).
+    #[arg(long, env = "KERNELIZE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Admin key to install at first start instead of generating one.
+    #[arg(long, env = "KERNELIZE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// File holding the admin key to install at first start.
+    #[arg(long, env = "KERNELIZE_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Model directory for embeddings.
+    #[arg(long, env = "KERNELIZE_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Log format: json or text.
+    #[arg(long, env = "KERNELIZE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Export request spans over OTLP/HTTP to this endpoint (e.g.
+    /// http://127.0.0.1:4318/v1/traces).
+    #[arg(long, env = "KERNELIZE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Per-key sustained requests per second.
+    #[arg(long, env = "KERNELIZE_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Print the listening address as `listening on ADDR` on stdout (for scripts).
+    #[arg(long, hide = true)]
+    pub print_addr: bool,
+}
+
+/// `audit` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Check the audit log's hash chain and head: any edited, inserted or removed entry is
+    /// reported (exit code 1).
+    Verify {
+        /// Control-plane database (default: SQLite `<data-dir>/control.db`).
+        #[arg(long, env = "KERNELIZE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
+    let mut c = match &a.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    c.data_dir = cli.data_dir.clone();
+    c.durability = cli.durability.clone();
+    macro_rules! over {
+        ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = Some(v.clone()); } )* };
+    }
+    over!(tls_cert, tls_key, database_url, admin_key, admin_key_file, model_dir, otlp_endpoint);
+    if let Some(l) = a.listen {
+        c.listen = l;
+    }
+    if let Some(f) = &a.log_format {
+        c.log_format = f.clone();
+    }
+    if let Some(r) = a.rate_limit {
+        c.limits.rate_per_sec = r;
+        c.limits.burst = c.limits.burst.max(r);
+    }
+    let telemetry = kernelize_server::init_telemetry(&c.log_format, c.otlp_endpoint.as_deref())?;
+    runtime()?.block_on(async {
+        let running = kernelize_server::start(c).await?;
+        if let Some(key) = running.generated_admin_key() {
+            eprintln!(
+                "\n  First start: generated the admin API key (shown only now; only its hash is stored):\n\n    {key}\n\n  \
+                 Use it as `Authorization: Bearer <key>`; create narrower keys with POST /v1/keys.\n"
+            );
+        }
+        if a.print_addr {
+            println!("listening on {}", running.addr());
+        }
+        kernelize_server::shutdown_signal().await;
+        running.shutdown().await
+    })?;
+    telemetry.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit verify`.
+pub fn audit(cli: &Cli, cmd: &AuditCmd) -> Result<ExitCode> {
+    let AuditCmd::Verify { database_url } = cmd;
+    let c = Config { data_dir: cli.data_dir.clone(), database_url: database_url.clone(), ..Config::default() };
+    let url = c.database_url();
+    runtime()?.block_on(async {
+        let meta = kernelize_server::meta::MetaStore::connect(&url).await?;
+        let v = meta.verify_audit().await?;
+        meta.close().await;
+        match v.problem {
+            None => {
+                println!("audit log OK: {} entries, head {}", v.entries, v.head_hash);
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(p) => {
+                println!("audit log BROKEN after {} good entries: {p}", v.entries);
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}

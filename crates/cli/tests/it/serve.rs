@@ -1,0 +1,122 @@
+//! `kernelize serve` as a process: starts, prints its address, answers, stops on
+//! SIGTERM; `kernelize audit verify` checks the audit chain it left and catches an edit.
+
+use crate::{kz, ok};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+fn http_get(addr: &str, path: &str, key: Option<&str>) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn serve_answers_stops_on_sigterm_and_audit_verify_catches_an_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "kz_clitest00000_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kernelize"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--print-addr", "--admin-key", key, "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_owned();
+    let r = http_get(&addr, "/v1/collections", None);
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert!(r.contains("\"code\":\"unauthenticated\""));
+    let r = http_get(&addr, "/v1/collections", Some(key));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let st = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "serve exited with {:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("\"message\":\"shut down cleanly\""), "{log}");
+    assert!(log.contains("\"request_id\""), "logs carry request ids: {log}");
+
+    let verified = ok(dir.path(), &["audit", "verify"]);
+    assert!(verified.starts_with("audit log OK: 2 entries"), "{verified}");
+    // Edit one entry behind the server's back: verify names it and fails.
+    let db = dir.path().join("control.db");
+    let edit = Command::new("python3")
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit SET outcome = 'ok' WHERE seq = 2\"); c.commit()"])
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(edit.success());
+    let out = kz(dir.path(), &["audit", "verify"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("entry 2") && text.contains("edited"), "{text}");
+}
+
+/// Accepts HTTP requests on 127.0.0.1 and hands each `(request line, body)` to a channel,
+/// answering 200 — a minimal OTLP/HTTP collector.
+fn collector() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut r = BufReader::new(conn);
+            let mut first = String::new();
+            if r.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send((first.trim().to_owned(), body));
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn request_spans_are_exported_over_otlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector_addr, received) = collector();
+    let key = "kz_clitest00000_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kernelize"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--print-addr", "--admin-key", key])
+        .arg("--otlp-endpoint")
+        .arg(format!("http://{collector_addr}/v1/traces"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_owned();
+    assert!(http_get(&addr, "/v1/collections", Some(key)).starts_with("HTTP/1.1 200"));
+    // Shutdown flushes the batch.
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let (request_line, body) = received.recv_timeout(std::time::Duration::from_secs(20)).expect("no OTLP export");
+    assert!(request_line.starts_with("POST /v1/traces"), "{request_line}");
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"kernelize"), "service name missing");
+    assert!(has(b"GET /v1/collections"), "span name missing");
+    assert!(has(b"request_id"), "request id attribute missing");
+}

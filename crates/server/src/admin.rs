@@ -1,0 +1,366 @@
+//! Admin operations — keys, tokens, usage, the audit log, backups — and the first-start
+//! admin key. Authorization is checked here, on every call.
+
+use crate::auth::{Principal, Role, Scope, TOKEN_ISSUER, TokenClaims, generate_key, parse_key, random_id};
+use crate::engine::blocking;
+use crate::error::ApiError;
+use crate::meta::{BackupRow, KeyRow};
+use crate::model::*;
+use crate::state::{AppState, now_ms, principal_of, rfc3339};
+use kernelize_store::BackupFormat;
+use std::sync::Arc;
+
+const MAX_NAME: usize = 128;
+/// Longest key lifetime or rotation grace: 100 years.
+pub const MAX_LIFETIME_SECS: u64 = 100 * 365 * 24 * 3600;
+/// Default token lifetime.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 900;
+
+fn key_info(r: &KeyRow, now: i64) -> Result<KeyInfo, ApiError> {
+    let p = principal_of(r, false).map_err(ApiError::internal)?;
+    Ok(KeyInfo {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        role: p.role,
+        collections: p.scope.to_list(),
+        created_at: rfc3339(r.created_ms),
+        expires_at: r.expires_ms.map(rfc3339),
+        revoked_at: r.revoked_ms.map(rfc3339),
+        rotated_to: r.rotated_to.clone(),
+        active: r.active(now),
+    })
+}
+
+fn backup_info(b: BackupRow) -> BackupInfo {
+    BackupInfo {
+        id: b.id,
+        state: b.state,
+        format: b.format,
+        path: b.path,
+        requested_by: b.requested_by,
+        created_at: rfc3339(b.created_ms),
+        finished_at: b.finished_ms.map(rfc3339),
+        bytes: b.bytes,
+        collections: b.collections,
+        error: b.error,
+    }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn check_collections(list: &Option<Vec<String>>) -> Result<(), ApiError> {
+    if let Some(l) = list {
+        if l.len() > 1000 {
+            return Err(ApiError::invalid("collections: at most 1000 names"));
+        }
+        for n in l {
+            kernelize_store::validate_name(n).map_err(|e| ApiError::invalid(format!("collections: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored row of the key `full` (`kz_<id>_<secret>`): its id, and only the keyed
+/// hash of its secret.
+pub fn key_row(
+    state: &AppState,
+    full: &str,
+    name: &str,
+    role: Role,
+    scope: &Scope,
+    expires_ms: Option<i64>,
+) -> Result<KeyRow, ApiError> {
+    let k = parse_key(full).ok_or_else(|| {
+        ApiError::invalid("not a Kernelize key (kz_<12 lowercase letters or digits>_<32+ characters>)")
+    })?;
+    let collections = scope.to_list().map(|l| serde_json::to_string(&l)).transpose().map_err(ApiError::internal)?;
+    Ok(KeyRow {
+        id: k.id.to_owned(),
+        name: name.to_owned(),
+        hash: state.secrets.hash_secret(k.secret),
+        role: role.as_str().into(),
+        collections,
+        created_ms: now_ms(),
+        expires_ms,
+        revoked_ms: None,
+        rotated_to: None,
+    })
+}
+
+/// A new random key for `role`/`scope`: `(row, full key text)`.
+pub fn new_key(
+    state: &AppState,
+    name: &str,
+    role: Role,
+    scope: &Scope,
+    expires_ms: Option<i64>,
+) -> Result<(KeyRow, String), ApiError> {
+    let (_, full) = generate_key();
+    Ok((key_row(state, &full, name, role, scope, expires_ms)?, full))
+}
+
+impl AppState {
+    /// Installs the first admin key when the store has none: the configured one (from
+    /// `admin_key`, `admin_key_file`), else a generated one, returned to be shown once.
+    pub async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
+        if self.meta.has_admin().await? {
+            return Ok(None);
+        }
+        let configured = match (&self.config.admin_key, &self.config.admin_key_file) {
+            (Some(k), _) => Some(k.trim().to_owned()),
+            (None, Some(f)) => Some(fs_err::read_to_string(f)?.trim().to_owned()),
+            (None, None) => None,
+        };
+        let generated = configured.is_none();
+        let full = configured.unwrap_or_else(|| generate_key().1);
+        let row = key_row(self, &full, "admin", Role::Admin, &Scope::All, None)
+            .map_err(|e| anyhow::anyhow!("the admin key: {}", e.message))?;
+        self.meta.insert_key(&row).await?;
+        self.audit("startup", "system", "keys.bootstrap", &row.id, "ok", "first admin key installed")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(generated.then_some(full))
+    }
+
+    /// Creates a key.
+    pub async fn create_key(&self, p: &Principal, req: CreateKey) -> Result<KeyCreated, ApiError> {
+        p.require(Role::Admin, None)?;
+        if req.name.trim().is_empty() || req.name.chars().count() > MAX_NAME {
+            return Err(ApiError::invalid(format!("name must be 1-{MAX_NAME} characters")));
+        }
+        check_collections(&req.collections)?;
+        let expires_ms = match req.expires_in_secs {
+            Some(s) if s == 0 || s > MAX_LIFETIME_SECS => {
+                return Err(ApiError::invalid(format!("expires_in_secs must be 1..={MAX_LIFETIME_SECS}, got {s}")));
+            }
+            Some(s) => Some(now_ms().saturating_add(secs_to_ms(s))),
+            None => None,
+        };
+        let (row, key) = new_key(self, &req.name, req.role, &Scope::from_list(req.collections), expires_ms)?;
+        self.meta.insert_key(&row).await?;
+        Ok(KeyCreated { key, info: key_info(&row, now_ms())? })
+    }
+
+    /// Lists keys.
+    pub async fn list_keys(&self, p: &Principal) -> Result<KeyList, ApiError> {
+        p.require(Role::Admin, None)?;
+        let now = now_ms();
+        let keys = self.meta.keys().await?.iter().map(|r| key_info(r, now)).collect::<Result<_, _>>()?;
+        Ok(KeyList { keys })
+    }
+
+    async fn active_admins_except(&self, id: &str) -> Result<usize, ApiError> {
+        let now = now_ms();
+        Ok(self.meta.keys().await?.iter().filter(|r| r.id != id && r.role == "admin" && r.active(now)).count())
+    }
+
+    /// Rotates a key: a new key with the same name, role and scope; the old one keeps
+    /// working for the grace period.
+    pub async fn rotate_key(&self, p: &Principal, id: &str, req: RotateKey) -> Result<KeyCreated, ApiError> {
+        p.require(Role::Admin, None)?;
+        let now = now_ms();
+        let old = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {id:?}")))?;
+        if !old.active(now) {
+            return Err(ApiError::conflict(format!("key {id:?} is revoked or expired")));
+        }
+        let grace = req.grace_secs.unwrap_or(self.config.limits.rotation_grace_secs);
+        if grace > MAX_LIFETIME_SECS {
+            return Err(ApiError::invalid(format!("grace_secs must be at most {MAX_LIFETIME_SECS}, got {grace}")));
+        }
+        let old_expires = now.saturating_add(secs_to_ms(grace)).min(old.expires_ms.unwrap_or(i64::MAX));
+        let scope = principal_of(&old, false).map_err(ApiError::internal)?;
+        let (row, key) = new_key(self, &old.name, scope.role, &scope.scope, old.expires_ms)?;
+        self.meta.rotate_key(id, &row, old_expires).await?;
+        self.forget_key(id);
+        Ok(KeyCreated { key, info: key_info(&row, now)? })
+    }
+
+    /// Revokes a key (and every token it minted). The last active admin key cannot be
+    /// revoked.
+    pub async fn revoke_key(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        p.require(Role::Admin, None)?;
+        let row = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {id:?}")))?;
+        if row.revoked_ms.is_some() {
+            return Err(ApiError::conflict(format!("key {id:?} is already revoked")));
+        }
+        if row.role == "admin" && self.active_admins_except(id).await? == 0 {
+            return Err(ApiError::conflict("refusing to revoke the last active admin key"));
+        }
+        self.meta.revoke_key(id, now_ms()).await?;
+        self.forget_key(id);
+        Ok(())
+    }
+
+    /// Mints a token with at most the key's rights.
+    pub async fn mint_token(&self, p: &Principal, req: TokenRequest) -> Result<TokenResponse, ApiError> {
+        if p.via_token {
+            return Err(ApiError::forbidden("tokens cannot mint tokens; use a key"));
+        }
+        let role = req.role.unwrap_or(p.role);
+        if role > p.role {
+            return Err(ApiError::forbidden(format!(
+                "a {} key cannot mint a {} token",
+                p.role.as_str(),
+                role.as_str()
+            )));
+        }
+        check_collections(&req.collections)?;
+        let scope = match req.collections {
+            Some(l) => Scope::from_list(Some(l)),
+            None => p.scope.clone(),
+        };
+        if !p.scope.covers(&scope) {
+            return Err(ApiError::forbidden("the token's collections must be within the key's scope"));
+        }
+        let ttl = req.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+        let max = self.config.limits.max_token_ttl_secs;
+        if ttl == 0 || ttl > max {
+            return Err(ApiError::invalid(format!("ttl_secs must be 1..={max}, got {ttl}")));
+        }
+        let row = self.meta.key(&p.key_id).await?.ok_or_else(|| ApiError::unauthenticated("key vanished"))?;
+        let now = now_ms() / 1000;
+        let mut exp = now as u64 + ttl;
+        if let Some(e) = row.expires_ms {
+            exp = exp.min((e / 1000).max(0) as u64);
+        }
+        let claims = TokenClaims {
+            sub: p.key_id.clone(),
+            iss: TOKEN_ISSUER.into(),
+            iat: now as u64,
+            exp,
+            jti: random_id(),
+            role,
+            collections: scope.to_list(),
+        };
+        let token = self.secrets.sign_token(&claims)?;
+        Ok(TokenResponse { token, expires_at: rfc3339(exp as i64 * 1000), role, collections: claims.collections })
+    }
+
+    /// Usage of every key (pending counters flushed first).
+    pub async fn usage_report(&self, p: &Principal) -> Result<UsageReport, ApiError> {
+        p.require(Role::Admin, None)?;
+        self.flush_usage().await?;
+        let keys = self
+            .meta
+            .usage()
+            .await?
+            .into_iter()
+            .map(|u| KeyUsage {
+                key_id: u.key_id,
+                requests: u.requests,
+                records_written: u.records_written,
+                texts_embedded: u.texts_embedded,
+                bytes_stored: u.bytes_stored,
+            })
+            .collect();
+        Ok(UsageReport { keys })
+    }
+
+    /// A page of the audit log.
+    pub async fn audit_page(&self, p: &Principal, q: AuditParams) -> Result<AuditPage, ApiError> {
+        p.require(Role::Admin, None)?;
+        let limit = q.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
+        }
+        let entries = self
+            .meta
+            .audit_page(q.after_seq.unwrap_or(0), i64::from(limit), q.actor.as_deref(), q.action.as_deref())
+            .await?;
+        let (head_seq, head_hash) = self.meta.audit_head().await?.unwrap_or((0, crate::audit::GENESIS.into()));
+        Ok(AuditPage { entries, head_seq, head_hash })
+    }
+
+    /// Starts a backup of every collection in the background.
+    pub async fn start_backup(self: &Arc<Self>, p: &Principal, req: BackupRequest) -> Result<BackupInfo, ApiError> {
+        p.require(Role::Admin, None)?;
+        let format = req.format.unwrap_or(BackupFormatName::Tar);
+        let id = random_id();
+        let dir = self.config.backup_dir();
+        let path = match format {
+            BackupFormatName::Tar => dir.join(format!("{id}.tar")),
+            BackupFormatName::Dir => dir.join(&id),
+        };
+        let row = BackupRow {
+            id: id.clone(),
+            state: "running".into(),
+            format: if format == BackupFormatName::Tar { "tar" } else { "dir" }.into(),
+            path: path.display().to_string(),
+            requested_by: p.actor(),
+            created_ms: now_ms(),
+            finished_ms: None,
+            bytes: None,
+            collections: None,
+            error: None,
+        };
+        self.meta.insert_backup(&row).await?;
+        let state = self.clone();
+        let mut done = row.clone();
+        tokio::spawn(async move {
+            let db = state.db.clone();
+            let result = blocking(move || {
+                fs_err::create_dir_all(&dir).map_err(ApiError::internal)?;
+                let fmt = if format == BackupFormatName::Tar { BackupFormat::Tar } else { BackupFormat::Dir };
+                kernelize_store::backup(&db, &path, fmt, &[], &mut |_, _| {}).map_err(ApiError::internal)
+            })
+            .await;
+            done.finished_ms = Some(now_ms());
+            match result {
+                Ok(r) => {
+                    done.state = "succeeded".into();
+                    done.bytes = Some(r.bytes as i64);
+                    done.collections = Some(r.collections.len() as i64);
+                }
+                Err(e) => {
+                    done.state = "failed".into();
+                    done.error = Some(e.message);
+                }
+            }
+            if let Err(e) = state.meta.finish_backup(&done).await {
+                tracing::error!(backup = done.id, error = %e, "could not record the end of a backup");
+            }
+            let _ = state
+                .audit(
+                    "-",
+                    "system",
+                    "backups.finish",
+                    &done.id,
+                    if done.state == "succeeded" { "ok" } else { "error" },
+                    &done.state,
+                )
+                .await;
+        });
+        Ok(backup_info(row))
+    }
+
+    /// One backup job.
+    pub async fn backup_status(&self, p: &Principal, id: &str) -> Result<BackupInfo, ApiError> {
+        p.require(Role::Admin, None)?;
+        self.meta.backup(id).await?.map(backup_info).ok_or_else(|| ApiError::not_found(format!("no backup {id:?}")))
+    }
+
+    /// Every backup job.
+    pub async fn list_backups(&self, p: &Principal) -> Result<BackupList, ApiError> {
+        p.require(Role::Admin, None)?;
+        Ok(BackupList { backups: self.meta.backups().await?.into_iter().map(backup_info).collect() })
+    }
+
+    /// The Prometheus exposition (collection gauges refreshed first).
+    pub async fn metrics_text(self: &Arc<Self>, p: &Principal) -> Result<String, ApiError> {
+        p.require(Role::Admin, None)?;
+        let state = self.clone();
+        blocking(move || {
+            state.metrics.records.clear();
+            for c in state.db.collections() {
+                if let Ok(s) = c.stats() {
+                    let l = crate::metrics::CollectionLabels { collection: s.name };
+                    state.metrics.records.get_or_create(&l).set(s.records as i64);
+                }
+            }
+            Ok(state.metrics.encode())
+        })
+        .await
+    }
+}

@@ -1,0 +1,656 @@
+//! Routes, handlers and the OpenAPI document (generated from these annotations).
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorBody};
+use crate::model::*;
+use crate::state::AppState;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+type St = State<Arc<AppState>>;
+
+/// A JSON body whose rejections are API errors (400, 413, 415) in the one error shape.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            )),
+            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text()))
+            }
+            Err(e) => Err(ApiError::invalid(format!("request body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Path parameters whose rejections are 400 in the one error shape.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e: PathRejection| ApiError::invalid(format!("path: {}", e.body_text())))
+    }
+}
+
+/// Query parameters whose rejections are 400 in the one error shape.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e: QueryRejection| ApiError::invalid(format!("query: {}", e.body_text())))
+    }
+}
+
+/// The authenticated principal (put there by the auth middleware); 401 without one.
+#[derive(Debug)]
+pub struct Auth(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Auth)
+            .ok_or_else(|| ApiError::unauthenticated("not authenticated"))
+    }
+}
+
+/// Detail for the audit entry of a request, attached to its response.
+#[derive(Debug, Clone)]
+pub struct AuditDetail(pub String);
+
+fn audited(detail: String, status: StatusCode, body: impl IntoResponse) -> Response {
+    let mut r = (status, body).into_response();
+    r.extensions_mut().insert(AuditDetail(detail));
+    r
+}
+
+/// Every error response an API operation can give, in the one error shape.
+pub struct Errors;
+
+impl utoipa::IntoResponses for Errors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        [
+            ("400", "Invalid request (body, path, query, filter, limits)"),
+            ("401", "Missing, invalid, expired or revoked credentials"),
+            ("403", "The key's role or scope does not allow this"),
+            ("404", "No such collection, record, key, kernel or backup"),
+            ("405", "Method not allowed on this path"),
+            ("409", "Conflict (exists already, revoked, last admin, kernel not built or expired)"),
+            ("413", "Request body too large"),
+            ("415", "Body is not JSON"),
+            ("429", "Rate limited; see Retry-After"),
+            ("500", "Internal error (details only in the server log)"),
+            ("503", "Overloaded, timed out, or a dependency is unavailable; see Retry-After"),
+        ]
+        .into_iter()
+        .map(|(code, desc)| {
+            let content =
+                ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody"))).build();
+            (
+                code.to_owned(),
+                RefOr::T(ResponseBuilder::new().description(desc).content("application/json", content).build()),
+            )
+        })
+        .collect()
+    }
+}
+
+// ---------------------------------------------------------------- collections
+
+/// List the collections this key can see.
+#[utoipa::path(get, path = "/v1/collections", tag = "collections", security(("bearer" = [])),
+    responses((status = 200, description = "Collections", body = CollectionList), Errors))]
+async fn list_collections(State(st): St, Auth(p): Auth) -> Result<Json<CollectionList>, ApiError> {
+    Ok(Json(st.list_collections(&p).await?))
+}
+
+/// Create a collection (writer or admin, name in scope).
+#[utoipa::path(post, path = "/v1/collections", tag = "collections", security(("bearer" = [])),
+    request_body = CreateCollection,
+    responses((status = 201, description = "Created", body = CollectionInfo), Errors))]
+async fn create_collection(
+    State(st): St,
+    Auth(p): Auth,
+    Body(req): Body<CreateCollection>,
+) -> Result<Response, ApiError> {
+    let info = st.create_collection(&p, req).await?;
+    Ok(audited(format!("dim={} metric={:?}", info.dim, info.metric), StatusCode::CREATED, Json(info)))
+}
+
+/// Describe a collection with its statistics.
+#[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs")),
+    responses((status = 200, description = "The collection", body = CollectionInfo), Errors))]
+async fn describe_collection(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<CollectionInfo>, ApiError> {
+    Ok(Json(st.describe(&p, &name).await?))
+}
+
+/// Drop a collection and all its records (writer or admin).
+#[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs")),
+    responses((status = 204, description = "Dropped"), Errors))]
+async fn drop_collection(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(name): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
+    st.drop_collection(&p, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- records
+
+/// Insert or replace a batch of records atomically. Records without a vector have their
+/// text embedded by the server.
+#[utoipa::path(post, path = "/v1/collections/{name}/records", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs")),
+    request_body = UpsertRequest,
+    responses((status = 200, description = "Written and durable", body = WriteResult), Errors))]
+async fn upsert(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(name): PathParams<String>,
+    Body(req): Body<UpsertRequest>,
+) -> Result<Response, ApiError> {
+    let r = st.upsert(&p, &name, req).await?;
+    Ok(audited(r.audit_detail(), StatusCode::OK, Json(r)))
+}
+
+/// Page through records in key order.
+#[utoipa::path(get, path = "/v1/collections/{name}/records", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs"), ScanParams),
+    responses((status = 200, description = "A page of records", body = ScanPage), Errors))]
+async fn scan(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(name): PathParams<String>,
+    QueryParams(q): QueryParams<ScanParams>,
+) -> Result<Json<ScanPage>, ApiError> {
+    Ok(Json(st.scan(&p, &name, q).await?))
+}
+
+/// Get one record.
+#[utoipa::path(get, path = "/v1/collections/{name}/records/{id}", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs"), ("id" = String, Path, description = "Record id", example = "r1"), GetParams),
+    responses((status = 200, description = "The record", body = RecordOut), Errors))]
+async fn get_record(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams((name, id)): PathParams<(String, String)>,
+    QueryParams(q): QueryParams<GetParams>,
+) -> Result<Json<RecordOut>, ApiError> {
+    Ok(Json(st.get_record(&p, &name, id, q.vector.unwrap_or(true)).await?))
+}
+
+/// Delete one record.
+#[utoipa::path(delete, path = "/v1/collections/{name}/records/{id}", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs"), ("id" = String, Path, description = "Record id", example = "r1")),
+    responses((status = 200, description = "Deleted (deleting a missing id is not an error)", body = WriteResult), Errors))]
+async fn delete_record(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams((name, id)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let r = st.delete(&p, &name, vec![id]).await?;
+    Ok(audited(r.audit_detail(), StatusCode::OK, Json(r)))
+}
+
+/// Delete a batch of records atomically.
+#[utoipa::path(post, path = "/v1/collections/{name}/records:delete", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs")),
+    request_body = DeleteRequest,
+    responses((status = 200, description = "Deleted", body = WriteResult), Errors))]
+async fn delete_records(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(name): PathParams<String>,
+    Body(req): Body<DeleteRequest>,
+) -> Result<Response, ApiError> {
+    let r = st.delete(&p, &name, req.ids).await?;
+    Ok(audited(r.audit_detail(), StatusCode::OK, Json(r)))
+}
+
+// ---------------------------------------------------------------- search, embed
+
+/// Search: nearest vectors, BM25 keywords, or both fused; with metadata filters.
+#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "search", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs")),
+    request_body = SearchRequest,
+    responses((status = 200, description = "Hits, best first", body = SearchResponse), Errors))]
+async fn search(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(name): PathParams<String>,
+    Body(req): Body<SearchRequest>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    Ok(Json(st.search(&p, &name, req).await?))
+}
+
+/// Embed texts with all-MiniLM-L6-v2 (in process, on the CPU).
+#[utoipa::path(post, path = "/v1/embed", tag = "search", security(("bearer" = [])),
+    request_body = EmbedRequest,
+    responses((status = 200, description = "Vectors", body = EmbedResponse), Errors))]
+async fn embed(State(st): St, Auth(p): Auth, Body(req): Body<EmbedRequest>) -> Result<Json<EmbedResponse>, ApiError> {
+    Ok(Json(st.embed(&p, req).await?))
+}
+
+// ---------------------------------------------------------------- kernels
+
+/// Build a knowledge kernel of a collection in the background (writer on the collection).
+#[utoipa::path(post, path = "/v1/kernels", tag = "kernels", security(("bearer" = [])),
+    request_body = KernelBuildRequest,
+    responses((status = 202, description = "Started; poll GET /v1/kernels/{id}", body = KernelInfo), Errors))]
+async fn build_kernel(State(st): St, Auth(p): Auth, Body(req): Body<KernelBuildRequest>) -> Result<Response, ApiError> {
+    let k = st.start_kernel_build(&p, req).await?;
+    Ok(audited(format!("kernel={} collection={}", k.id, k.collection), StatusCode::ACCEPTED, Json(k)))
+}
+
+/// List the kernels of collections in the key's scope.
+#[utoipa::path(get, path = "/v1/kernels", tag = "kernels", security(("bearer" = [])),
+    responses((status = 200, description = "Kernels, newest first", body = KernelList), Errors))]
+async fn list_kernels(State(st): St, Auth(p): Auth) -> Result<Json<KernelList>, ApiError> {
+    Ok(Json(st.list_kernels(&p).await?))
+}
+
+/// A kernel: build state and progress, then its signed manifest and compression report.
+#[utoipa::path(get, path = "/v1/kernels/{id}", tag = "kernels", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Kernel id")),
+    responses((status = 200, description = "The kernel", body = KernelInfo), Errors))]
+async fn describe_kernel(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<KernelInfo>, ApiError> {
+    Ok(Json(st.describe_kernel(&p, &id).await?))
+}
+
+/// Delete a kernel (writer on its collection).
+#[utoipa::path(delete, path = "/v1/kernels/{id}", tag = "kernels", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Kernel id")),
+    responses((status = 204, description = "Deleted"), Errors))]
+async fn delete_kernel(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
+    st.delete_kernel(&p, &id).await?;
+    Ok(audited(format!("kernel={id}"), StatusCode::NO_CONTENT, ()))
+}
+
+/// Download a kernel file. Supports `Range` (a device resumes with `Range: bytes=N-`) and
+/// `If-Range`; verify it with the key from GET /v1/kernel-signing-key.
+#[utoipa::path(get, path = "/v1/kernels/{id}/download", tag = "kernels", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Kernel id")),
+    responses(
+        (status = 200, description = "The kernel file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested byte range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 416, description = "Range not satisfiable"),
+        Errors))]
+async fn download_kernel(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(id): PathParams<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    use tower::ServiceExt as _;
+    let path = st.kernel_file(&p, &id).await?;
+    let mut resp = tower_http::services::ServeFile::new(path).oneshot(req).await.map_err(ApiError::internal)?;
+    let disposition = format!("attachment; filename=\"{id}.{}\"", kernelize_kernel::EXT);
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(audited(format!("kernel={id}"), resp.status(), resp.map(axum::body::Body::new)))
+}
+
+/// Query a hosted kernel (reader on its collection).
+#[utoipa::path(post, path = "/v1/kernels/{id}/query", tag = "kernels", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Kernel id")),
+    request_body = KernelQueryRequest,
+    responses((status = 200, description = "Rows, best first", body = KernelQueryResponse), Errors))]
+async fn query_kernel(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(id): PathParams<String>,
+    Body(req): Body<KernelQueryRequest>,
+) -> Result<Json<KernelQueryResponse>, ApiError> {
+    Ok(Json(st.query_kernel(&p, &id, req).await?))
+}
+
+/// The public key the server signs kernels with (any key may read it).
+#[utoipa::path(get, path = "/v1/kernel-signing-key", tag = "kernels", security(("bearer" = [])),
+    responses((status = 200, description = "ed25519 public key", body = SigningKeyInfo), Errors))]
+async fn kernel_signing_key(State(st): St, Auth(_): Auth) -> Json<SigningKeyInfo> {
+    Json(st.kernel_signing_key())
+}
+
+// ---------------------------------------------------------------- admin
+
+/// Start an online backup of every collection (admin).
+#[utoipa::path(post, path = "/v1/backups", tag = "admin", security(("bearer" = [])),
+    request_body = BackupRequest,
+    responses((status = 202, description = "Started; poll its status", body = BackupInfo), Errors))]
+async fn start_backup(State(st): St, Auth(p): Auth, Body(req): Body<BackupRequest>) -> Result<Response, ApiError> {
+    let b = st.start_backup(&p, req).await?;
+    Ok(audited(format!("backup={} path={}", b.id, b.path), StatusCode::ACCEPTED, Json(b)))
+}
+
+/// List backup jobs (admin).
+#[utoipa::path(get, path = "/v1/backups", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Jobs", body = BackupList), Errors))]
+async fn list_backups(State(st): St, Auth(p): Auth) -> Result<Json<BackupList>, ApiError> {
+    Ok(Json(st.list_backups(&p).await?))
+}
+
+/// Status of a backup job (admin).
+#[utoipa::path(get, path = "/v1/backups/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Backup id")),
+    responses((status = 200, description = "The job", body = BackupInfo), Errors))]
+async fn backup_status(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<BackupInfo>, ApiError> {
+    Ok(Json(st.backup_status(&p, &id).await?))
+}
+
+/// Usage per key: requests, records written, texts embedded, bytes stored (admin).
+#[utoipa::path(get, path = "/v1/usage", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Usage", body = UsageReport), Errors))]
+async fn usage(State(st): St, Auth(p): Auth) -> Result<Json<UsageReport>, ApiError> {
+    Ok(Json(st.usage_report(&p).await?))
+}
+
+/// Create an API key; its secret is in this response only (admin).
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", security(("bearer" = [])),
+    request_body = CreateKey,
+    responses((status = 201, description = "Created", body = KeyCreated), Errors))]
+async fn create_key(State(st): St, Auth(p): Auth, Body(req): Body<CreateKey>) -> Result<Response, ApiError> {
+    let k = st.create_key(&p, req).await?;
+    let detail = format!("new key {} role {}", k.info.id, k.info.role.as_str());
+    Ok(audited(detail, StatusCode::CREATED, Json(k)))
+}
+
+/// List API keys, never their secrets (admin).
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", security(("bearer" = [])),
+    responses((status = 200, description = "Keys", body = KeyList), Errors))]
+async fn list_keys(State(st): St, Auth(p): Auth) -> Result<Json<KeyList>, ApiError> {
+    Ok(Json(st.list_keys(&p).await?))
+}
+
+/// Rotate a key: a new secret now, the old one valid for a grace period (admin).
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id")),
+    request_body = RotateKey,
+    responses((status = 200, description = "The new key", body = KeyCreated), Errors))]
+async fn rotate_key(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(id): PathParams<String>,
+    Body(req): Body<RotateKey>,
+) -> Result<Response, ApiError> {
+    let k = st.rotate_key(&p, &id, req).await?;
+    Ok(audited(format!("replaced by {}", k.info.id), StatusCode::OK, Json(k)))
+}
+
+/// Revoke a key and every token it minted (admin).
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 204, description = "Revoked"), Errors))]
+async fn revoke_key(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<StatusCode, ApiError> {
+    st.revoke_key(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mint a short-lived EdDSA token with at most this key's role and scope (any key).
+#[utoipa::path(post, path = "/v1/tokens", tag = "keys", security(("bearer" = [])),
+    request_body = TokenRequest,
+    responses((status = 201, description = "Minted", body = TokenResponse), Errors))]
+async fn mint_token(State(st): St, Auth(p): Auth, Body(req): Body<TokenRequest>) -> Result<Response, ApiError> {
+    let t = st.mint_token(&p, req).await?;
+    let detail = format!("role {} until {}", t.role.as_str(), t.expires_at);
+    Ok(audited(detail, StatusCode::CREATED, Json(t)))
+}
+
+/// Read the hash-chained audit log (admin).
+#[utoipa::path(get, path = "/v1/audit", tag = "admin", security(("bearer" = [])),
+    params(AuditParams),
+    responses((status = 200, description = "Entries", body = AuditPage), Errors))]
+async fn audit_log(
+    State(st): St,
+    Auth(p): Auth,
+    QueryParams(q): QueryParams<AuditParams>,
+) -> Result<Json<AuditPage>, ApiError> {
+    Ok(Json(st.audit_page(&p, q).await?))
+}
+
+/// Prometheus metrics (admin).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), Errors))]
+async fn metrics(State(st): St, Auth(p): Auth) -> Result<Response, ApiError> {
+    let text = st.metrics_text(&p).await?;
+    let mut r = text.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    Ok(r)
+}
+
+// ---------------------------------------------------------------- public
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health), Errors))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into(), checks: BTreeMap::new() })
+}
+
+/// Readiness: the data directory is writable and the metadata store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Health), (status = 503, description = "Not ready", body = Health), Errors))]
+async fn readyz(State(st): St) -> Response {
+    let mut checks = BTreeMap::new();
+    let probe = st.config.data_dir.join(".readyz");
+    let dir_ok = crate::engine::blocking(move || {
+        fs_err::write(&probe, b"ok").and_then(|()| fs_err::remove_file(&probe)).map_err(ApiError::internal)
+    })
+    .await;
+    checks.insert(
+        "data_dir".to_owned(),
+        dir_ok.as_ref().map_or_else(|_| "not writable".to_owned(), |()| "ok".to_owned()),
+    );
+    let meta_ok = st.meta.ping().await;
+    checks.insert(
+        "metadata_store".to_owned(),
+        meta_ok.as_ref().map_or_else(|_| "unreachable".to_owned(), |()| "ok".to_owned()),
+    );
+    checks.insert(
+        "embedder".to_owned(),
+        match &st.embedder {
+            Ok(_) => "ok".to_owned(),
+            Err(_) => "not installed (embedding endpoints answer 503)".to_owned(),
+        },
+    );
+    let ready = dir_ok.is_ok() && meta_ok.is_ok();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Health { status: if ready { "ok" } else { "not ready" }.into(), checks })).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object), Errors))]
+async fn openapi_json() -> Response {
+    let mut r = Json(openapi()).into_response();
+    r.extensions_mut().insert(PublicCache);
+    r
+}
+
+/// API reference as HTML, rendered from the OpenAPI document on the server (no scripts).
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "HTML", body = String, content_type = "text/html"), Errors))]
+async fn docs() -> Response {
+    let mut r = Html(crate::docs::render(&openapi())).into_response();
+    r.extensions_mut().insert(DocsPage);
+    r
+}
+
+/// Marks a response as the HTML docs page (which gets a CSP allowing its inline style).
+#[derive(Debug, Clone, Copy)]
+pub struct DocsPage;
+/// Marks a response as cacheable public content.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicCache;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (`kz_<id>_<secret>`) or a token minted with POST /v1/tokens"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of the whole API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kernelize", description = "Self-hosted knowledge engine: collections, search, embeddings, keys, audit."),
+    modifiers(&Security),
+    paths(
+        list_collections, create_collection, describe_collection, drop_collection,
+        upsert, scan, get_record, delete_record, delete_records, search, embed,
+        build_kernel, list_kernels, describe_kernel, delete_kernel, download_kernel, query_kernel, kernel_signing_key,
+        start_backup, list_backups, backup_status, usage,
+        create_key, list_keys, rotate_key, revoke_key, mint_token, audit_log,
+        metrics, healthz, readyz, openapi_json, docs
+    ),
+    components(schemas(ErrorBody, crate::audit::AuditEntry)),
+    tags(
+        (name = "collections", description = "Collections"),
+        (name = "records", description = "Records"),
+        (name = "search", description = "Search and embeddings"),
+        (name = "kernels", description = "Knowledge kernels: build, download, query"),
+        (name = "keys", description = "API keys and tokens"),
+        (name = "admin", description = "Backups, usage, audit"),
+        (name = "operations", description = "Health, readiness, metrics, this document")
+    )
+)]
+pub struct ApiDoc;
+
+/// The generated document, with the crate version.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// Routes that need a principal (the auth middleware runs in front of them).
+pub fn protected_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/collections", get(list_collections).post(create_collection))
+        .route("/v1/collections/{name}", get(describe_collection).delete(drop_collection))
+        .route("/v1/collections/{name}/records", get(scan).post(upsert))
+        .route("/v1/collections/{name}/records:delete", post(delete_records))
+        .route("/v1/collections/{name}/records/{id}", get(get_record).delete(delete_record))
+        .route("/v1/collections/{name}/search", post(search))
+        .route("/v1/embed", post(embed))
+        .route("/v1/kernels", get(list_kernels).post(build_kernel))
+        .route("/v1/kernels/{id}", get(describe_kernel).delete(delete_kernel))
+        .route("/v1/kernels/{id}/download", get(download_kernel))
+        .route("/v1/kernels/{id}/query", post(query_kernel))
+        .route("/v1/kernel-signing-key", get(kernel_signing_key))
+        .route("/v1/backups", get(list_backups).post(start_backup))
+        .route("/v1/backups/{id}", get(backup_status))
+        .route("/v1/usage", get(usage))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/tokens", post(mint_token))
+        .route("/v1/audit", get(audit_log))
+        .route("/metrics", get(metrics))
+}
+
+/// Routes anyone may call.
+pub fn public_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+}
+
+/// 404 for unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+/// 405 for a known path with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this path; see /openapi.json",
+    )
+}
+
+/// The audit action of a route, or `None` for reads that are not audited.
+pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
+    Some(match (method, route) {
+        ("POST", "/v1/collections") => "collections.create",
+        ("DELETE", "/v1/collections/{name}") => "collections.drop",
+        ("POST", "/v1/collections/{name}/records") => "records.upsert",
+        ("POST", "/v1/collections/{name}/records:delete") => "records.delete",
+        ("DELETE", "/v1/collections/{name}/records/{id}") => "records.delete",
+        ("POST", "/v1/kernels") => "kernels.build",
+        ("DELETE", "/v1/kernels/{id}") => "kernels.delete",
+        ("GET", "/v1/kernels/{id}/download") => "kernels.download",
+        ("POST", "/v1/backups") => "backups.start",
+        ("GET", "/v1/backups") => "backups.list",
+        ("GET", "/v1/backups/{id}") => "backups.status",
+        ("GET", "/v1/usage") => "usage.read",
+        ("POST", "/v1/keys") => "keys.create",
+        ("GET", "/v1/keys") => "keys.list",
+        ("POST", "/v1/keys/{id}/rotate") => "keys.rotate",
+        ("DELETE", "/v1/keys/{id}") => "keys.revoke",
+        ("POST", "/v1/tokens") => "tokens.mint",
+        ("GET", "/v1/audit") => "audit.read",
+        _ => return None,
+    })
+}

@@ -1,0 +1,185 @@
+//! Server settings: built-in defaults, then a TOML file, then `KERNELIZE_*` variables and
+//! command-line flags (the CLI applies the last two).
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything the server is configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:7700` by default: not reachable from the network).
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the server speaks only TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Data directory (collections, the SQLite control database, keys, backups).
+    pub data_dir: PathBuf,
+    /// Control-plane database; `None` is SQLite at `<data_dir>/control.db`, else a
+    /// `postgres://` (or `sqlite:`) URL.
+    pub database_url: Option<String>,
+    /// The admin key to install at first start (instead of generating and printing one).
+    pub admin_key: Option<String>,
+    /// A file holding the admin key to install at first start.
+    pub admin_key_file: Option<PathBuf>,
+    /// Model directory for embeddings (default: the embedder's search path).
+    pub model_dir: Option<PathBuf>,
+    /// Where `POST /v1/backups` writes (default `<data_dir>/backups`).
+    pub backup_dir: Option<PathBuf>,
+    /// WAL durability: `always` (fsync before acknowledging) or `buffered`.
+    pub durability: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Origins allowed by CORS; empty (the default) allows none.
+    pub cors_origins: Vec<String>,
+    /// Log format: `json` (default) or `text`.
+    pub log_format: String,
+    /// OTLP/HTTP endpoint for request spans, e.g. `http://127.0.0.1:4318/v1/traces`;
+    /// none (the default) exports nothing.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Sustained requests per second per key.
+    pub rate_per_sec: u32,
+    /// Burst size of the per-key token bucket.
+    pub burst: u32,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most records (or ids, or texts) in one request.
+    pub max_batch: usize,
+    /// Largest `k` of a search.
+    pub max_k: usize,
+    /// Largest `ef` of a search.
+    pub max_ef: usize,
+    /// Requests that run longer are answered 503 `timeout`.
+    pub timeout_ms: u64,
+    /// Requests served at once; more are shed with 503 `overloaded`.
+    pub concurrency: usize,
+    /// Longest lifetime of a minted token, in seconds.
+    pub max_token_ttl_secs: u64,
+    /// How long a rotated key keeps working, in seconds (unless the request says).
+    pub rotation_grace_secs: u64,
+    /// Failed authentications per second allowed from one IP address (burst: 10×);
+    /// beyond, failures are answered 429 without an audit entry each.
+    pub auth_failures_per_sec: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rate_per_sec: 1000,
+            burst: 2000,
+            max_body_bytes: 64 << 20,
+            max_batch: 10_000,
+            max_k: 1000,
+            max_ef: 4096,
+            timeout_ms: 60_000,
+            concurrency: 256,
+            max_token_ttl_secs: 24 * 3600,
+            rotation_grace_secs: 24 * 3600,
+            auth_failures_per_sec: 10,
+        }
+    }
+}
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            tls_cert: None,
+            tls_key: None,
+            data_dir: PathBuf::from("kernelize-data"),
+            database_url: None,
+            admin_key: None,
+            admin_key_file: None,
+            model_dir: None,
+            backup_dir: None,
+            durability: "always".into(),
+            limits: Limits::default(),
+            cors_origins: Vec::new(),
+            log_format: "json".into(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults; unknown keys are errors (with line and column).
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = fs_err::read_to_string(path)?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// The database URL in use.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("control.db").display()),
+        }
+    }
+
+    /// Where backups go.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir.clone().unwrap_or_else(|| self.data_dir.join("backups"))
+    }
+
+    /// Checks settings that do not depend on the environment.
+    pub fn validate(&self) -> Result<()> {
+        let l = &self.limits;
+        anyhow::ensure!(l.rate_per_sec > 0 && l.burst > 0, "limits.rate_per_sec and limits.burst must be positive");
+        anyhow::ensure!(l.auth_failures_per_sec > 0, "limits.auth_failures_per_sec must be positive");
+        anyhow::ensure!(
+            l.max_batch > 0 && l.max_k > 0 && l.max_ef > 0,
+            "limits.max_batch/max_k/max_ef must be positive"
+        );
+        anyhow::ensure!(
+            l.concurrency > 0 && l.timeout_ms > 0,
+            "limits.concurrency and limits.timeout_ms must be positive"
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "TLS needs both tls_cert and tls_key (got only one)"
+        );
+        anyhow::ensure!(
+            matches!(self.log_format.as_str(), "json" | "text"),
+            "log_format must be json or text, not {:?}",
+            self.log_format
+        );
+        self.durability.parse::<kernelize_store::Durability>()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_overrides_defaults_and_names_bad_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("server.toml");
+        fs_err::write(&p, "listen = \"0.0.0.0:9000\"\ncors_origins = [\"https://a.example\"]\n[limits]\nmax_k = 50\n")
+            .unwrap();
+        let c = Config::from_file(&p).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.max_k, 50);
+        assert_eq!(c.limits.max_ef, Limits::default().max_ef);
+        assert_eq!(c.cors_origins, ["https://a.example"]);
+        c.validate().unwrap();
+        fs_err::write(&p, "listen = \"0.0.0.0:9000\"\n[limits]\nmax_kk = 50\n").unwrap();
+        let e = format!("{:#}", Config::from_file(&p).unwrap_err());
+        assert!(e.contains("server.toml") && e.contains("max_kk") && e.contains("line 3"), "{e}");
+        let c = Config { tls_cert: Some("c.pem".into()), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("both"));
+    }
+}

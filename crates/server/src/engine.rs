@@ -1,0 +1,369 @@
+//! The engine as the API sees it: every operation takes the [`Principal`] and checks its
+//! role and scope here, where the store, index and embedder are called — not only in
+//! routing. CPU and disk work runs on the blocking pool.
+
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, REQUEST_ID, current_request_id};
+use crate::metrics::CollectionLabels;
+use crate::model::*;
+use crate::state::{AppState, UsageDelta};
+use kernelize_index::filter::Filter;
+use kernelize_index::search::{Mode, Query, Searcher};
+use kernelize_store::{Collection, CollectionConfig, IndexSettings, Metric, Quantization, Record};
+use std::sync::Arc;
+
+/// Runs `f` on the blocking pool under the current request id.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let rid = current_request_id();
+    tokio::task::spawn_blocking(move || REQUEST_ID.sync_scope(rid, f)).await.map_err(ApiError::internal)?
+}
+
+/// A request's filter, parsed.
+pub fn parse_filter(spec: Option<FilterSpec>) -> Result<Option<Filter>, ApiError> {
+    let f = match spec {
+        None => return Ok(None),
+        Some(FilterSpec::Expr(s)) => Filter::parse(&s),
+        Some(FilterSpec::Json(m)) => Filter::from_json(&serde_json::Value::Object(m)),
+    };
+    f.map(Some).map_err(|e| ApiError::invalid(format!("filter: {e}")))
+}
+
+fn metric_name(m: Metric) -> MetricName {
+    match m {
+        Metric::Cosine => MetricName::Cosine,
+        Metric::Dot => MetricName::Dot,
+        Metric::L2 => MetricName::L2,
+    }
+}
+
+fn quantization_name(q: Quantization) -> QuantizationName {
+    match q {
+        Quantization::None => QuantizationName::None,
+        Quantization::Int8 => QuantizationName::Int8,
+        Quantization::Rabitq1 => QuantizationName::Rabitq1,
+        Quantization::Rabitq4 => QuantizationName::Rabitq4,
+    }
+}
+
+/// A collection's description and statistics.
+pub fn collection_info(c: &Collection) -> Result<CollectionInfo, ApiError> {
+    let s = c.stats()?;
+    let cfg = c.config();
+    Ok(CollectionInfo {
+        name: s.name,
+        dim: s.dim as u64,
+        metric: metric_name(cfg.metric),
+        quantization: quantization_name(cfg.index.quantization),
+        m: cfg.index.m as u64,
+        ef_construction: cfg.index.ef_construction as u64,
+        records: s.records,
+        last_seq: s.last_seq,
+        segments: s.segments,
+        segment_bytes: s.segment_bytes,
+        memtable_entries: s.memtable_entries,
+        wal_bytes: s.wal_bytes,
+    })
+}
+
+fn record_out(r: &Record, vector: bool) -> RecordOut {
+    RecordOut {
+        id: r.id.clone(),
+        vector: vector.then(|| r.vector.clone()),
+        text: r.text.clone(),
+        metadata: r.metadata.clone(),
+    }
+}
+
+fn record_bytes(r: &Record) -> i64 {
+    let meta = r.metadata.as_ref().map_or(0, |m| serde_json::to_vec(m).map_or(0, |v| v.len()));
+    (r.id.len() + r.vector.len() * 4 + r.text.as_ref().map_or(0, String::len) + meta) as i64
+}
+
+fn batch_size(what: &str, n: usize, max: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::invalid(format!("{what} is empty")));
+    }
+    if n > max {
+        return Err(ApiError::invalid(format!("{what} has {n} entries; the limit is {max} per request")));
+    }
+    Ok(())
+}
+
+impl AppState {
+    fn collection(&self, p: &Principal, role: Role, name: &str) -> Result<Collection, ApiError> {
+        p.require(role, Some(name))?;
+        Ok(self.db.collection(name)?)
+    }
+
+    /// Collections in the principal's scope.
+    pub async fn list_collections(self: &Arc<Self>, p: &Principal) -> Result<CollectionList, ApiError> {
+        // Every role may list; the scope decides what is listed.
+        let visible: Vec<Collection> =
+            self.db.collections().into_iter().filter(|c| p.scope.contains(c.name())).collect();
+        let collections = blocking(move || visible.iter().map(collection_info).collect()).await?;
+        Ok(CollectionList { collections })
+    }
+
+    /// Creates a collection.
+    pub async fn create_collection(
+        self: &Arc<Self>,
+        p: &Principal,
+        req: CreateCollection,
+    ) -> Result<CollectionInfo, ApiError> {
+        p.require(Role::Writer, Some(&req.name))?;
+        let dim = req.dim as usize;
+        if dim == 0 || dim > kernelize_store::MAX_DIM {
+            return Err(ApiError::invalid(format!("dim must be 1..={}, got {dim}", kernelize_store::MAX_DIM)));
+        }
+        let mut index = IndexSettings::default();
+        if let Some(m) = req.m {
+            if !(4..=64).contains(&m) {
+                return Err(ApiError::invalid(format!("m must be 4..=64, got {m}")));
+            }
+            index.m = m as usize;
+        }
+        if let Some(ef) = req.ef_construction {
+            if !(8..=2000).contains(&ef) {
+                return Err(ApiError::invalid(format!("ef_construction must be 8..=2000, got {ef}")));
+            }
+            index.ef_construction = ef as usize;
+        }
+        index.quantization = match req.quantization.unwrap_or(QuantizationName::None) {
+            QuantizationName::None => Quantization::None,
+            QuantizationName::Int8 => Quantization::Int8,
+            QuantizationName::Rabitq1 => Quantization::Rabitq1,
+            QuantizationName::Rabitq4 => Quantization::Rabitq4,
+        };
+        let metric = match req.metric.unwrap_or(MetricName::Cosine) {
+            MetricName::Cosine => Metric::Cosine,
+            MetricName::Dot => Metric::Dot,
+            MetricName::L2 => Metric::L2,
+        };
+        let config = CollectionConfig { index, ..CollectionConfig::new(dim, metric) };
+        let db = self.db.clone();
+        blocking(move || collection_info(&db.create_collection(&req.name, config)?)).await
+    }
+
+    /// Describes a collection.
+    pub async fn describe(self: &Arc<Self>, p: &Principal, name: &str) -> Result<CollectionInfo, ApiError> {
+        let c = self.collection(p, Role::Reader, name)?;
+        blocking(move || collection_info(&c)).await
+    }
+
+    /// Drops a collection and its data.
+    pub async fn drop_collection(self: &Arc<Self>, p: &Principal, name: &str) -> Result<(), ApiError> {
+        p.require(Role::Writer, Some(name))?;
+        let db = self.db.clone();
+        let name = name.to_owned();
+        blocking(move || Ok(db.drop_collection(&name)?)).await
+    }
+
+    /// Upserts a batch atomically, embedding the text of records that come without a vector.
+    pub async fn upsert(
+        self: &Arc<Self>,
+        p: &Principal,
+        name: &str,
+        req: UpsertRequest,
+    ) -> Result<WriteResult, ApiError> {
+        let c = self.collection(p, Role::Writer, name)?;
+        batch_size("records", req.records.len(), self.config.limits.max_batch)?;
+        let missing: Vec<usize> = (0..req.records.len()).filter(|i| req.records[*i].vector.is_none()).collect();
+        for &i in &missing {
+            if req.records[i].text.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "records[{i}] (id {:?}): neither a vector nor a text to embed",
+                    req.records[i].id
+                )));
+            }
+        }
+        let embedder = if missing.is_empty() { None } else { Some(self.embedder()?) };
+        if let Some(e) = &embedder
+            && e.dim() != c.config().dim
+        {
+            return Err(ApiError::invalid(format!(
+                "records without vectors need a {}-dim collection for the built-in embedder; {name:?} has {} dims",
+                e.dim(),
+                c.config().dim
+            )));
+        }
+        let embedded = missing.len() as u64;
+        let (seq, bytes, n) = blocking(move || {
+            let mut vectors = match &embedder {
+                Some(e) => {
+                    let texts: Vec<&str> =
+                        missing.iter().map(|&i| req.records[i].text.as_deref().unwrap_or("")).collect();
+                    e.embed(&texts).map_err(ApiError::internal)?.into_iter()
+                }
+                None => Vec::new().into_iter(),
+            };
+            let records: Vec<Record> = req
+                .records
+                .into_iter()
+                .map(|r| Record {
+                    id: r.id,
+                    vector: r.vector.unwrap_or_else(|| vectors.next().unwrap_or_default()),
+                    text: r.text,
+                    metadata: r.metadata,
+                })
+                .collect();
+            let bytes: i64 = records.iter().map(record_bytes).sum();
+            let n = records.len();
+            Ok((c.upsert(records)?, bytes, n))
+        })
+        .await?;
+        self.add_usage(
+            &p.key_id,
+            UsageDelta { records_written: n as i64, texts_embedded: embedded as i64, bytes_stored: bytes, requests: 0 },
+        );
+        self.metrics.records_written.get_or_create(&CollectionLabels { collection: name.to_owned() }).inc_by(n as u64);
+        self.metrics.texts_embedded.inc_by(embedded);
+        Ok(WriteResult { written: n as u64, embedded, seq })
+    }
+
+    /// One record.
+    pub async fn get_record(
+        self: &Arc<Self>,
+        p: &Principal,
+        name: &str,
+        id: String,
+        vector: bool,
+    ) -> Result<RecordOut, ApiError> {
+        let c = self.collection(p, Role::Reader, name)?;
+        blocking(move || match c.get(&id)? {
+            Some(r) => Ok(record_out(&r, vector)),
+            None => Err(ApiError::not_found(format!("no record {id:?}"))),
+        })
+        .await
+    }
+
+    /// Deletes records atomically.
+    pub async fn delete(
+        self: &Arc<Self>,
+        p: &Principal,
+        name: &str,
+        ids: Vec<String>,
+    ) -> Result<WriteResult, ApiError> {
+        let c = self.collection(p, Role::Writer, name)?;
+        batch_size("ids", ids.len(), self.config.limits.max_batch)?;
+        let n = ids.len() as u64;
+        let seq = blocking(move || Ok(c.delete(ids)?)).await?;
+        self.add_usage(&p.key_id, UsageDelta { records_written: n as i64, ..Default::default() });
+        self.metrics.records_written.get_or_create(&CollectionLabels { collection: name.to_owned() }).inc_by(n);
+        Ok(WriteResult { written: n, embedded: 0, seq })
+    }
+
+    /// A page of records in key order.
+    pub async fn scan(self: &Arc<Self>, p: &Principal, name: &str, q: ScanParams) -> Result<ScanPage, ApiError> {
+        let c = self.collection(p, Role::Reader, name)?;
+        let limit = q.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
+        }
+        let vectors = q.vectors.unwrap_or(false);
+        blocking(move || {
+            let snap = c.snapshot();
+            let mut records = Vec::new();
+            for r in snap.scan(q.after.as_deref()).take(limit as usize + 1) {
+                records.push(r?);
+            }
+            let more = records.len() > limit as usize;
+            records.truncate(limit as usize);
+            let next_after = if more { records.last().map(|r| r.id.clone()) } else { None };
+            Ok(ScanPage { records: records.iter().map(|r| record_out(r, vectors)).collect(), next_after })
+        })
+        .await
+    }
+
+    /// Searches a collection.
+    pub async fn search(
+        self: &Arc<Self>,
+        p: &Principal,
+        name: &str,
+        req: SearchRequest,
+    ) -> Result<SearchResponse, ApiError> {
+        let c = self.collection(p, Role::Reader, name)?;
+        let limits = &self.config.limits;
+        let k = req.k.unwrap_or(10) as usize;
+        if k == 0 || k > limits.max_k {
+            return Err(ApiError::invalid(format!("k must be 1..={}, got {k}", limits.max_k)));
+        }
+        let ef = req.ef.map(|e| e as usize);
+        if let Some(ef) = ef
+            && (ef == 0 || ef > limits.max_ef)
+        {
+            return Err(ApiError::invalid(format!("ef must be 1..={}, got {ef}", limits.max_ef)));
+        }
+        let filter = parse_filter(req.filter)?;
+        let mode = match req.mode.unwrap_or_default() {
+            SearchMode::Vector => Mode::Vector,
+            SearchMode::Keyword => Mode::Keyword,
+            SearchMode::Hybrid => Mode::Hybrid,
+        };
+        if req.vector.is_none() && req.text.is_none() {
+            return Err(ApiError::invalid("give the query as `vector`, `text`, or both"));
+        }
+        if mode == Mode::Keyword && req.text.is_none() {
+            return Err(ApiError::invalid("keyword search needs `text`"));
+        }
+        let embedder = if req.vector.is_none() && mode != Mode::Keyword { Some(self.embedder()?) } else { None };
+        let include_vectors = req.include_vectors.unwrap_or(false);
+        let state = self.clone();
+        let embedded = embedder.is_some();
+        let (hits, took) = blocking(move || {
+            let t = std::time::Instant::now();
+            let mut vector = req.vector;
+            if let Some(e) = &embedder {
+                let text = req.text.as_deref().unwrap_or("");
+                vector = e.embed(&[text]).map_err(ApiError::internal)?.into_iter().next();
+            }
+            let q = Query {
+                vector,
+                text: req.text,
+                k,
+                ef,
+                filter,
+                mode,
+                exact: req.exact.unwrap_or(false),
+                ..Default::default()
+            };
+            let hits = Searcher::new(&c, &**state.db.storage(), &state.cache).search(&q)?;
+            Ok((hits, t.elapsed().as_secs_f64() * 1e3))
+        })
+        .await?;
+        if embedded {
+            self.add_usage(&p.key_id, UsageDelta { texts_embedded: 1, ..Default::default() });
+            self.metrics.texts_embedded.inc();
+        }
+        self.metrics.searches.get_or_create(&CollectionLabels { collection: name.to_owned() }).inc();
+        let hits = hits
+            .into_iter()
+            .map(|h| SearchHit {
+                id: h.id,
+                score: h.score,
+                text: h.record.text.clone(),
+                metadata: h.record.metadata.clone(),
+                vector: include_vectors.then(|| h.record.vector.clone()),
+            })
+            .collect();
+        Ok(SearchResponse { hits, took_ms: took })
+    }
+
+    /// Embeds texts with the built-in model.
+    pub async fn embed(self: &Arc<Self>, p: &Principal, req: EmbedRequest) -> Result<EmbedResponse, ApiError> {
+        // Every role may embed: it reads no collection.
+        batch_size("texts", req.texts.len(), self.config.limits.max_batch)?;
+        let e = self.embedder()?;
+        let n = req.texts.len();
+        let dim = e.dim() as u64;
+        let vectors = blocking(move || {
+            let texts: Vec<&str> = req.texts.iter().map(String::as_str).collect();
+            e.embed(&texts).map_err(ApiError::internal)
+        })
+        .await?;
+        self.add_usage(&p.key_id, UsageDelta { texts_embedded: n as i64, ..Default::default() });
+        self.metrics.texts_embedded.inc_by(n as u64);
+        Ok(EmbedResponse { model: "all-MiniLM-L6-v2".into(), dim, vectors })
+    }
+}

@@ -1,0 +1,138 @@
+//! The one JSON error shape of the API, `{code, message, request_id}`, with stable codes.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+tokio::task_local! {
+    /// The request id of the request being served (set by the request-id middleware).
+    pub static REQUEST_ID: String;
+}
+
+/// The request id of the current request, or `-` outside one.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".into())
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `invalid_request`, `unauthenticated`, `forbidden`,
+    /// `not_found`, `conflict`, `method_not_allowed`, `payload_too_large`,
+    /// `unsupported_media_type`, `rate_limited`, `overloaded`, `timeout`, `unavailable`,
+    /// `internal`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The id of the request (also in the `x-request-id` header and the server log).
+    pub request_id: String,
+}
+
+/// An error that becomes an HTTP response. Messages of 5xx errors never carry internals:
+/// those go to the log under the request id.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// Message for the client.
+    pub message: String,
+    /// Seconds after which a retry may succeed (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    /// 401 `unauthenticated`.
+    pub fn unauthenticated(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    /// 503 `unavailable` (a dependency such as the model or the metadata store is missing).
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    /// 500 `internal`: logs `detail` under the request id; the client sees only the id.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        let request_id = current_request_id();
+        tracing::error!(request_id, error = %detail, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+    }
+    /// Sets `Retry-After`.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.code.into(), message: self.message, request_id: current_request_id() };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<kernelize_store::Error> for ApiError {
+    fn from(e: kernelize_store::Error) -> ApiError {
+        use kernelize_store::ErrorClass;
+        match e.class() {
+            ErrorClass::User => ApiError::invalid(e.to_string()),
+            ErrorClass::NotFound => ApiError::not_found(e.to_string()),
+            ErrorClass::Conflict => ApiError::conflict(e.to_string()),
+            ErrorClass::Transient => ApiError::unavailable("storage is temporarily unavailable").retry_after(1),
+            ErrorClass::Corruption | ErrorClass::Fatal => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<kernelize_index::search::SearchError> for ApiError {
+    fn from(e: kernelize_index::search::SearchError) -> ApiError {
+        use kernelize_index::search::SearchError;
+        match e {
+            SearchError::Invalid(_) | SearchError::Filter(_) | SearchError::UnknownField { .. } => {
+                ApiError::invalid(e.to_string())
+            }
+            SearchError::Store(s) => s.into(),
+            SearchError::Index(i) => ApiError::internal(i),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        ApiError::internal(format_args!("metadata store: {e}"))
+    }
+}

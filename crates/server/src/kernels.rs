@@ -1,0 +1,341 @@
+//! Hosted kernels: build a collection's kernel as a background job (with progress), list,
+//! describe, download (HTTP Range, so a device can resume), query and delete them. Every
+//! operation checks the principal against the kernel's source collection: reading a
+//! kernel needs `reader` on it, building or deleting one `writer`. Kernels are signed
+//! with the server's own key (`<data_dir>/kernel-signing.key`), whose public half any
+//! authenticated caller can fetch to verify downloads.
+
+use crate::auth::{Principal, Role, random_id};
+use crate::engine::{blocking, parse_filter};
+use crate::error::ApiError;
+use crate::meta::KernelRow;
+use crate::model::*;
+use crate::state::{AppState, now_ms, rfc3339};
+use kernelize_kernel::{BuildOptions, IndexKind, Kernel, KernelError, SearchParams, SigningKey, Trust};
+use kernelize_store::Quantization;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The server's kernel signing key, build progress and open kernels.
+pub struct Kernels {
+    signing: SigningKey,
+    progress: Arc<Mutex<HashMap<String, (String, f32)>>>,
+    open: Mutex<HashMap<String, Arc<Kernel>>>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels").field("key_id", &self.signing.public().key_id()).finish_non_exhaustive()
+    }
+}
+
+impl Kernels {
+    /// Loads (or creates on first start) `<data_dir>/kernel-signing.key`.
+    pub fn load(data_dir: &std::path::Path) -> anyhow::Result<Kernels> {
+        fs_err::create_dir_all(data_dir)?;
+        let signing = SigningKey::load_or_generate(&data_dir.join("kernel-signing.key"))?;
+        Ok(Kernels { signing, progress: Arc::default(), open: Mutex::default() })
+    }
+}
+
+impl From<KernelError> for ApiError {
+    fn from(e: KernelError) -> ApiError {
+        match e {
+            KernelError::Invalid(m) => ApiError::invalid(m),
+            KernelError::Expired { .. } => ApiError::conflict(e.to_string()),
+            KernelError::Cancelled => ApiError::unavailable("interrupted: the server is shutting down"),
+            KernelError::Store(s) => s.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+fn quantization(q: QuantizationName) -> Quantization {
+    match q {
+        QuantizationName::None => Quantization::None,
+        QuantizationName::Int8 => Quantization::Int8,
+        QuantizationName::Rabitq1 => Quantization::Rabitq1,
+        QuantizationName::Rabitq4 => Quantization::Rabitq4,
+    }
+}
+
+impl AppState {
+    fn kernel_path(&self, id: &str) -> PathBuf {
+        self.config.data_dir.join("kernels").join(format!("{id}.{}", kernelize_kernel::EXT))
+    }
+
+    /// The kernel row, if the principal may act on it with `role`; 404 hides kernels of
+    /// collections outside the key's scope only after the role check, like collections.
+    async fn kernel_row(&self, p: &Principal, role: Role, id: &str) -> Result<KernelRow, ApiError> {
+        let row = self.meta.kernel(id).await?.ok_or_else(|| ApiError::not_found(format!("no kernel {id:?}")))?;
+        p.require(role, Some(&row.collection))?;
+        Ok(row)
+    }
+
+    /// The open kernel of a succeeded build (opened, verified under the server's key, once).
+    async fn open_kernel(self: &Arc<Self>, row: &KernelRow) -> Result<Arc<Kernel>, ApiError> {
+        if row.state != "succeeded" {
+            return Err(ApiError::conflict(format!("kernel {} is {}, not built", row.id, row.state)));
+        }
+        if let Some(k) = self.kernels.open.lock().get(&row.id) {
+            return Ok(k.clone());
+        }
+        let path = self.kernel_path(&row.id);
+        let trust = Trust { public_key: Some(self.kernels.signing.public()), allow_expired: true, now: None };
+        let k = Arc::new(blocking(move || Kernel::open(&path, &trust).map_err(ApiError::from)).await?);
+        self.kernels.open.lock().insert(row.id.clone(), k.clone());
+        Ok(k)
+    }
+
+    async fn kernel_info(self: &Arc<Self>, row: KernelRow) -> Result<KernelInfo, ApiError> {
+        let manifest = match row.state.as_str() {
+            "succeeded" => {
+                Some(serde_json::to_value(self.open_kernel(&row).await?.manifest()).map_err(ApiError::internal)?)
+            }
+            _ => None,
+        };
+        let (stage, progress) = match row.state.as_str() {
+            "running" => self.kernels.progress.lock().get(&row.id).cloned().map_or((None, 0.0), |(s, f)| (Some(s), f)),
+            "succeeded" => (None, 1.0),
+            _ => (None, 0.0),
+        };
+        let settings = serde_json::from_str(&row.settings).map_err(ApiError::internal)?;
+        Ok(KernelInfo {
+            id: row.id,
+            collection: row.collection,
+            state: row.state,
+            stage,
+            progress,
+            requested_by: row.requested_by,
+            created_at: rfc3339(row.created_ms),
+            finished_at: row.finished_ms.map(rfc3339),
+            bytes: row.bytes,
+            rows: row.rows_out,
+            ids: row.ids,
+            error: row.error,
+            settings,
+            manifest,
+        })
+    }
+
+    /// Starts building a kernel of a collection in the background.
+    pub async fn start_kernel_build(
+        self: &Arc<Self>,
+        p: &Principal,
+        req: KernelBuildRequest,
+    ) -> Result<KernelInfo, ApiError> {
+        p.require(Role::Writer, Some(&req.collection))?;
+        let coll = self.db.collection(&req.collection)?;
+        let threshold = req.dedup_threshold.unwrap_or(0.97);
+        if !(-1.0..=1.0).contains(&threshold) {
+            return Err(ApiError::invalid(format!(
+                "dedup_threshold {threshold} is not a cosine similarity in [-1, 1]"
+            )));
+        }
+        if req.expires_in_secs == Some(0) {
+            return Err(ApiError::invalid("expires_in_secs must be at least 1"));
+        }
+        let expires = match req.expires_in_secs {
+            Some(s) => Some(
+                kernelize_kernel::format::now_secs()
+                    .checked_add(s)
+                    .filter(|&t| t < 253_402_300_799)
+                    .ok_or_else(|| ApiError::invalid("expires_in_secs is too far in the future"))?,
+            ),
+            None => None,
+        };
+        let opts = BuildOptions {
+            dedup_threshold: req.dedup.unwrap_or(true).then_some(threshold),
+            quantization: quantization(req.quantization.unwrap_or(QuantizationName::Rabitq4)),
+            keep_text: req.keep_text.unwrap_or(true),
+            index: match req.index.unwrap_or_default() {
+                KernelIndexName::Ivf => IndexKind::Ivf { nlist: None },
+                KernelIndexName::Hnsw => IndexKind::Hnsw { m: 16, ef_construction: 200 },
+            },
+            expires,
+            ..BuildOptions::default()
+        };
+        let row = KernelRow {
+            id: random_id(),
+            collection: req.collection.clone(),
+            state: "running".into(),
+            settings: serde_json::to_string(&req).map_err(ApiError::internal)?,
+            requested_by: p.actor(),
+            created_ms: now_ms(),
+            finished_ms: None,
+            bytes: None,
+            rows_out: None,
+            ids: None,
+            error: None,
+        };
+        self.meta.insert_kernel(&row).await?;
+        self.kernels.progress.lock().insert(row.id.clone(), ("starting".into(), 0.0));
+        let state = self.clone();
+        let mut done = row.clone();
+        let path = self.kernel_path(&row.id);
+        let draining = Arc::downgrade(self);
+        let opts = BuildOptions {
+            // Shutdown stops a build at its next stage; the job is then marked failed.
+            cancel: Some(Arc::new(move || {
+                draining.upgrade().is_none_or(|s| s.draining.load(std::sync::atomic::Ordering::SeqCst))
+            })),
+            ..opts
+        };
+        tokio::spawn(async move {
+            let progress = state.kernels.progress.clone();
+            let id = done.id.clone();
+            let st = state.clone();
+            let result = blocking(move || {
+                let snap = coll.snapshot();
+                let units = kernelize_kernel::units_of(&snap)?;
+                if units.is_empty() {
+                    return Err(ApiError::invalid(format!("collection {:?} is empty", coll.name())));
+                }
+                let cfg = coll.config();
+                let source = kernelize_kernel::format::SourceInfo {
+                    collection: coll.name().to_owned(),
+                    records: units.len() as u64,
+                    seq: snap.seq(),
+                };
+                let report = |stage: &str, f: f32| {
+                    progress.lock().insert(id.clone(), (stage.to_owned(), f));
+                };
+                let built =
+                    kernelize_kernel::build(units, cfg.dim, cfg.metric, source, &opts, &st.kernels.signing, &report)?;
+                if let Some(dir) = path.parent() {
+                    fs_err::create_dir_all(dir).map_err(ApiError::internal)?;
+                }
+                kernelize_kernel::write_file(&path, &built.bytes)?;
+                Ok(built.manifest)
+            })
+            .await;
+            done.finished_ms = Some(now_ms());
+            match result {
+                Ok(m) => {
+                    done.state = "succeeded".into();
+                    done.bytes = Some(m.file_bytes as i64);
+                    done.rows_out = Some(m.rows as i64);
+                    done.ids = Some(m.ids as i64);
+                }
+                Err(e) => {
+                    done.state = "failed".into();
+                    done.error = Some(e.message);
+                }
+            }
+            if let Err(e) = state.meta.finish_kernel(&done).await {
+                tracing::error!(kernel = done.id, error = %e, "could not record the end of a kernel build");
+            }
+            state.kernels.progress.lock().remove(&done.id);
+            let outcome = if done.state == "succeeded" { "ok" } else { "error" };
+            let _ = state.audit("-", "system", "kernels.finish", &done.id, outcome, &done.state).await;
+        });
+        self.kernel_info(row).await
+    }
+
+    /// Kernels of collections in the principal's scope, newest first.
+    pub async fn list_kernels(self: &Arc<Self>, p: &Principal) -> Result<KernelList, ApiError> {
+        let mut kernels = Vec::new();
+        for row in self.meta.kernels().await? {
+            if p.scope.contains(&row.collection) {
+                kernels.push(self.kernel_info(row).await?);
+            }
+        }
+        Ok(KernelList { kernels })
+    }
+
+    /// One kernel.
+    pub async fn describe_kernel(self: &Arc<Self>, p: &Principal, id: &str) -> Result<KernelInfo, ApiError> {
+        let row = self.kernel_row(p, Role::Reader, id).await?;
+        self.kernel_info(row).await
+    }
+
+    /// The file of a built kernel, for download.
+    pub async fn kernel_file(self: &Arc<Self>, p: &Principal, id: &str) -> Result<PathBuf, ApiError> {
+        let row = self.kernel_row(p, Role::Reader, id).await?;
+        self.open_kernel(&row).await?;
+        Ok(self.kernel_path(&row.id))
+    }
+
+    /// Deletes a kernel (its file and its row); a build still running cannot be deleted.
+    pub async fn delete_kernel(self: &Arc<Self>, p: &Principal, id: &str) -> Result<(), ApiError> {
+        let row = self.kernel_row(p, Role::Writer, id).await?;
+        if row.state == "running" {
+            return Err(ApiError::conflict(format!("kernel {id} is still being built")));
+        }
+        self.kernels.open.lock().remove(&row.id);
+        let path = self.kernel_path(&row.id);
+        blocking(move || match fs_err::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ApiError::internal(e)),
+        })
+        .await?;
+        self.meta.delete_kernel(&row.id).await?;
+        Ok(())
+    }
+
+    /// Queries a hosted kernel.
+    pub async fn query_kernel(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: &str,
+        req: KernelQueryRequest,
+    ) -> Result<KernelQueryResponse, ApiError> {
+        let row = self.kernel_row(p, Role::Reader, id).await?;
+        let limits = &self.config.limits;
+        let k = req.k.unwrap_or(10) as usize;
+        if k == 0 || k > limits.max_k {
+            return Err(ApiError::invalid(format!("k must be 1..={}, got {k}", limits.max_k)));
+        }
+        let probe = req.probe.map(|e| e as usize);
+        if let Some(pr) = probe
+            && (pr == 0 || pr > limits.max_ef)
+        {
+            return Err(ApiError::invalid(format!("probe must be 1..={}, got {pr}", limits.max_ef)));
+        }
+        let filter = parse_filter(req.filter)?;
+        let kernel = self.open_kernel(&row).await?;
+        if let Some(exp) = kernel.manifest().expires
+            && exp <= kernelize_kernel::format::now_secs()
+        {
+            return Err(ApiError::conflict(format!(
+                "kernel {id} expired at {}",
+                kernelize_kernel::format::rfc3339(exp)
+            )));
+        }
+        let embedder = match (&req.vector, &req.text) {
+            (Some(_), _) => None,
+            (None, Some(_)) => Some(self.embedder()?),
+            (None, None) => return Err(ApiError::invalid("give the query as `vector` or `text`")),
+        };
+        let (hits, took) = blocking(move || {
+            let t = std::time::Instant::now();
+            let vector = match (req.vector, &embedder) {
+                (Some(v), _) => v,
+                (None, Some(e)) => e
+                    .embed(&[req.text.as_deref().unwrap_or("")])
+                    .map_err(ApiError::internal)?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+                (None, None) => Vec::new(),
+            };
+            let hits = kernel.search(&vector, &SearchParams { k, probe, filter })?;
+            Ok((hits, t.elapsed().as_secs_f64() * 1e3))
+        })
+        .await?;
+        let hits = hits
+            .into_iter()
+            .map(|h| KernelHitOut { ids: h.ids, score: h.score, text: h.text, metadata: h.metadata })
+            .collect();
+        Ok(KernelQueryResponse { hits, took_ms: took })
+    }
+
+    /// The public key kernels are signed with.
+    pub fn kernel_signing_key(&self) -> SigningKeyInfo {
+        let pk = self.kernels.signing.public();
+        SigningKeyInfo { algorithm: "ed25519".into(), key_id: pk.key_id(), public_key: pk.to_hex() }
+    }
+}

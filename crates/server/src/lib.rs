@@ -1,0 +1,285 @@
+//! The Kernelize server: a REST API (`/v1`) over the durable engine, search and the
+//! embedder, safe to put on a network on day one — no anonymous access to data, API keys
+//! stored only as keyed hashes, short-lived EdDSA tokens, roles and collection scopes
+//! checked where the engine is called, per-key rate limits and usage, a hash-chained
+//! audit log, Prometheus metrics and structured logs.
+//!
+//! [`start`] brings a server up from a [`Config`] and returns a [`Running`] handle;
+//! [`Running::shutdown`] drains requests and syncs every write-ahead log.
+
+pub mod admin;
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod docs;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod kernels;
+pub mod meta;
+pub mod metrics;
+pub mod model;
+pub mod state;
+
+pub use config::{Config, Limits};
+
+use anyhow::{Context, Result};
+use axum::extract::DefaultBodyLimit;
+use state::AppState;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long shutdown waits for requests in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for the last holders of the state to let go.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    admin_key: Option<String>,
+    handle: axum_server::Handle,
+    task: tokio::task::JoinHandle<Result<()>>,
+    state: Arc<AppState>,
+}
+
+impl Running {
+    /// The address it listens on (the real port when the configured one was 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The admin key generated at this first start (shown once), if one was.
+    pub fn generated_admin_key(&self) -> Option<&str> {
+        self.admin_key.as_deref()
+    }
+    /// The shared state (for tests and tools in the same process).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+    /// Stops accepting, drains requests in flight (up to [`DRAIN_TIMEOUT`]), writes
+    /// pending usage, syncs every collection's WAL and closes the metadata store;
+    /// returns once the data directory's lock is released.
+    pub async fn shutdown(self) -> Result<()> {
+        self.state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+        // Drain requests, not connections: once none is in flight, close the idle
+        // kept-alive connections rather than wait for their clients to hang up.
+        let started = tokio::time::Instant::now();
+        let all = self.state.config.limits.concurrency;
+        let busy = |st: &AppState| {
+            st.inflight.available_permits() < all || st.handlers.load(std::sync::atomic::Ordering::SeqCst) > 0
+        };
+        while busy(&self.state) && started.elapsed() < DRAIN_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The last responses may still be on their way out: give the connections a
+        // moment to finish on their own, then close what is left.
+        let mut task = self.task;
+        let ended = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+        let result = match ended {
+            Ok(r) => r,
+            Err(_) => {
+                self.handle.shutdown();
+                task.await
+            }
+        };
+        result.context("server task")??;
+        let st = self.state;
+        if let Err(e) = st.flush_usage().await {
+            tracing::error!(error = %e, "could not write usage at shutdown");
+        }
+        let db = st.db.clone();
+        tokio::task::spawn_blocking(move || {
+            for c in db.collections() {
+                c.sync()?;
+            }
+            Ok::<_, kernelize_store::Error>(())
+        })
+        .await??;
+        st.meta.close().await;
+        // Connection tasks and the usage flusher may still hold the state for a
+        // moment; the data directory's lock goes with the last holder. Returning
+        // before then would let a restart in this process find the lock taken.
+        let db = Arc::downgrade(&st.db);
+        drop(st);
+        let released = tokio::time::Instant::now();
+        while db.strong_count() > 0 {
+            anyhow::ensure!(
+                released.elapsed() < RELEASE_TIMEOUT,
+                "the data directory is still held {RELEASE_TIMEOUT:?} after shutdown"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+/// Logging and optional trace export, set up once per process by [`init_telemetry`].
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends spans still buffered to the OTLP endpoint and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            tracing::warn!(error = %e, "OTLP exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// Sets up logging — JSON lines (or text) on stderr, level from `RUST_LOG` (default
+/// info) — and, with an `otlp_endpoint` (`http://host:4318/v1/traces`), exports each
+/// request's span over OTLP/HTTP (protobuf) in batches.
+pub fn init_telemetry(format: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "json" { fmt.json().flatten_event(true).boxed() } else { fmt.boxed() };
+    let mut telemetry = Telemetry::default();
+    let otel = match otlp_endpoint {
+        Some(url) => {
+            anyhow::ensure!(url.starts_with("http://"), "otlp_endpoint must be an http:// URL (got {url:?})");
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .build()
+                .with_context(|| format!("OTLP exporter for {url}"))?;
+            let resource = opentelemetry_sdk::Resource::builder().with_service_name("kernelize").build();
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build();
+            let tracer = provider.tracer("kernelize");
+            telemetry.provider = Some(provider);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        }
+        None => None,
+    };
+    // A second call in one process (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    Ok(telemetry)
+}
+
+/// The router with every middleware, over `state`.
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    let limits = &state.config.limits;
+    let mut app = api::protected_routes()
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard))
+        .merge(api::public_routes())
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), http::observe));
+    if !state.config.cors_origins.is_empty() {
+        use axum::http::{HeaderValue, Method, header};
+        let origins: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        app = app.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .expose_headers([http::X_REQUEST_ID.clone()]),
+        );
+    }
+    app.with_state(state)
+}
+
+/// Opens everything the configuration names and starts serving.
+pub async fn start(config: Config) -> Result<Running> {
+    config.validate()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data_dir = config.data_dir.clone();
+    let opts = kernelize_store::Options { durability: config.durability.parse()?, ..Default::default() };
+    let db = tokio::task::spawn_blocking(move || kernelize_store::Database::open(&data_dir, opts))
+        .await?
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let model_dir = config.model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);
+    let embedder = tokio::task::spawn_blocking(move || {
+        kernelize_embed::Embedder::load(&model_dir).map(Arc::new).map_err(|e| format!("embedder unavailable: {e}"))
+    })
+    .await?;
+    if let Err(e) = &embedder {
+        tracing::warn!(error = %e, "embedding endpoints will answer 503");
+    }
+    let secrets = auth::Secrets::load_or_create(&config.data_dir)?;
+    let meta = meta::MetaStore::connect(&config.database_url()).await?;
+    meta.fail_interrupted_jobs(state::now_ms()).await?;
+    let kernels = kernels::Kernels::load(&config.data_dir)?;
+    let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels));
+    let admin_key = state.bootstrap_admin().await?;
+
+    let flusher = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let Some(st) = flusher.upgrade() else { break };
+            if let Err(e) = st.flush_usage().await {
+                tracing::warn!(error = %e, "usage flush failed; will retry");
+            }
+        }
+    });
+
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let listen = state.config.listen;
+    let task = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+            let server = axum_server::bind_rustls(listen, tls).handle(handle.clone());
+            tokio::spawn(async move { server.serve(app).await.context("serving HTTPS") })
+        }
+        _ => {
+            let server = axum_server::bind(listen).handle(handle.clone());
+            tokio::spawn(async move { server.serve(app).await.context("serving HTTP") })
+        }
+    };
+    let addr = match handle.listening().await {
+        Some(a) => a,
+        None => {
+            return Err(match task.await {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("the server stopped before listening"),
+            })
+            .with_context(|| format!("listening on {listen}"));
+        }
+    };
+    let scheme = if state.config.tls_cert.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %addr, scheme, metadata = ?state.meta.backend(), "listening");
+    Ok(Running { addr, admin_key, handle, task, state })
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,286 @@
+//! The server's shared state: the engine (database, index cache, embedder), the metadata
+//! store, secrets, and the per-key caches, rate limiters and usage counters.
+
+use crate::auth::{Principal, Role, Scope, Secrets, parse_key};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::meta::{KeyRow, MetaStore, UsageRow};
+use crate::metrics::Metrics;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kernelize_embed::Embedder;
+use kernelize_index::search::IndexCache;
+use kernelize_store::Database;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a key looked up in the metadata store is trusted before it is read again
+/// (a revocation on another server sharing the PostgreSQL store takes effect within
+/// this time; on this server, at once).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Everything handlers share.
+pub struct AppState {
+    /// Settings.
+    pub config: Config,
+    /// Collections.
+    pub db: Arc<Database>,
+    /// Open segment indexes.
+    pub cache: IndexCache,
+    /// The embedder, or why it is unavailable.
+    pub embedder: Result<Arc<Embedder>, String>,
+    /// Control-plane metadata.
+    pub meta: MetaStore,
+    /// Key pepper and token signing key.
+    pub secrets: Secrets,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Hosted kernels: signing key, build progress, open kernels.
+    pub kernels: crate::kernels::Kernels,
+    /// Requests being served (load shedding beyond `limits.concurrency`).
+    pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Protected handlers still running, including those whose client already got a
+    /// timeout: shutdown waits for them, so no acknowledged write loses its audit entry.
+    pub handlers: std::sync::atomic::AtomicUsize,
+    /// Set when shutdown begins: responses then close their connections.
+    pub draining: std::sync::atomic::AtomicBool,
+    keys: Mutex<HashMap<String, (KeyRow, Instant)>>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    failures: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    usage: Mutex<HashMap<String, UsageRow>>,
+    audit_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RFC 3339 (UTC, seconds) of unix milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    // RFC 3339 has four-digit years: clamp to the last millisecond of 9999.
+    const MAX_MS: i64 = 253_402_300_799_999;
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX_MS) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What a write or embedding adds to a key's usage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageDelta {
+    /// Requests.
+    pub requests: i64,
+    /// Records written.
+    pub records_written: i64,
+    /// Texts embedded.
+    pub texts_embedded: i64,
+    /// Bytes written.
+    pub bytes_stored: i64,
+}
+
+impl AppState {
+    /// Assembles the state.
+    pub fn new(
+        config: Config,
+        db: Arc<Database>,
+        embedder: Result<Arc<Embedder>, String>,
+        meta: MetaStore,
+        secrets: Secrets,
+        kernels: crate::kernels::Kernels,
+    ) -> AppState {
+        let l = &config.limits;
+        let quota = Quota::per_second(NonZeroU32::new(l.rate_per_sec).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN));
+        let inflight = Arc::new(tokio::sync::Semaphore::new(l.concurrency));
+        let per_ip = NonZeroU32::new(l.auth_failures_per_sec).unwrap_or(NonZeroU32::MIN);
+        let fail_quota = Quota::per_second(per_ip)
+            .allow_burst(per_ip.saturating_mul(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN)));
+        AppState {
+            db,
+            cache: IndexCache::new(),
+            embedder,
+            meta,
+            secrets,
+            metrics: Metrics::new(),
+            kernels,
+            inflight,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            handlers: std::sync::atomic::AtomicUsize::new(0),
+            keys: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::keyed(quota),
+            failures: RateLimiter::keyed(fail_quota),
+            usage: Mutex::new(HashMap::new()),
+            audit_lock: tokio::sync::Mutex::new(()),
+            config,
+        }
+    }
+
+    async fn key_row(&self, id: &str) -> Result<Option<KeyRow>, ApiError> {
+        if let Some((row, at)) = self.keys.lock().get(id)
+            && at.elapsed() < KEY_CACHE_TTL
+        {
+            return Ok(Some(row.clone()));
+        }
+        let row = self.meta.key(id).await?;
+        let mut cache = self.keys.lock();
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        match &row {
+            Some(r) => cache.insert(id.to_owned(), (r.clone(), Instant::now())),
+            None => cache.remove(id),
+        };
+        Ok(row)
+    }
+
+    /// Drops a key from the lookup cache (after revocation or rotation).
+    pub fn forget_key(&self, id: &str) {
+        self.keys.lock().remove(id);
+    }
+
+    /// Establishes who sent `authorization` (the header's value). Every failure is the
+    /// same 401 to the client; the reason (second element) goes to the audit log.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, (ApiError, String, String)> {
+        let deny = |claimed: &str, why: &str| {
+            (
+                ApiError::unauthenticated("missing, invalid, expired or revoked credentials"),
+                claimed.to_owned(),
+                why.to_owned(),
+            )
+        };
+        let Some(header) = authorization else {
+            return Err(deny("anonymous", "no Authorization header"));
+        };
+        let Some(cred) = header.strip_prefix("Bearer ").map(str::trim) else {
+            return Err(deny("anonymous", "Authorization is not a Bearer credential"));
+        };
+        let now = now_ms();
+        if let Some(k) = parse_key(cred) {
+            let claimed = format!("key:{}", k.id);
+            let row = self.key_row(k.id).await.map_err(|e| (e, claimed.clone(), "metadata store error".into()))?;
+            let Some(row) = row else { return Err(deny(&claimed, "unknown key id")) };
+            if !self.secrets.verify_secret(k.secret, &row.hash) {
+                return Err(deny(&claimed, "wrong secret"));
+            }
+            if !row.active(now) {
+                return Err(deny(&claimed, if row.revoked_ms.is_some() { "revoked key" } else { "expired key" }));
+            }
+            return principal_of(&row, false).map_err(|why| deny(&claimed, &why));
+        }
+        if cred.bytes().filter(|b| *b == b'.').count() == 2 {
+            let claims = self.secrets.verify_token(cred).map_err(|e| deny("anonymous", &format!("token: {e}")))?;
+            let claimed = format!("token:{}", claims.sub);
+            let row =
+                self.key_row(&claims.sub).await.map_err(|e| (e, claimed.clone(), "metadata store error".into()))?;
+            let Some(row) = row.filter(|r| r.active(now)) else {
+                return Err(deny(&claimed, "the minting key is revoked, expired or unknown"));
+            };
+            let key = principal_of(&row, false).map_err(|why| deny(&claimed, &why))?;
+            let scope = Scope::from_list(claims.collections);
+            if claims.role > key.role || !key.scope.covers(&scope) {
+                return Err(deny(&claimed, "token claims more than its key holds"));
+            }
+            return Ok(Principal { key_id: row.id, role: claims.role, scope, via_token: true });
+        }
+        Err(deny("anonymous", "credential is neither a key nor a token"))
+    }
+
+    /// Takes one request from the key's token bucket; `Err(seconds)` when empty.
+    pub fn rate_limit(&self, key_id: &str) -> Result<(), u64> {
+        self.limiter.check_key(&key_id.to_owned()).map_err(retry_secs)
+    }
+
+    /// Counts a failed authentication from `ip`; `Err(seconds)` once that address has
+    /// failed too often (the failure is then answered 429 and not audited one by one).
+    pub fn auth_failure_allowed(&self, ip: std::net::IpAddr) -> Result<(), u64> {
+        self.failures.check_key(&ip).map_err(retry_secs)
+    }
+
+    /// Adds to a key's usage (kept in memory, flushed to the metadata store periodically,
+    /// before usage is read, and at shutdown).
+    pub fn add_usage(&self, key_id: &str, d: UsageDelta) {
+        let mut map = self.usage.lock();
+        let u = map
+            .entry(key_id.to_owned())
+            .or_insert_with(|| UsageRow { key_id: key_id.to_owned(), ..Default::default() });
+        u.requests += d.requests;
+        u.records_written += d.records_written;
+        u.texts_embedded += d.texts_embedded;
+        u.bytes_stored += d.bytes_stored;
+    }
+
+    /// Writes pending usage to the metadata store; on failure keeps it for the next try.
+    pub async fn flush_usage(&self) -> Result<(), ApiError> {
+        let rows: Vec<UsageRow> = std::mem::take(&mut *self.usage.lock()).into_values().collect();
+        if let Err(e) = self.meta.add_usage(&rows, now_ms()).await {
+            for r in rows {
+                self.add_usage(
+                    &r.key_id,
+                    UsageDelta {
+                        requests: r.requests,
+                        records_written: r.records_written,
+                        texts_embedded: r.texts_embedded,
+                        bytes_stored: r.bytes_stored,
+                    },
+                );
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Appends to the audit log (serialised within this process; across processes the
+    /// metadata store's transaction serialises).
+    pub async fn audit(
+        &self,
+        request_id: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<(), ApiError> {
+        let _g = self.audit_lock.lock().await;
+        let e = crate::audit::AuditEntry {
+            ts_ms: now_ms(),
+            request_id: request_id.to_owned(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            outcome: outcome.to_owned(),
+            detail: detail.to_owned(),
+            ..Default::default()
+        };
+        self.meta.audit_append(e).await?;
+        Ok(())
+    }
+
+    /// The embedder, or 503 saying how to install the model.
+    pub fn embedder(&self) -> Result<Arc<Embedder>, ApiError> {
+        self.embedder.clone().map_err(ApiError::unavailable)
+    }
+}
+
+/// Whole seconds until a rate limiter admits again (at least the fraction rounded up).
+fn retry_secs(not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// The principal a key row stands for.
+pub fn principal_of(row: &KeyRow, via_token: bool) -> Result<Principal, String> {
+    let role: Role = row.role.parse()?;
+    let list = match &row.collections {
+        None => None,
+        Some(json) => Some(serde_json::from_str::<Vec<String>>(json).map_err(|e| format!("stored scope: {e}"))?),
+    };
+    Ok(Principal { key_id: row.id.clone(), role, scope: Scope::from_list(list), via_token })
+}

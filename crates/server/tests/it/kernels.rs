@@ -1,0 +1,122 @@
+//! Hosted kernels over real HTTP: a background build with progress, the manifest and
+//! report, download with Range (resume) verified under the server's public key, queries,
+//! a failed build, deletion, and their audit entries.
+
+use crate::both_backends;
+use crate::common::{ADMIN_KEY, Backend, TestServer, vector};
+use crate::matrix::built_kernel;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn download(ts: &TestServer, id: &str, range: Option<&str>) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut r = ts.client.get(format!("{}/v1/kernels/{id}/download", ts.base)).bearer_auth(ADMIN_KEY);
+    if let Some(range) = range {
+        r = r.header("range", range);
+    }
+    let r = r.send().await.unwrap();
+    let (s, h) = (r.status(), r.headers().clone());
+    (s, h, r.bytes().await.unwrap().to_vec())
+}
+
+async fn kernels_over_http(backend: Backend) {
+    let ts = TestServer::start(backend).await;
+    ts.create_collection("docs", 8).await;
+    let recs: Vec<Value> = (0..300)
+        .map(|i| {
+            json!({"id": format!("r{i}"), "vector": vector(i, 8), "text": format!("record number {i}"),
+                   "metadata": {"even": i % 2 == 0}})
+        })
+        .collect();
+    assert_eq!(ts.post(ADMIN_KEY, "/v1/collections/docs/records", json!({"records": recs})).await.0, StatusCode::OK);
+
+    let id = built_kernel(&ts).await;
+    let (s, info) = ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((info["state"].as_str(), info["progress"].as_f64()), (Some("succeeded"), Some(1.0)), "{info}");
+    assert_eq!(info["ids"], 300);
+    let m = &info["manifest"];
+    assert_eq!(m["source"]["collection"], "docs");
+    assert!(m["report"]["eval"]["recall"].as_f64().unwrap() > 0.5, "{m}");
+
+    // Download in two ranges (a device resuming) equals the whole file, which verifies
+    // under the key the server publishes.
+    let (s, h, full) = download(&ts, &id, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "application/octet-stream");
+    assert!(h["content-disposition"].to_str().unwrap().contains(&format!("{id}.kernel")));
+    assert_eq!(full.len() as u64, info["bytes"].as_u64().unwrap());
+    let (s, h, head) = download(&ts, &id, Some("bytes=0-999")).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(head.len(), 1000);
+    assert!(h["content-range"].to_str().unwrap().starts_with("bytes 0-999/"));
+    let (s, _, tail) = download(&ts, &id, Some("bytes=1000-")).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!([head, tail].concat(), full);
+    let (s, _, _) = download(&ts, &id, Some(&format!("bytes={}-", full.len() + 10))).await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    let (_, key) = ts.get(ADMIN_KEY, "/v1/kernel-signing-key").await;
+    let pk = kernelize_kernel::PublicKey::from_hex(key["public_key"].as_str().unwrap()).unwrap();
+    assert_eq!(pk.key_id(), key["key_id"].as_str().unwrap());
+    let trust = kernelize_kernel::Trust { public_key: Some(pk), ..Default::default() };
+    let k = kernelize_kernel::Kernel::from_bytes(&full, "download", &trust).unwrap();
+    assert_eq!(k.manifest().ids, 300);
+
+    // Queries: vector, filter, bad input.
+    let q = json!({"vector": vector(42, 8), "k": 5});
+    let (s, v) = ts.post(ADMIN_KEY, &format!("/v1/kernels/{id}/query"), q).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hits"][0]["ids"][0], "r42", "{v}");
+    assert_eq!(v["hits"][0]["text"], "record number 42");
+    let q = json!({"vector": vector(42, 8), "k": 5, "filter": "even = false"});
+    let (_, v) = ts.post(ADMIN_KEY, &format!("/v1/kernels/{id}/query"), q).await;
+    assert_eq!(v["hits"].as_array().unwrap().len(), 5);
+    assert!(v["hits"].as_array().unwrap().iter().all(|h| h["metadata"]["even"] == false), "{v}");
+    for (bad, what) in [
+        (json!({"vector": [1.0, 2.0], "k": 5}), "dimensions"),
+        (json!({"vector": vector(1, 8), "k": 0}), "k must be"),
+        (json!({"vector": vector(1, 8), "filter": "colour = 1"}), "unknown field"),
+        (json!({"k": 3}), "vector"),
+    ] {
+        let (s, v) = ts.post(ADMIN_KEY, &format!("/v1/kernels/{id}/query"), bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(what), "{v}");
+    }
+    let (s, _) = ts.post(ADMIN_KEY, "/v1/kernels/nope/query", json!({"vector": vector(1, 8)})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/kernels", json!({"collection": "docs", "dedup_threshold": 2.0})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // A build that cannot succeed ends failed, with the reason.
+    ts.create_collection("empty", 8).await;
+    let (s, b) = ts.post(ADMIN_KEY, "/v1/kernels", json!({"collection": "empty"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let failed = b["id"].as_str().unwrap().to_owned();
+    let mut v = Value::Null;
+    for _ in 0..200 {
+        v = ts.get(ADMIN_KEY, &format!("/v1/kernels/{failed}")).await.1;
+        if v["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("empty"), "{v}");
+    let (s, _) = ts.post(ADMIN_KEY, &format!("/v1/kernels/{failed}/query"), json!({"vector": vector(1, 8)})).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    // Delete: gone from the list, the file and the API.
+    let (s, _) = ts.call(Some(ADMIN_KEY), reqwest::Method::DELETE, &format!("/v1/kernels/{id}"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(download(&ts, &id, None).await.0, StatusCode::NOT_FOUND);
+    assert!(!ts.dir.path().join("data/kernels").join(format!("{id}.kernel")).exists());
+
+    let (_, audit) = ts.get(ADMIN_KEY, "/v1/audit?limit=1000").await;
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["kernels.build", "kernels.finish", "kernels.download", "kernels.delete"] {
+        assert!(actions.contains(&a), "{a} missing from the audit log: {actions:?}");
+    }
+    ts.shutdown().await;
+}
+
+both_backends!(kernels_over_http_both, kernels_over_http);

@@ -1,0 +1,9 @@
+//! Server integration tests over real HTTP, against both metadata backends (SQLite in
+//! the data directory and the PostgreSQL at 127.0.0.1:5432).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
+
+mod common;
+mod functional;
+mod kernels;
+mod matrix;
+mod security;
