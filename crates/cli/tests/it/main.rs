@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod kernel;
 mod serve;
 
 use std::path::Path;

@@ -274,7 +274,7 @@ fn garbage_and_truncations_never_panic() {
         assert!(Kernel::from_bytes(&bytes[..len], "t", &none).is_err());
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    for _ in 0..200 {
+    for _ in 0..2000 {
         let mut b = bytes.clone();
         for _ in 0..rng.random_range(1..8) {
             let i = rng.random_range(0..b.len());
@@ -282,6 +282,13 @@ fn garbage_and_truncations_never_panic() {
         }
         let _ = Kernel::from_bytes(&b, "t", &none)
             .map(|k| k.search(&[0.5; DIM], &SearchParams { k: 3, ..Default::default() }));
+        // Behind the hashes (anyone can compute them): decoders must hold too.
+        if let Ok(k) = Kernel::from_bytes_unhashed(&b) {
+            let _ = k.search(&[0.5; DIM], &SearchParams { k: 5, ..Default::default() });
+            let f = kernelize_index::filter::Filter::parse("group = 3").unwrap();
+            let _ = k.search(&[0.5; DIM], &SearchParams { k: 5, probe: Some(2), filter: Some(f) });
+            let _ = k.rows_decoded();
+        }
     }
 }
 
