@@ -412,13 +412,15 @@ pub fn build(
             sections.push(("int8.step", le_f32(&model.step)));
             sections.push(("int8.codes", codes));
             sections.push(("int8.norms", le_f32(&norms)));
-            sections.push(("centroids", le_f32(&centroids)));
         }
         (None, _) => {
             let v: Vec<f32> = (0..rows).flat_map(|r| row_vec(r).iter().copied()).collect();
             sections.push(("vectors", le_f32(&v)));
-            sections.push(("centroids", le_f32(&centroids)));
         }
+    }
+    // Without RaBitQ the lists' centroids are only for probing (IVF); graphs need none.
+    if rabitq.is_none() && matches!(opts.index, IndexKind::Ivf { .. }) {
+        sections.push(("centroids", le_f32(&centroids)));
     }
     let mut index = match opts.index {
         IndexKind::Ivf { .. } => {

@@ -199,16 +199,12 @@ impl Kernel {
         }
         let padded = padded_dim(dim);
         match m.quantization {
-            Quantization::None => {
-                self.need("vectors", n * dim, 4)?;
-                self.need("centroids", nlist * dim, 4)?;
-            }
+            Quantization::None => self.need("vectors", n * dim, 4)?,
             Quantization::Int8 => {
                 self.need("int8.lo", dim, 4)?;
                 self.need("int8.step", dim, 4)?;
                 self.need("int8.codes", n * dim, 1)?;
                 self.need("int8.norms", n, 4)?;
-                self.need("centroids", nlist * dim, 4)?;
             }
             Quantization::Rabitq1 | Quantization::Rabitq4 => {
                 let bits = if m.quantization == Quantization::Rabitq1 { 1 } else { 4 };
@@ -227,6 +223,9 @@ impl Kernel {
         }
         match m.index {
             IndexSpec::Ivf { .. } => {
+                if self.rabitq.is_none() {
+                    self.need("centroids", nlist * dim, 4)?;
+                }
                 self.need("ivf.offsets", nlist + 1, 4)?;
                 let off = self.u32s("ivf.offsets");
                 if off.first() != Some(&0) || off.last() != Some(&(n as u32)) || off.windows(2).any(|w| w[0] > w[1]) {
@@ -401,7 +400,7 @@ impl Kernel {
         let mut out = best.into_sorted_vec();
         if let (Some(model), Some(w)) = (&self.rabitq, &rotated) {
             out.sort_unstable_by_key(|c| c.id); // rows of one list together
-            let mut cur: Option<(usize, kernelize_index::quant::RabitqQuery)> = None;
+            let mut cur: Option<(usize, RabitqQuery)> = None;
             for c in &mut out {
                 let l = self.list_of(c.id);
                 if cur.as_ref().is_none_or(|(cl, _)| *cl != l) {

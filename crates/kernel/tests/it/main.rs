@@ -80,6 +80,8 @@ fn recall_floors_against_exact_search_for_each_kind() {
         (Quantization::Int8, IndexKind::Ivf { nlist: None }, 0.95),
         (Quantization::None, IndexKind::Ivf { nlist: None }, 0.99),
         (Quantization::Rabitq4, IndexKind::Hnsw { m: 12, ef_construction: 100 }, 0.85),
+        (Quantization::Int8, IndexKind::Hnsw { m: 12, ef_construction: 100 }, 0.95),
+        (Quantization::None, IndexKind::Hnsw { m: 12, ef_construction: 100 }, 0.99),
         (Quantization::Rabitq1, IndexKind::Ivf { nlist: None }, 0.40),
     ];
     for (q, index, floor) in cases {
