@@ -104,6 +104,7 @@ import kzvenv  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import ann_peers  # noqa: E402  (data helpers: make_synthetic, load_data, recall_at_k)
+from ingest_peers import dir_size  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 REQUIREMENTS = os.path.join(HERE, "requirements-kernel.txt")
@@ -134,17 +135,6 @@ def timed(fn):
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0, time.process_time() - c0
-
-
-def dir_size(path: str) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for fn in files:
-            try:
-                total += os.path.getsize(os.path.join(root, fn))
-            except OSError:
-                pass
-    return total
 
 
 def capture_stderr(fn):
