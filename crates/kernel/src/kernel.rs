@@ -262,23 +262,14 @@ impl Kernel {
     /// The metadata filter index, derived from the metadata section on first use.
     fn payload(&self) -> Result<&PayloadIndex> {
         let p = self.payload.get_or_init(|| {
-            let n = self.rows();
-            let metas = match self.blocks("metadata") {
-                Ok(Some(b)) => b.all(&self.what, self.range("metadata").start as u64).map_err(|e| e.to_string())?,
-                Ok(None) => Vec::new(),
-                Err(e) => return Err(e.to_string()),
-            };
-            let parsed: Vec<Option<Map<String, Value>>> = metas
+            let metas = self.values("metadata", None).map_err(|e| e.to_string())?;
+            let parsed = metas
                 .iter()
                 .enumerate()
-                .map(|(r, m)| {
-                    m.as_deref()
-                        .map(rmp_serde::from_slice::<Map<String, Value>>)
-                        .transpose()
-                        .map_err(|e| format!("metadata of row {r}: {e}"))
-                })
-                .collect::<std::result::Result<_, String>>()?;
-            Ok(PayloadIndex::build(n as u32, parsed.iter().enumerate().map(|(r, m)| (r as u32, m.as_ref()))))
+                .map(|(r, m)| self.decode_metadata(r as u32, m.as_deref()))
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| e.to_string())?;
+            Ok(PayloadIndex::build(self.rows() as u32, parsed.iter().enumerate().map(|(r, m)| (r as u32, m.as_ref()))))
         });
         p.as_ref().map_err(|e| self.corrupt("metadata", e.clone()))
     }
@@ -506,105 +497,99 @@ impl Kernel {
         self.hits(&rows)
     }
 
+    /// The values of a block-stream section for `rows` (in that order), or for every row;
+    /// all absent when the kernel has no such section.
+    fn values(&self, name: &str, rows: Option<&[u32]>) -> Result<Vec<Option<Vec<u8>>>> {
+        let n = rows.map_or(self.rows(), <[u32]>::len);
+        let Some(b) = self.blocks(name)? else { return Ok(vec![None; n]) };
+        let base = self.range(name).start as u64;
+        match rows {
+            Some(rows) => {
+                let got = b.get(rows, &self.what, base)?; // sorted by row, deduplicated
+                Ok(rows
+                    .iter()
+                    .map(|r| got.binary_search_by_key(r, |(g, _)| *g).ok().and_then(|i| got[i].1.clone()))
+                    .collect())
+            }
+            None => {
+                let all = b.all(&self.what, base)?;
+                if all.len() != n {
+                    return Err(self.corrupt(name, format!("block stream holds {} rows, the kernel {n}", all.len())));
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    fn decode_ids(&self, v: Option<&[u8]>) -> Result<Vec<String>> {
+        unpack_ids(v.unwrap_or(&[])).map_err(|e| self.corrupt("ids", e))
+    }
+
+    fn decode_text(&self, v: Option<Vec<u8>>) -> Result<Option<String>> {
+        v.map(|v| String::from_utf8(v).map_err(|_| self.corrupt("text", "text is not UTF-8"))).transpose()
+    }
+
+    fn decode_metadata(&self, r: u32, v: Option<&[u8]>) -> Result<Option<Map<String, Value>>> {
+        v.map(rmp_serde::from_slice::<Map<String, Value>>)
+            .transpose()
+            .map_err(|e| self.corrupt("metadata", format!("row {r}: {e}")))
+    }
+
     /// Decodes rows into hits (scores from their distances).
     pub fn hits(&self, rows: &[Cand]) -> Result<Vec<KernelHit>> {
         let metric = self.parsed.manifest.metric;
         let ids: Vec<u32> = rows.iter().map(|c| c.id).collect();
-        let mut out: Vec<KernelHit> = rows
-            .iter()
-            .map(|c| KernelHit { row: c.id, score: to_score(metric, c.d), ids: Vec::new(), text: None, metadata: None })
-            .collect();
-        let find = |out: &mut Vec<KernelHit>, r: u32| -> Vec<usize> {
-            out.iter().enumerate().filter(|(_, h)| h.row == r).map(|(i, _)| i).collect()
-        };
-        if let Some(b) = self.blocks("ids")? {
-            for (r, v) in b.get(&ids, &self.what, self.range("ids").start as u64)? {
-                let list = unpack_ids(v.as_deref().unwrap_or(&[])).map_err(|e| self.corrupt("ids", e))?;
-                for i in find(&mut out, r) {
-                    out[i].ids = list.clone();
-                }
-            }
-        }
-        if let Some(b) = self.blocks("text")? {
-            for (r, v) in b.get(&ids, &self.what, self.range("text").start as u64)? {
-                let t = v.map(|v| String::from_utf8(v).map_err(|_| self.corrupt("text", "text is not UTF-8")));
-                let t = t.transpose()?;
-                for i in find(&mut out, r) {
-                    out[i].text = t.clone();
-                }
-            }
-        }
-        if let Some(b) = self.blocks("metadata")? {
-            for (r, v) in b.get(&ids, &self.what, self.range("metadata").start as u64)? {
-                let md = v
-                    .map(|v| rmp_serde::from_slice::<Map<String, Value>>(&v))
-                    .transpose()
-                    .map_err(|e| self.corrupt("metadata", format!("row {r}: {e}")))?;
-                for i in find(&mut out, r) {
-                    out[i].metadata = md.clone();
-                }
-            }
-        }
-        Ok(out)
+        let (id_lists, texts, metas) =
+            (self.values("ids", Some(&ids))?, self.values("text", Some(&ids))?, self.values("metadata", Some(&ids))?);
+        rows.iter()
+            .zip(id_lists)
+            .zip(texts)
+            .zip(metas)
+            .map(|(((c, i), t), m)| {
+                Ok(KernelHit {
+                    row: c.id,
+                    score: to_score(metric, c.d),
+                    ids: self.decode_ids(i.as_deref())?,
+                    text: self.decode_text(t)?,
+                    metadata: self.decode_metadata(c.id, m.as_deref())?,
+                })
+            })
+            .collect()
     }
 
     /// The first `k` original ids of the ranked rows, representatives' provenance expanded
     /// in place (a row's ids share its rank).
     pub fn expand_ids(&self, rows: &[Cand], k: usize) -> Result<Vec<String>> {
-        let hits = self.hits_ids_only(rows)?;
-        Ok(hits.into_iter().flatten().take(k).collect())
-    }
-
-    fn hits_ids_only(&self, rows: &[Cand]) -> Result<Vec<Vec<String>>> {
-        let Some(b) = self.blocks("ids")? else { return Ok(Vec::new()) };
         let ids: Vec<u32> = rows.iter().map(|c| c.id).collect();
-        let got = b.get(&ids, &self.what, self.range("ids").start as u64)?;
-        rows.iter()
-            .map(|c| {
-                let v = got.iter().find(|(r, _)| *r == c.id).and_then(|(_, v)| v.as_deref()).unwrap_or(&[]);
-                unpack_ids(v).map_err(|e| self.corrupt("ids", e))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(k);
+        for v in self.values("ids", Some(&ids))? {
+            out.extend(self.decode_ids(v.as_deref())?);
+            if out.len() >= k {
+                break;
+            }
+        }
+        out.truncate(k);
+        Ok(out)
     }
 
     /// Every row decoded (merge, diff): ids, text, metadata and the vector reconstructed
     /// from its codes (prepared for the metric, so unit length for cosine).
     pub fn rows_decoded(&self) -> Result<Vec<crate::Unit>> {
-        let n = self.rows();
-        let base = |name: &str| self.range(name).start as u64;
-        let ids = match self.blocks("ids")? {
-            Some(b) => b.all(&self.what, base("ids"))?,
-            None => vec![None; n],
-        };
-        let texts = match self.blocks("text")? {
-            Some(b) => b.all(&self.what, base("text"))?,
-            None => vec![None; n],
-        };
-        let metas = match self.blocks("metadata")? {
-            Some(b) => b.all(&self.what, base("metadata"))?,
-            None => vec![None; n],
-        };
-        if ids.len() != n || texts.len() != n || metas.len() != n {
-            return Err(self.corrupt("ids", "a block stream holds the wrong number of rows"));
-        }
-        let mut out = Vec::with_capacity(n);
-        for r in 0..n {
-            let unit = crate::Unit {
-                ids: unpack_ids(ids[r].as_deref().unwrap_or(&[])).map_err(|e| self.corrupt("ids", e))?,
-                vector: self.decode_vector(r as u32),
-                text: texts[r]
-                    .clone()
-                    .map(|v| String::from_utf8(v).map_err(|_| self.corrupt("text", "text is not UTF-8")))
-                    .transpose()?,
-                metadata: metas[r]
-                    .as_deref()
-                    .map(rmp_serde::from_slice::<Map<String, Value>>)
-                    .transpose()
-                    .map_err(|e| self.corrupt("metadata", format!("row {r}: {e}")))?,
-            };
-            out.push(unit);
-        }
-        Ok(out)
+        let (ids, texts, metas) =
+            (self.values("ids", None)?, self.values("text", None)?, self.values("metadata", None)?);
+        ids.into_iter()
+            .zip(texts)
+            .zip(metas)
+            .enumerate()
+            .map(|(r, ((i, t), m))| {
+                Ok(crate::Unit {
+                    ids: self.decode_ids(i.as_deref())?,
+                    vector: self.decode_vector(r as u32),
+                    text: self.decode_text(t)?,
+                    metadata: self.decode_metadata(r as u32, m.as_deref())?,
+                })
+            })
+            .collect()
     }
 
     /// The vector of row `r` as well as the codes allow (the f32 row itself without

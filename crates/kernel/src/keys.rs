@@ -56,12 +56,18 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A fresh PKCS#8 document holding a random ed25519 key.
+fn new_pkcs8() -> Result<Vec<u8>> {
+    Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map(|d| d.as_ref().to_vec())
+        .map_err(|_| KernelError::Invalid("the system's random number generator failed".into()))
+}
+
 impl SigningKey {
     /// A fresh random key.
     pub fn generate() -> Result<SigningKey> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| KernelError::Invalid("the system's random number generator failed".into()))?;
-        SigningKey::from_pkcs8(doc.as_ref(), Path::new("<generated>"))
+        let doc = new_pkcs8()?;
+        SigningKey::from_pkcs8(&doc, Path::new("<generated>"))
     }
 
     fn from_pkcs8(der: &[u8], path: &Path) -> Result<SigningKey> {
@@ -83,10 +89,9 @@ impl SigningKey {
         if path.exists() {
             return SigningKey::load(path);
         }
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| KernelError::Invalid("the system's random number generator failed".into()))?;
-        write_private(path, doc.as_ref())?;
-        SigningKey::from_pkcs8(doc.as_ref(), path)
+        let doc = new_pkcs8()?;
+        write_private(path, &doc)?;
+        SigningKey::from_pkcs8(&doc, path)
     }
 
     /// Writes the private key (`<stem>.key`, mode 0600) and the public key (`<stem>.pub`);
@@ -100,10 +105,9 @@ impl SigningKey {
                 reason: "exists; refusing to overwrite a private key".into(),
             });
         }
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| KernelError::Invalid("the system's random number generator failed".into()))?;
-        let key = SigningKey::from_pkcs8(doc.as_ref(), &private)?;
-        write_private(&private, doc.as_ref())?;
+        let doc = new_pkcs8()?;
+        let key = SigningKey::from_pkcs8(&doc, &private)?;
+        write_private(&private, &doc)?;
         let pk = key.public();
         fs_err::write(&public, format!("{}\n", pk.to_hex())).map_err(|e| KernelError::io(&public, e))?;
         Ok((private, public, pk))

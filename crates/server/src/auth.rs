@@ -187,21 +187,7 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> anyhow::Result<Vec<u8>>) -
         return Ok(fs_err::read(path)?);
     }
     let bytes = make()?;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut opts = fs_err::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use fs_err::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    fs_err::rename(&tmp, path)?;
+    kernelize_kernel::keys::write_private(path, &bytes)?;
     Ok(bytes)
 }
 

@@ -92,6 +92,27 @@ fn batch_size(what: &str, n: usize, max: usize) -> Result<(), ApiError> {
 }
 
 impl AppState {
+    /// `k` (default 10) and the beam width / probe count (`what`), checked against the limits.
+    pub(crate) fn search_width(
+        &self,
+        k: Option<u32>,
+        width: Option<u32>,
+        what: &str,
+    ) -> Result<(usize, Option<usize>), ApiError> {
+        let limits = &self.config.limits;
+        let k = k.unwrap_or(10) as usize;
+        if k == 0 || k > limits.max_k {
+            return Err(ApiError::invalid(format!("k must be 1..={}, got {k}", limits.max_k)));
+        }
+        let width = width.map(|w| w as usize);
+        if let Some(w) = width
+            && (w == 0 || w > limits.max_ef)
+        {
+            return Err(ApiError::invalid(format!("{what} must be 1..={}, got {w}", limits.max_ef)));
+        }
+        Ok((k, width))
+    }
+
     fn collection(&self, p: &Principal, role: Role, name: &str) -> Result<Collection, ApiError> {
         p.require(role, Some(name))?;
         Ok(self.db.collection(name)?)
@@ -284,17 +305,7 @@ impl AppState {
         req: SearchRequest,
     ) -> Result<SearchResponse, ApiError> {
         let c = self.collection(p, Role::Reader, name)?;
-        let limits = &self.config.limits;
-        let k = req.k.unwrap_or(10) as usize;
-        if k == 0 || k > limits.max_k {
-            return Err(ApiError::invalid(format!("k must be 1..={}, got {k}", limits.max_k)));
-        }
-        let ef = req.ef.map(|e| e as usize);
-        if let Some(ef) = ef
-            && (ef == 0 || ef > limits.max_ef)
-        {
-            return Err(ApiError::invalid(format!("ef must be 1..={}, got {ef}", limits.max_ef)));
-        }
+        let (k, ef) = self.search_width(req.k, req.ef, "ef")?;
         let filter = parse_filter(req.filter)?;
         let mode = match req.mode.unwrap_or_default() {
             SearchMode::Vector => Mode::Vector,

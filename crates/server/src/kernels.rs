@@ -284,17 +284,7 @@ impl AppState {
         req: KernelQueryRequest,
     ) -> Result<KernelQueryResponse, ApiError> {
         let row = self.kernel_row(p, Role::Reader, id).await?;
-        let limits = &self.config.limits;
-        let k = req.k.unwrap_or(10) as usize;
-        if k == 0 || k > limits.max_k {
-            return Err(ApiError::invalid(format!("k must be 1..={}, got {k}", limits.max_k)));
-        }
-        let probe = req.probe.map(|e| e as usize);
-        if let Some(pr) = probe
-            && (pr == 0 || pr > limits.max_ef)
-        {
-            return Err(ApiError::invalid(format!("probe must be 1..={}, got {pr}", limits.max_ef)));
-        }
+        let (k, probe) = self.search_width(req.k, req.probe, "probe")?;
         let filter = parse_filter(req.filter)?;
         let kernel = self.open_kernel(&row).await?;
         if let Some(exp) = kernel.manifest().expires
