@@ -13,6 +13,8 @@ use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Build parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -265,12 +267,22 @@ fn select_neighbors(space: &F32Space<'_>, sorted: &[Cand], m: usize) -> Vec<u32>
     out.into_iter().map(|c| c.id).collect()
 }
 
-/// A graph under construction: per node and layer a locked neighbour list.
+/// A graph under construction. Layer 0, which every node has and every walk spends its time
+/// on, is one flat array of rows of `2m + 1` words (count, then neighbours), as the frozen
+/// [`Graph`] lays it out, so expanding a node is one cache miss, not a chase through nested
+/// lists. Walks read rows without locking (relaxed atomic loads); writers hold the row's
+/// lock. A walk that races a writer may see a list half rewritten, which costs it at most a
+/// detour: every word is a node number or `u32::MAX` (never a torn value), and the reader
+/// drops words out of range. Upper layers, held by a few percent of the nodes, keep a
+/// locked list per node and layer.
 pub struct Builder<'a> {
     space: F32Space<'a>,
     params: HnswParams,
     levels: Vec<u8>,
-    links: Vec<Vec<Mutex<Vec<u32>>>>,
+    layer0: Vec<AtomicU32>,
+    locks0: Vec<Mutex<()>>,
+    /// Node `i`'s lists on layers `1..=levels[i]`.
+    upper: Vec<Vec<Mutex<Vec<u32>>>>,
     entry: RwLock<Option<(u32, usize)>>,
 }
 
@@ -279,11 +291,40 @@ impl Links for Builder<'_> {
         *self.entry.read()
     }
 
+    #[inline]
     fn with_neighbors<R>(&self, node: u32, layer: usize, f: impl FnOnce(&[u32]) -> R) -> R {
-        match self.links.get(node as usize).and_then(|l| l.get(layer)) {
+        if layer == 0 {
+            let row = self.row0(node);
+            let Some((count, ids)) = row.split_first() else { return f(&[]) };
+            let c = (count.load(Relaxed) as usize).min(ids.len());
+            let n = self.levels.len() as u32;
+            let mut stack = [0u32; 64];
+            let mut heap = Vec::new();
+            let buf: &mut [u32] = if c <= stack.len() {
+                &mut stack
+            } else {
+                heap.resize(c, 0);
+                &mut heap
+            };
+            let mut len = 0;
+            for a in &ids[..c] {
+                let x = a.load(Relaxed);
+                if x < n {
+                    buf[len] = x;
+                    len += 1;
+                }
+            }
+            return f(&buf[..len]);
+        }
+        match self.upper.get(node as usize).and_then(|l| l.get(layer - 1)) {
             Some(m) => f(&m.lock()),
             None => f(&[]),
         }
+    }
+
+    #[inline]
+    fn prefetch_links(&self, node: u32) {
+        crate::distance::prefetch(self.row0(node));
     }
 }
 
@@ -299,15 +340,47 @@ impl<'a> Builder<'a> {
                 ((-u.ln() * ml).floor() as usize).min(30) as u8
             })
             .collect();
-        let links = levels
+        let w0 = params.m0() + 1;
+        let layer0 = (0..n * w0).map(|i| AtomicU32::new(if i % w0 == 0 { 0 } else { u32::MAX })).collect();
+        let locks0 = (0..n).map(|_| Mutex::new(())).collect();
+        let upper = levels
             .iter()
-            .map(|&l| {
-                (0..=l as usize)
-                    .map(|layer| Mutex::new(Vec::with_capacity(if layer == 0 { params.m0() } else { params.m })))
-                    .collect()
-            })
+            .map(|&l| (0..l as usize).map(|_| Mutex::new(Vec::with_capacity(params.m))).collect())
             .collect();
-        Builder { space, params, levels, links, entry: RwLock::new(None) }
+        Builder { space, params, levels, layer0, locks0, upper, entry: RwLock::new(None) }
+    }
+
+    /// Node `node`'s layer-0 row (count, then neighbours).
+    #[inline]
+    fn row0(&self, node: u32) -> &[AtomicU32] {
+        let w = self.params.m0() + 1;
+        let i = node as usize;
+        self.layer0.get(i * w..(i + 1) * w).unwrap_or(&[])
+    }
+
+    /// Runs `f` on `node`'s list on `layer` under the list's lock; a changed list is stored.
+    fn with_list_mut<R>(&self, node: u32, layer: usize, f: impl FnOnce(&mut Vec<u32>) -> R) -> Option<R> {
+        if layer > 0 {
+            let slot = self.upper.get(node as usize)?.get(layer - 1)?;
+            return Some(f(&mut slot.lock()));
+        }
+        let _guard = self.locks0.get(node as usize)?.lock();
+        let row = self.row0(node);
+        let (count, ids) = row.split_first()?;
+        let c = (count.load(Relaxed) as usize).min(ids.len());
+        let old: Vec<u32> = ids[..c].iter().map(|a| a.load(Relaxed)).collect();
+        let mut list = old.clone();
+        let r = f(&mut list);
+        if list != old {
+            list.truncate(ids.len());
+            // Neighbours first, then the count: a reader that still sees the old count
+            // reads new (valid) words, never unwritten ones beyond the new list.
+            for (a, &x) in ids.iter().zip(&list) {
+                a.store(x, Relaxed);
+            }
+            count.store(list.len() as u32, Relaxed);
+        }
+        Some(r)
     }
 
     /// Inserts every node `include` accepts, in parallel on the current rayon pool.
@@ -322,14 +395,18 @@ impl<'a> Builder<'a> {
     /// Inserts one node.
     pub fn insert(&self, node: u32) {
         let level = self.levels[node as usize] as usize;
-        let start = {
-            let mut e = self.entry.write();
-            match *e {
-                None => {
-                    *e = Some((node, level));
-                    return;
+        let current = *self.entry.read();
+        let start = match current {
+            Some(s) => s,
+            None => {
+                let mut e = self.entry.write();
+                match *e {
+                    None => {
+                        *e = Some((node, level));
+                        return;
+                    }
+                    Some(s) => s,
                 }
-                Some(s) => s,
             }
         };
         let (ep, top) = start;
@@ -345,11 +422,10 @@ impl<'a> Builder<'a> {
                 search_layer(&self.space, self, &q, &entries, self.params.ef_construction, layer, n, &|i| i != node);
             let chosen = select_neighbors(&self.space, &found, self.params.m);
             let cap = if layer == 0 { self.params.m0() } else { self.params.m };
-            {
-                // Concurrent inserts may already have linked back to `node` on this layer
-                // (they found it through a higher layer); keep those links, or a node whose
-                // only in-link is here becomes unreachable.
-                let mut own = self.links[node as usize][layer].lock();
+            // Concurrent inserts may already have linked back to `node` on this layer (they
+            // found it through a higher layer); keep those links, or a node whose only
+            // in-link is here becomes unreachable.
+            self.with_list_mut(node, layer, |own| {
                 if own.is_empty() {
                     own.clone_from(&chosen);
                 } else {
@@ -366,7 +442,7 @@ impl<'a> Builder<'a> {
                         select_neighbors(&self.space, &cands, cap)
                     };
                 }
-            }
+            });
             for &nb in &chosen {
                 self.connect(nb, node, layer, cap);
             }
@@ -384,22 +460,22 @@ impl<'a> Builder<'a> {
 
     /// Adds `new` to `node`'s list on `layer`, shrinking it with the heuristic when full.
     fn connect(&self, node: u32, new: u32, layer: usize, cap: usize) {
-        let Some(slot) = self.links.get(node as usize).and_then(|l| l.get(layer)) else { return };
-        let mut list = slot.lock();
-        if list.contains(&new) {
-            return;
-        }
-        if list.len() < cap {
-            list.push(new);
-            return;
-        }
-        let mut cands: Vec<Cand> = list
-            .iter()
-            .chain(std::iter::once(&new))
-            .map(|&x| Cand { d: self.space.node_dist(node, x), id: x })
-            .collect();
-        cands.sort_unstable();
-        *list = select_neighbors(&self.space, &cands, cap);
+        self.with_list_mut(node, layer, |list| {
+            if list.contains(&new) {
+                return;
+            }
+            if list.len() < cap {
+                list.push(new);
+                return;
+            }
+            let mut cands: Vec<Cand> = list
+                .iter()
+                .chain(std::iter::once(&new))
+                .map(|&x| Cand { d: self.space.node_dist(node, x), id: x })
+                .collect();
+            cands.sort_unstable();
+            *list = select_neighbors(&self.space, &cands, cap);
+        });
     }
 
     /// Marks nothing deleted but rewires around `node` as if it were: every node that links
@@ -409,29 +485,29 @@ impl<'a> Builder<'a> {
     pub fn unlink(&self, node: u32) {
         let top = self.levels.get(node as usize).map_or(0, |&l| l as usize);
         for layer in 0..=top {
-            let removed: Vec<u32> = std::mem::take(&mut *self.links[node as usize][layer].lock());
+            let removed: Vec<u32> = self.with_list_mut(node, layer, std::mem::take).unwrap_or_default();
             let cap = if layer == 0 { self.params.m0() } else { self.params.m };
             // In-neighbours: scan every list on this layer (repair is rare; correctness
             // matters more than speed here).
-            for (other, lists) in self.links.iter().enumerate() {
+            for (other, &level) in self.levels.iter().enumerate() {
                 let other = other as u32;
-                let Some(slot) = lists.get(layer) else { continue };
-                if other == node {
+                if other == node || (level as usize) < layer {
                     continue;
                 }
-                let mut list = slot.lock();
-                if !list.contains(&node) {
-                    continue;
-                }
-                let mut cands: Vec<Cand> = list
-                    .iter()
-                    .chain(removed.iter())
-                    .filter(|&&x| x != node && x != other)
-                    .map(|&x| Cand { d: self.space.node_dist(other, x), id: x })
-                    .collect();
-                cands.sort_unstable();
-                cands.dedup_by_key(|c| c.id);
-                *list = select_neighbors(&self.space, &cands, cap);
+                self.with_list_mut(other, layer, |list| {
+                    if !list.contains(&node) {
+                        return;
+                    }
+                    let mut cands: Vec<Cand> = list
+                        .iter()
+                        .chain(removed.iter())
+                        .filter(|&&x| x != node && x != other)
+                        .map(|&x| Cand { d: self.space.node_dist(other, x), id: x })
+                        .collect();
+                    cands.sort_unstable();
+                    cands.dedup_by_key(|c| c.id);
+                    *list = select_neighbors(&self.space, &cands, cap);
+                });
             }
         }
         let mut e = self.entry.write();
@@ -441,7 +517,7 @@ impl<'a> Builder<'a> {
                 .levels
                 .iter()
                 .enumerate()
-                .filter(|&(i, _)| i as u32 != node && !self.links[i][0].lock().is_empty())
+                .filter(|&(i, _)| i as u32 != node && self.row0(i as u32).first().is_some_and(|c| c.load(Relaxed) > 0))
                 .max_by_key(|&(i, &l)| (l, std::cmp::Reverse(i)))
                 .map(|(i, &l)| (i as u32, l as usize));
         }
@@ -456,13 +532,15 @@ impl<'a> Builder<'a> {
         let mut upper_start = Vec::with_capacity(n + 1);
         let mut upper = Vec::new();
         let mut blocks = 0u32;
-        for (i, lists) in self.links.iter().enumerate() {
+        for (i, lists) in self.upper.iter().enumerate() {
             upper_start.push(blocks);
-            let l0 = lists[0].lock();
             let row = &mut layer0[i * (m0 + 1)..(i + 1) * (m0 + 1)];
-            row[0] = l0.len() as u32;
-            row[1..1 + l0.len()].copy_from_slice(&l0);
-            for list in &lists[1..] {
+            // Words past the count stay u32::MAX (the builder leaves stale ones there).
+            self.with_neighbors(i as u32, 0, |l0| {
+                row[0] = l0.len() as u32;
+                row[1..1 + l0.len()].copy_from_slice(l0);
+            });
+            for list in lists {
                 let list = list.lock();
                 let mut block = vec![u32::MAX; m + 1];
                 block[0] = list.len() as u32;
