@@ -72,9 +72,6 @@ pub trait Space: Sync {
     /// Hints the CPU to fetch a node's data.
     #[inline]
     fn prefetch(&self, _node: u32) {}
-    /// Hints the CPU to fetch all of a node's data (the node is next in line).
-    #[inline]
-    fn prefetch_all(&self, _node: u32) {}
 }
 
 /// Read access to a graph's links.
@@ -207,22 +204,17 @@ fn search_layer<S: Space, L: Links>(
                     }
                 }
             });
-            {
-                for (j, &nb) in fresh.iter().enumerate() {
-                    if let Some(&next) = fresh.get(j + 1) {
-                        space.prefetch_all(next);
-                    }
-                    let d = space.dist(q, nb);
-                    if d < bound || best.len() < ef {
-                        todo.push(std::cmp::Reverse(Cand { d, id: nb }));
-                        if allow(nb) {
-                            best.push(Cand { d, id: nb });
-                            if best.len() > ef {
-                                best.pop();
-                            }
-                            if best.len() >= ef {
-                                bound = best.peek().map_or(f32::INFINITY, |c| c.d);
-                            }
+            for &nb in &fresh {
+                let d = space.dist(q, nb);
+                if d < bound || best.len() < ef {
+                    todo.push(std::cmp::Reverse(Cand { d, id: nb }));
+                    if allow(nb) {
+                        best.push(Cand { d, id: nb });
+                        if best.len() > ef {
+                            best.pop();
+                        }
+                        if best.len() >= ef {
+                            bound = best.peek().map_or(f32::INFINITY, |c| c.d);
                         }
                     }
                 }
@@ -230,6 +222,24 @@ fn search_layer<S: Space, L: Links>(
         }
         best.into_sorted_vec()
     })
+}
+
+/// Scores `ids` against a prepared query, closest first, loading rows a few ahead of the
+/// one being scored (re-ranking a beam touches rows at random, like the walk does).
+pub fn score<S: Space>(space: &S, q: &S::Query, ids: impl ExactSizeIterator<Item = u32> + Clone) -> Vec<Cand> {
+    const AHEAD: usize = 8;
+    let mut ahead = ids.clone();
+    ahead.by_ref().take(AHEAD).for_each(|i| space.prefetch(i));
+    let mut out: Vec<Cand> = ids
+        .map(|id| {
+            if let Some(next) = ahead.next() {
+                space.prefetch(next);
+            }
+            Cand { d: space.dist(q, id), id }
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Searches a graph: greedy descent through the upper layers, then a beam of width
@@ -688,7 +698,8 @@ impl Links for Graph<'_> {
     #[inline]
     fn prefetch_links(&self, node: u32) {
         let w = 2 * self.m + 1;
-        crate::distance::prefetch(self.layer0.get(node as usize * w..).unwrap_or(&[]));
+        let i = node as usize;
+        crate::distance::prefetch(self.layer0.get(i * w..(i + 1) * w).unwrap_or(&[]));
     }
 
     #[inline]

@@ -132,7 +132,7 @@ impl Space for Int8Space<'_> {
     #[inline]
     fn prefetch(&self, node: u32) {
         let i = node as usize;
-        distance::prefetch(self.codes.get(i * self.dim..).unwrap_or(&[]));
+        distance::prefetch(self.codes.get(i * self.dim..(i + 1) * self.dim).unwrap_or(&[]));
     }
 }
 
@@ -424,7 +424,8 @@ impl Space for RabitqSpace<'_> {
     #[inline]
     fn prefetch(&self, node: u32) {
         let len = self.model.code_len();
-        distance::prefetch(self.codes.get(node as usize * len..).unwrap_or(&[]));
+        let i = node as usize;
+        distance::prefetch(self.codes.get(i * len..(i + 1) * len).unwrap_or(&[]));
     }
 }
 

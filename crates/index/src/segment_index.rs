@@ -628,9 +628,7 @@ impl SegmentIndex {
                 hnsw::search(&s, &graph, n, &s.query(query), k, ef, allow)
             }
         };
-        use crate::hnsw::Space;
-        let mut exact_pool: Vec<Cand> = pool.iter().map(|c| Cand { d: exact.dist(&q, c.id), id: c.id }).collect();
-        exact_pool.sort_unstable();
+        let mut exact_pool = hnsw::score(&exact, &q, pool.iter().map(|c| c.id));
         exact_pool.truncate(k);
         Ok(exact_pool)
     }
