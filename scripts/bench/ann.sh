@@ -7,15 +7,8 @@
 #   scripts/bench/ann.sh            # builds data/ann-db (embeds the corpus) if missing
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
 EF="${EF:-10,16,24,32,48,64,96,128,192,256}"
-cargo build --release --locked -p kernelize
-K="$CARGO_TARGET_DIR/release/kernelize"
-scripts/install-model.sh
-scripts/wordnet-corpus.sh data/wordnet.jsonl --queries data/wordnet-queries.jsonl --n-queries 5000 --seed 7
-if [ ! -d data/ann-db/collections/wordnet ]; then
-    "$K" --data-dir data/ann-db ingest data/wordnet.jsonl --collection wordnet --create --durability buffered
-fi
+source scripts/bench/wordnet-db.sh
 mkdir -p data/ann-results
 echo "load before: $(cat /proc/loadavg)"
 "$K" bench ann --data-dir data/ann-db --ef "$EF" --threads 1,2 | tee data/ann-results/kernelize.txt \

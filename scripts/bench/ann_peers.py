@@ -397,6 +397,16 @@ def int_list(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
 
 
+def add_synthetic_arguments(ap: argparse.ArgumentParser) -> None:
+    """The --make-synthetic options (shared with kernel_peers.py)."""
+    ap.add_argument("--make-synthetic", type=int, default=None, metavar="N",
+                    help="write N clustered gaussian base vectors + queries + exact gt into --data and exit")
+    ap.add_argument("--synthetic-queries", type=int, default=1000)
+    ap.add_argument("--synthetic-dim", type=int, default=384)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--force", action="store_true", help="let --make-synthetic overwrite existing files")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(REPO, "data", "ann"),
@@ -407,12 +417,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed searches per ef; the median is reported")
     ap.add_argument("--tmp-dir", default=None, help="where indexes are serialised to be measured (default: $TMPDIR or /tmp)")
     ap.add_argument("--json-out", default=None, help="also write the JSON lines here")
-    ap.add_argument("--make-synthetic", type=int, default=None, metavar="N",
-                    help="write N clustered gaussian base vectors + queries + exact gt into --data and exit")
-    ap.add_argument("--synthetic-queries", type=int, default=1000)
-    ap.add_argument("--synthetic-dim", type=int, default=384)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--force", action="store_true", help="let --make-synthetic overwrite existing files")
+    add_synthetic_arguments(ap)
     kzvenv.add_arguments(ap, "/tmp/kz-ann-venv")
     args = ap.parse_args(argv)
 

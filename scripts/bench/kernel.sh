@@ -7,14 +7,7 @@
 #   PEERS=0 scripts/bench/kernel.sh    # kernels only
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
-cargo build --release --locked -p kernelize
-K="$CARGO_TARGET_DIR/release/kernelize"
-scripts/install-model.sh
-scripts/wordnet-corpus.sh data/wordnet.jsonl --queries data/wordnet-queries.jsonl --n-queries 5000 --seed 7
-if [ ! -d data/ann-db/collections/wordnet ]; then
-    "$K" --data-dir data/ann-db ingest data/wordnet.jsonl --collection wordnet --create --durability buffered
-fi
+source scripts/bench/wordnet-db.sh
 OUT=data/kernel-results
 mkdir -p "$OUT"
 [ -f "$OUT/sign.key" ] || "$K" keys generate --out "$OUT/sign"

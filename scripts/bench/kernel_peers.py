@@ -555,10 +555,6 @@ def print_table(rows: list[dict]) -> None:
     print(file=err, flush=True)
 
 
-def int_list(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(REPO, "data", "ann"),
@@ -566,26 +562,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of: " + ", ".join(SYSTEMS))
     ap.add_argument("--threads", type=int, default=2, help="threads for builds and searches (default 2)")
     ap.add_argument("--nlist", type=int, default=1024, help="IVF lists / LanceDB num_partitions (default 1024)")
-    ap.add_argument("--nprobe", type=int_list, default=int_list(DEFAULT_NPROBE),
+    ap.add_argument("--nprobe", type=ann_peers.int_list, default=ann_peers.int_list(DEFAULT_NPROBE),
                     help=f"comma list (default {DEFAULT_NPROBE}); values above --nlist are skipped")
-    ap.add_argument("--pq-m", type=int_list, default=[48, 96, 192],
+    ap.add_argument("--pq-m", type=ann_peers.int_list, default=[48, 96, 192],
                     help="faiss-ivfpq subquantizers (8 bits each; code bytes per vector = m) (default 48,96,192)")
-    ap.add_argument("--rabitq-bits", type=int_list, default=[1, 4], help="faiss-ivfrabitq nb_bits (default 1,4)")
+    ap.add_argument("--rabitq-bits", type=ann_peers.int_list, default=[1, 4], help="faiss-ivfrabitq nb_bits (default 1,4)")
     ap.add_argument("--rabitq-qb", type=int, default=None,
                     help="faiss-ivfrabitq query bits qb (default: faiss's default; 0 = float queries)")
-    ap.add_argument("--lance-m", type=int_list, default=[48, 96],
+    ap.add_argument("--lance-m", type=ann_peers.int_list, default=[48, 96],
                     help="lancedb-ivfpq num_sub_vectors (8 bits each) (default 48,96)")
-    ap.add_argument("--lance-rq-bits", type=int_list, default=[1, 4], help="lancedb-ivfrq num_bits (default 1,4)")
+    ap.add_argument("--lance-rq-bits", type=ann_peers.int_list, default=[1, 4], help="lancedb-ivfrq num_bits (default 1,4)")
     ap.add_argument("--repeats", type=int, default=3, help="timed batch searches per nprobe; the median is reported")
     ap.add_argument("--tmp-dir", default=None,
                     help="where faiss indexes are serialised and LanceDB tables written (default: $TMPDIR or /tmp)")
     ap.add_argument("--json-out", default=None, help="also write the JSON lines here")
-    ap.add_argument("--make-synthetic", type=int, default=None, metavar="N",
-                    help="write N clustered gaussian base vectors + queries + exact gt into --data and exit")
-    ap.add_argument("--synthetic-queries", type=int, default=1000)
-    ap.add_argument("--synthetic-dim", type=int, default=384)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--force", action="store_true", help="let --make-synthetic overwrite existing files")
+    ann_peers.add_synthetic_arguments(ap)
     kzvenv.add_arguments(ap, "/tmp/kz-kernel-venv")
     args = ap.parse_args(argv)
 
