@@ -368,7 +368,7 @@ impl<'a> Builder<'a> {
         self.layer0.get(i * w..(i + 1) * w).unwrap_or(&[])
     }
 
-    /// Runs `f` on `node`'s list on `layer` under the list's lock; a changed list is stored.
+    /// Runs `f` on `node`'s list on `layer` under the list's lock and stores the list.
     fn with_list_mut<R>(&self, node: u32, layer: usize, f: impl FnOnce(&mut Vec<u32>) -> R) -> Option<R> {
         if layer > 0 {
             let slot = self.upper.get(node as usize)?.get(layer - 1)?;
@@ -378,18 +378,15 @@ impl<'a> Builder<'a> {
         let row = self.row0(node);
         let (count, ids) = row.split_first()?;
         let c = (count.load(Relaxed) as usize).min(ids.len());
-        let old: Vec<u32> = ids[..c].iter().map(|a| a.load(Relaxed)).collect();
-        let mut list = old.clone();
+        let mut list: Vec<u32> = ids[..c].iter().map(|a| a.load(Relaxed)).collect();
         let r = f(&mut list);
-        if list != old {
-            list.truncate(ids.len());
-            // Neighbours first, then the count: a reader that still sees the old count
-            // reads new (valid) words, never unwritten ones beyond the new list.
-            for (a, &x) in ids.iter().zip(&list) {
-                a.store(x, Relaxed);
-            }
-            count.store(list.len() as u32, Relaxed);
+        // Neighbours first, then the count: a reader that still sees the old count reads
+        // new (valid) words, never unwritten ones beyond the new list.
+        list.truncate(ids.len());
+        for (a, &x) in ids.iter().zip(&list) {
+            a.store(x, Relaxed);
         }
+        count.store(list.len() as u32, Relaxed);
         Some(r)
     }
 
