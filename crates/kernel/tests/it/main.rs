@@ -2,6 +2,8 @@
 //! signature and every-byte tamper detection, expiry, merge and diff.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
+mod formats;
+
 use kernelize_kernel::format::{SourceInfo, Trust};
 use kernelize_kernel::{
     BuildOptions, EvalQuery, IndexKind, Kernel, KernelError, MergeMode, SearchParams, SigningKey, Unit, build, diff,

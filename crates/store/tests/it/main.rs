@@ -5,6 +5,7 @@ mod backup;
 mod basic;
 mod crash;
 mod fault;
+mod formats;
 
 use kernelize_store::{CollectionConfig, Metric, Record};
 
