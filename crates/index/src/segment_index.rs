@@ -436,6 +436,10 @@ impl SegmentIndex {
         {
             return corrupt(&path, 0, format!("built for another segment than {}", segment.path().display()));
         }
+        if meta.indexed > meta.nodes {
+            let at = (head_len - meta_len as usize) as u64;
+            return corrupt(&path, at, format!("metadata: {} indexed rows, but {} nodes", meta.indexed, meta.nodes));
+        }
         let payload_bytes = &b[sections[Tag::Payload as usize].clone()];
         let payload = PayloadIndex::from_bytes(payload_bytes)
             .or_else(|e| corrupt(&path, sections[Tag::Payload as usize].start as u64, format!("payload index: {e}")))?;
@@ -645,5 +649,57 @@ impl SegmentIndex {
             }
         })
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernelize_store::{CollectionConfig, Database, Durability, MemStorage, Options, Record};
+    use std::sync::Arc;
+
+    /// A small flushed segment (with a tombstone) and its index file.
+    fn segment(quantization: Quantization) -> (Arc<Segment>, Vec<u8>) {
+        let opts = Options { durability: Durability::Buffered, ..Options::default() };
+        let db = Database::open_with(Arc::new(MemStorage::new()), Path::new("/db"), opts).expect("database");
+        let settings = IndexSettings { m: 4, ef_construction: 16, quantization };
+        let mut config = CollectionConfig::new(5, Metric::L2);
+        config.index = settings;
+        let c = db.create_collection("c", config).expect("collection");
+        let records = (0..30)
+            .map(|i| Record {
+                id: format!("r{i}"),
+                vector: (0..5).map(|j| ((i * 5 + j) as f32 * 0.7).sin()).collect(),
+                text: Some(format!("text {i}")),
+                metadata: None,
+            })
+            .collect();
+        c.upsert(records).expect("upsert");
+        c.delete(vec!["r7".into()]).expect("delete");
+        c.flush().expect("flush");
+        let seg = c.snapshot().segments()[0].clone();
+        let bytes = build(&seg, Metric::L2, settings).expect("build");
+        (seg, bytes)
+    }
+
+    /// `bytes` re-encoded (valid checksums) with its metadata changed by `edit`.
+    fn with_meta(seg: &Segment, bytes: Vec<u8>, edit: impl FnOnce(&mut IndexMeta)) -> Vec<u8> {
+        let ix = SegmentIndex::from_mapped(PathBuf::from("t.idx"), Mapped::new(bytes), seg).expect("opens");
+        let sections: Vec<(Tag, Vec<u8>)> =
+            TAGS.iter().filter(|&&t| ix.sections[t as usize] != (0..0)).map(|&t| (t, ix.bytes(t).to_vec())).collect();
+        let mut meta = ix.meta.clone();
+        edit(&mut meta);
+        encode_file(&meta, &sections)
+    }
+
+    #[test]
+    fn segment_index_open_does_not_panic_on_indexed_beyond_nodes() {
+        // `indexed` sized `memory()`'s arithmetic, which overflowed on huge values.
+        for quantization in [Quantization::None, Quantization::Int8] {
+            let (seg, bytes) = segment(quantization);
+            let bytes = with_meta(&seg, bytes, |m| m.indexed = u64::MAX / 3);
+            let err = SegmentIndex::from_mapped(PathBuf::from("t.idx"), Mapped::new(bytes), &seg).expect_err("refused");
+            assert!(err.to_string().contains("indexed rows"), "{err}");
+        }
     }
 }
