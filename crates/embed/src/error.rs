@@ -16,8 +16,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A file of the model directory does not exist.
     #[error(
-        "model file {} not found; run scripts/install-model.sh \
-         (or set KERNELIZE_MODELS_DIR to a directory holding all-MiniLM-L6-v2/)",
+        "model file {} not found; install the model with `kernelize models install` \
+         (it goes to the models directory: $KERNELIZE_MODELS_DIR when set, else \
+         ~/.local/share/kernelize/models)",
         path.display()
     )]
     ModelMissing {

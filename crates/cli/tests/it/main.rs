@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod kernel;
+mod models;
 mod serve;
 
 use std::path::Path;

@@ -51,13 +51,13 @@ fn many_texts_and_long_texts_do_not_fail() {
 }
 
 #[test]
-fn missing_model_names_the_file_and_the_install_script() {
+fn missing_model_names_the_file_and_the_install_command() {
     let dir = Path::new("/nonexistent/kernelize-models/all-MiniLM-L6-v2");
     let err = Embedder::load(dir).expect_err("must fail");
     assert!(matches!(err, Error::ModelMissing { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("config.json"), "{msg}");
-    assert!(msg.contains("scripts/install-model.sh"), "{msg}");
+    assert!(msg.contains("kernelize models install"), "{msg}");
 }
 
 #[test]

