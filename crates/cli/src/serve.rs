@@ -121,7 +121,9 @@ pub fn audit(cli: &Cli, cmd: &AuditCmd) -> Result<ExitCode> {
         let v = v?;
         match v.problem {
             None => {
-                let keyed = v.keyed_from.map_or_else(|| "unkeyed (no audit-key)".to_owned(), |s| format!("keyed from entry {s}"));
+                let keyed = v
+                    .keyed_from
+                    .map_or_else(|| "unkeyed (no audit-key)".to_owned(), |s| format!("keyed from entry {s}"));
                 let cp = v.checkpoint_seq.map_or_else(|| "none".to_owned(), |s| format!("up to entry {s}"));
                 println!(
                     "audit log OK: {} entries, head {}, {keyed}, {} signed checkpoints ({cp}), {} keys match the log",

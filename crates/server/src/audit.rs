@@ -380,7 +380,11 @@ pub fn verify(entries: impl IntoIterator<Item = AuditEntry>, input: &VerifyInput
     v
 }
 
-fn check(entries: impl IntoIterator<Item = AuditEntry>, input: &VerifyInput<'_>, v: &mut AuditVerdict) -> Result<(), String> {
+fn check(
+    entries: impl IntoIterator<Item = AuditEntry>,
+    input: &VerifyInput<'_>,
+    v: &mut AuditVerdict,
+) -> Result<(), String> {
     let mut prev = GENESIS.to_string();
     let mut n = 0i64;
     let mut hashes: Vec<String> = Vec::new();

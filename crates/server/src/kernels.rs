@@ -64,7 +64,12 @@ impl Kernels {
     pub fn load(data_dir: &std::path::Path) -> anyhow::Result<Kernels> {
         fs_err::create_dir_all(data_dir)?;
         let signing = SigningKey::load_or_generate(&data_dir.join("kernel-signing.key"))?;
-        Ok(Kernels { signing, progress: Arc::default(), open: Mutex::default(), incarnation_lock: tokio::sync::Mutex::new(()) })
+        Ok(Kernels {
+            signing,
+            progress: Arc::default(),
+            open: Mutex::default(),
+            incarnation_lock: tokio::sync::Mutex::new(()),
+        })
     }
 }
 

@@ -534,8 +534,13 @@ impl MetaStore {
         let mut after = 0i64;
         loop {
             let q = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT 10000");
-            let page: Vec<AuditEntry> =
-                sqlx::query(&q).bind(after).fetch_all(&mut *tx).await?.iter().map(audit_row).collect::<sqlx::Result<_>>()?;
+            let page: Vec<AuditEntry> = sqlx::query(&q)
+                .bind(after)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(audit_row)
+                .collect::<sqlx::Result<_>>()?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             all.extend(page);
@@ -546,7 +551,8 @@ impl MetaStore {
             None => None,
         };
         let q = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_ms, id");
-        let rows: Vec<KeyRow> = sqlx::query(&q).fetch_all(&mut *tx).await?.iter().map(key_row).collect::<sqlx::Result<_>>()?;
+        let rows: Vec<KeyRow> =
+            sqlx::query(&q).fetch_all(&mut *tx).await?.iter().map(key_row).collect::<sqlx::Result<_>>()?;
         tx.commit().await?;
         let input = crate::audit::VerifyInput { head, keys: keys.as_ref(), key_rows: Some(&rows), checkpoints };
         Ok(crate::audit::verify(all, &input))

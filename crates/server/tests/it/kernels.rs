@@ -169,7 +169,8 @@ async fn kernels_of_dropped_collection_do_not_leak_to_reused_name(backend: Backe
     assert_eq!(ts.get(&newcomer, &format!("/v1/kernels/{old}")).await.0, StatusCode::NOT_FOUND);
     let q = json!({"vector": vector(1, 8), "k": 3});
     assert_eq!(ts.post(&newcomer, &format!("/v1/kernels/{old}/query"), q.clone()).await.0, StatusCode::NOT_FOUND);
-    let r = ts.client.get(format!("{}/v1/kernels/{old}/download", ts.base)).bearer_auth(&newcomer).send().await.unwrap();
+    let r =
+        ts.client.get(format!("{}/v1/kernels/{old}/download", ts.base)).bearer_auth(&newcomer).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let (s, _) = ts.call(Some(&newcomer), reqwest::Method::DELETE, &format!("/v1/kernels/{old}"), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -186,11 +187,17 @@ async fn kernels_of_dropped_collection_do_not_leak_to_reused_name(backend: Backe
     let fresh = built_kernel(&ts).await;
     let (_, list) = ts.get(&newcomer, "/v1/kernels").await;
     assert_eq!(list["kernels"].as_array().unwrap().len(), 1);
-    assert_eq!((list["kernels"][0]["id"].as_str(), &list["kernels"][0]["orphaned"]), (Some(fresh.as_str()), &json!(false)));
+    assert_eq!(
+        (list["kernels"][0]["id"].as_str(), &list["kernels"][0]["orphaned"]),
+        (Some(fresh.as_str()), &json!(false))
+    );
     ts.shutdown().await;
 }
 
-both_backends!(kernels_of_dropped_collection_do_not_leak_to_reused_name_both, kernels_of_dropped_collection_do_not_leak_to_reused_name);
+both_backends!(
+    kernels_of_dropped_collection_do_not_leak_to_reused_name_both,
+    kernels_of_dropped_collection_do_not_leak_to_reused_name
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_download_if_range_with_wrong_validator_sends_whole_file_and_etag() {
@@ -206,7 +213,14 @@ async fn kernel_download_if_range_with_wrong_validator_sends_whole_file_and_etag
         let url = format!("{}/v1/kernels/{id}/download", ts.base);
         let c = ts.client.clone();
         async move {
-            let r = c.get(url).bearer_auth(ADMIN_KEY).header("range", "bytes=100-").header("if-range", if_range).send().await.unwrap();
+            let r = c
+                .get(url)
+                .bearer_auth(ADMIN_KEY)
+                .header("range", "bytes=100-")
+                .header("if-range", if_range)
+                .send()
+                .await
+                .unwrap();
             (r.status(), r.headers().get("etag").cloned(), r.bytes().await.unwrap().to_vec())
         }
     };
@@ -238,5 +252,28 @@ async fn expired_kernel_is_neither_downloaded_nor_queried() {
     assert_eq!(ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await.0, StatusCode::OK);
     let (s, _) = ts.call(Some(ADMIN_KEY), reqwest::Method::DELETE, &format!("/v1/kernels/{id}"), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    ts.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_kernel_query_scores_are_finite() {
+    let ts = TestServer::start(Backend::Sqlite).await;
+    docs_with_records(&ts, "docs", "l2", 200).await;
+    for quantization in ["none", "int8", "rabitq4"] {
+        let id = build_and_wait(&ts, json!({"collection": "docs", "quantization": quantization})).await;
+        // Finite components whose squares overflow f32: every distance was inf, every
+        // score `null`. Such a query is refused; ordinary ones score finite numbers.
+        let (s, v) =
+            ts.post(ADMIN_KEY, &format!("/v1/kernels/{id}/query"), json!({"vector": vec![1e19f32; 8], "k": 5})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{quantization}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("too large"), "{v}");
+        for q in [vector(3, 8), vec![0.0; 8], vec![1e17; 8], vec![-2e17; 8]] {
+            let (s, v) = ts.post(ADMIN_KEY, &format!("/v1/kernels/{id}/query"), json!({"vector": q, "k": 5})).await;
+            assert_eq!(s, StatusCode::OK, "{quantization}: {v}");
+            let hits = v["hits"].as_array().unwrap();
+            assert_eq!(hits.len(), 5, "{v}");
+            assert!(hits.iter().all(|h| h["score"].as_f64().is_some_and(f64::is_finite)), "{quantization}: {v}");
+        }
+    }
     ts.shutdown().await;
 }

@@ -427,7 +427,11 @@ async fn keys_create_audit_records_scope_and_expiry(backend: Backend) {
 
     let entries = audit_entries(&ts).await;
     let find = |action: &str| {
-        entries.iter().filter(|e| e["action"] == action).map(|e| e["detail"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        entries
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["detail"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
     };
     let create = find("keys.create");
     assert!(
@@ -436,7 +440,8 @@ async fn keys_create_audit_records_scope_and_expiry(backend: Backend) {
     );
     let mint = find("tokens.mint");
     assert!(
-        mint.iter().any(|d| d.contains("role reader") && d.contains(r#"collections ["docs"]"#) && d.contains("ttl_secs 60")),
+        mint.iter()
+            .any(|d| d.contains("role reader") && d.contains(r#"collections ["docs"]"#) && d.contains("ttl_secs 60")),
         "{mint:?}"
     );
     // The key's stored state is in the chain too, with its digest first.
@@ -471,7 +476,10 @@ async fn client_request_id_does_not_replace_server_id_in_audit(backend: Backend)
     ts.shutdown().await;
 }
 
-both_backends!(client_request_id_does_not_replace_server_id_in_audit_both, client_request_id_does_not_replace_server_id_in_audit);
+both_backends!(
+    client_request_id_does_not_replace_server_id_in_audit_both,
+    client_request_id_does_not_replace_server_id_in_audit
+);
 
 /// A server with a few audited actions, stopped (its last checkpoint written), and a
 /// pool on its database.
@@ -541,7 +549,12 @@ async fn write_entry(pool: &sqlx::AnyPool, e: &kernelize_server::audit::AuditEnt
 }
 
 async fn set_head(pool: &sqlx::AnyPool, seq: i64, hash: &str) {
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1").bind(seq).bind(hash).execute(pool).await.unwrap();
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(hash)
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 async fn audit_verify_detects_appended_row_with_updated_head(backend: Backend) {
@@ -569,7 +582,10 @@ async fn audit_verify_detects_appended_row_with_updated_head(backend: Backend) {
     ts.shutdown().await;
 }
 
-both_backends!(audit_verify_detects_appended_row_with_updated_head_both, audit_verify_detects_appended_row_with_updated_head);
+both_backends!(
+    audit_verify_detects_appended_row_with_updated_head_both,
+    audit_verify_detects_appended_row_with_updated_head
+);
 
 async fn audit_verify_detects_truncated_tail_with_rewritten_head(backend: Backend) {
     let (ts, pool) = stopped_server_with_log(backend).await;
@@ -584,7 +600,10 @@ async fn audit_verify_detects_truncated_tail_with_rewritten_head(backend: Backen
     ts.shutdown().await;
 }
 
-both_backends!(audit_verify_detects_truncated_tail_with_rewritten_head_both, audit_verify_detects_truncated_tail_with_rewritten_head);
+both_backends!(
+    audit_verify_detects_truncated_tail_with_rewritten_head_both,
+    audit_verify_detects_truncated_tail_with_rewritten_head
+);
 
 async fn audit_verify_detects_full_rehash_after_edit(backend: Backend) {
     use kernelize_server::audit::{GENESIS, VERSION_UNKEYED, chain_hash};
@@ -641,7 +660,12 @@ async fn audit_verify_detects_unrevoked_key(backend: Backend) {
     sqlx::query("UPDATE api_keys SET revoked_ms = NULL WHERE id = $1").bind(&id).execute(&pool).await.unwrap();
     let problem = verify(&ts).await.problem.unwrap_or_default();
     assert!(problem.contains(&id) && problem.contains("un-revoked"), "{problem:?}");
-    sqlx::query("UPDATE api_keys SET revoked_ms = $1 WHERE id = $2").bind(revoked).bind(&id).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE api_keys SET revoked_ms = $1 WHERE id = $2")
+        .bind(revoked)
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(verify(&ts).await.problem, None);
     // A key row that the server never wrote (a copy of the admin's under a new id).
     sqlx::query(
