@@ -470,10 +470,14 @@ impl MetaStore {
             action: crate::audit::ACTION_KEYED.into(),
             target: "audit".into(),
             outcome: "ok".into(),
-            detail: format!(
-                "chain=hmac-sha256 version=2 from entry {first}; entries 1..{} are unkeyed sha-256 (version 1)",
-                first - 1
-            ),
+            detail: if first == 1 {
+                "chain=hmac-sha256 version=2 from entry 1".to_owned()
+            } else {
+                format!(
+                    "chain=hmac-sha256 version=2 from entry {first}; entries 1..{} are unkeyed sha-256 (version 1)",
+                    first - 1
+                )
+            },
             ..Default::default()
         };
         self.append_tx(&mut tx, keys, marker).await?;

@@ -683,3 +683,71 @@ async fn audit_verify_detects_unrevoked_key(backend: Backend) {
 }
 
 both_backends!(audit_verify_detects_unrevoked_key_both, audit_verify_detects_unrevoked_key);
+
+async fn audit_log_written_before_keying_stays_verifiable(backend: Backend) {
+    use kernelize_server::audit::{AuditEntry, GENESIS, VERSION_UNKEYED, chain_hash};
+    // A control plane as an older server left it: unkeyed entries, a key, no audit-key file.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (url, schema) = match backend {
+        Backend::Sqlite => {
+            fs_err::create_dir_all(&data).unwrap();
+            (format!("sqlite://{}?mode=rwc", data.join("control.db").display()), None)
+        }
+        Backend::Postgres => {
+            let (u, s) = crate::common::pg_schema().await;
+            (u, Some(s))
+        }
+    };
+    let meta = kernelize_server::meta::MetaStore::connect(&url).await.unwrap();
+    meta.close().await;
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, hash, role, collections, created_ms, expires_ms, revoked_ms, rotated_to) \
+         VALUES ('oldreader000', 'old', 'aa', 'reader', NULL, 1, NULL, NULL, NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut prev = GENESIS.to_owned();
+    for seq in 1..=3 {
+        let mut e = AuditEntry {
+            seq,
+            ts_ms: seq,
+            request_id: "-".into(),
+            actor: "system".into(),
+            action: "collections.create".into(),
+            target: format!("/v1/collections/c{seq}"),
+            outcome: "ok".into(),
+            detail: "status=201".into(),
+            version: VERSION_UNKEYED,
+            prev_hash: prev.clone(),
+            hash: String::new(),
+        };
+        e.hash = chain_hash(&e);
+        prev = e.hash.clone();
+        write_entry(&pool, &e).await;
+    }
+    set_head(&pool, 3, &prev).await;
+    pool.close().await;
+
+    // (The server's own backend is the URL's; `Sqlite` here only skips creating a schema.)
+    let ts = TestServer::start_with(Backend::Sqlite, |c| {
+        c.data_dir = data.clone();
+        c.database_url = Some(url.clone());
+    })
+    .await;
+    let v = ts.running().state().verify_audit().await.unwrap();
+    assert_eq!((v.problem.as_deref(), v.keyed_from, v.keys_checked), (None, Some(4), 2), "{v:?}");
+    let (_, page) = ts.get(ADMIN_KEY, "/v1/audit?limit=10").await;
+    let marker = &page["entries"][3];
+    assert_eq!(marker["action"], "audit.keyed");
+    assert!(marker["detail"].as_str().unwrap().contains("entries 1..3 are unkeyed"), "{marker}");
+    assert_eq!(page["entries"][4]["action"], "keys.state");
+    assert_eq!(page["entries"][4]["target"], "oldreader000");
+    let mut ts = ts;
+    ts.schema = schema;
+    ts.shutdown().await;
+}
+
+both_backends!(audit_log_written_before_keying_stays_verifiable_both, audit_log_written_before_keying_stays_verifiable);
