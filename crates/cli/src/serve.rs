@@ -54,8 +54,9 @@ pub struct ServeArgs {
 /// `audit` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
-    /// Check the audit log's hash chain and head: any edited, inserted or removed entry is
-    /// reported (exit code 1).
+    /// Check the audit log against the data directory's audit key and signed checkpoints:
+    /// any edited, inserted or removed entry, a cut or rolled-back tail, and any API key
+    /// whose row is not the state the log last recorded is reported (exit code 1).
     Verify {
         /// Control-plane database (default: SQLite `<data-dir>/control.db`).
         #[arg(long, env = "KERNELIZE_DATABASE_URL", hide_env_values = true)]
@@ -115,11 +116,19 @@ pub fn audit(cli: &Cli, cmd: &AuditCmd) -> Result<ExitCode> {
     let url = c.database_url();
     runtime()?.block_on(async {
         let meta = kernelize_server::meta::MetaStore::connect(&url).await?;
-        let v = meta.verify_audit().await?;
+        let v = meta.verify_audit(&c.data_dir).await;
         meta.close().await;
+        let v = v?;
         match v.problem {
             None => {
-                println!("audit log OK: {} entries, head {}", v.entries, v.head_hash);
+                let keyed = v
+                    .keyed_from
+                    .map_or_else(|| "unkeyed (no audit-key)".to_owned(), |s| format!("keyed from entry {s}"));
+                let cp = v.checkpoint_seq.map_or_else(|| "none".to_owned(), |s| format!("up to entry {s}"));
+                println!(
+                    "audit log OK: {} entries, head {}, {keyed}, {} signed checkpoints ({cp}), {} keys match the log",
+                    v.entries, v.head_hash, v.checkpoints, v.keys_checked
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Some(p) => {

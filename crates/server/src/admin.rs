@@ -4,7 +4,8 @@
 use crate::auth::{Principal, Role, Scope, TOKEN_ISSUER, TokenClaims, generate_key, parse_key, random_id};
 use crate::engine::blocking;
 use crate::error::ApiError;
-use crate::meta::{BackupRow, KeyRow};
+use crate::error::current_request_id;
+use crate::meta::{BackupRow, KeyChange, KeyRow};
 use crate::model::*;
 use crate::state::{AppState, now_ms, principal_of, rfc3339};
 use kernelize_store::BackupFormat;
@@ -117,7 +118,8 @@ impl AppState {
         let full = configured.unwrap_or_else(|| generate_key().1);
         let row = key_row(self, &full, "admin", Role::Admin, &Scope::All, None)
             .map_err(|e| anyhow::anyhow!("the admin key: {}", e.message))?;
-        self.meta.insert_key(&row).await?;
+        let by = KeyChange { request_id: "startup", actor: "system" };
+        self.key_change(self.meta.insert_key(&self.audit_keys, &row, &by)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         self.audit("startup", "system", "keys.bootstrap", &row.id, "ok", "first admin key installed")
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -139,7 +141,9 @@ impl AppState {
             None => None,
         };
         let (row, key) = new_key(self, &req.name, req.role, &Scope::from_list(req.collections), expires_ms)?;
-        self.meta.insert_key(&row).await?;
+        let (rid, actor) = (current_request_id(), p.actor());
+        let by = KeyChange { request_id: &rid, actor: &actor };
+        self.key_change(self.meta.insert_key(&self.audit_keys, &row, &by)).await?;
         Ok(KeyCreated { key, info: key_info(&row, now_ms())? })
     }
 
@@ -172,7 +176,9 @@ impl AppState {
         let old_expires = now.saturating_add(secs_to_ms(grace)).min(old.expires_ms.unwrap_or(i64::MAX));
         let scope = principal_of(&old, false).map_err(ApiError::internal)?;
         let (row, key) = new_key(self, &old.name, scope.role, &scope.scope, old.expires_ms)?;
-        self.meta.rotate_key(id, &row, old_expires).await?;
+        let (rid, actor) = (current_request_id(), p.actor());
+        let by = KeyChange { request_id: &rid, actor: &actor };
+        self.key_change(self.meta.rotate_key(&self.audit_keys, id, &row, old_expires, &by)).await?;
         self.forget_key(id);
         Ok(KeyCreated { key, info: key_info(&row, now)? })
     }
@@ -188,7 +194,9 @@ impl AppState {
         if row.role == "admin" && self.active_admins_except(id).await? == 0 {
             return Err(ApiError::conflict("refusing to revoke the last active admin key"));
         }
-        self.meta.revoke_key(id, now_ms()).await?;
+        let (rid, actor) = (current_request_id(), p.actor());
+        let by = KeyChange { request_id: &rid, actor: &actor };
+        self.key_change(self.meta.revoke_key(&self.audit_keys, id, now_ms(), &by)).await?;
         self.forget_key(id);
         Ok(())
     }

@@ -85,6 +85,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     }
 }
 
+/// A key's or token's collections for an audit detail: `all`, or the JSON list.
+fn scope_text(collections: Option<&[String]>) -> String {
+    collections.map_or_else(|| "all".to_owned(), |l| serde_json::to_string(l).unwrap_or_default())
+}
+
 /// Detail for the audit entry of a request, attached to its response.
 #[derive(Debug, Clone)]
 pub struct AuditDetail(pub String);
@@ -309,7 +314,9 @@ async fn delete_kernel(State(st): St, Auth(p): Auth, PathParams(id): PathParams<
 }
 
 /// Download a kernel file. Supports `Range` (a device resumes with `Range: bytes=N-`) and
-/// `If-Range`; verify it with the key from GET /v1/kernel-signing-key.
+/// `If-Range` with the strong `ETag` sent (the file's SHA-256; any other validator gets
+/// the whole file); verify it with the key from GET /v1/kernel-signing-key. An expired
+/// kernel is not served (409).
 #[utoipa::path(get, path = "/v1/kernels/{id}/download", tag = "kernels", security(("bearer" = [])),
     params(("id" = String, Path, description = "Kernel id")),
     responses(
@@ -324,8 +331,22 @@ async fn download_kernel(
     req: Request,
 ) -> Result<Response, ApiError> {
     use tower::ServiceExt as _;
-    let path = st.kernel_file(&p, &id).await?;
+    let (path, sha256) = st.kernel_file(&p, &id).await?;
+    let etag = format!("\"{sha256}\"");
+    let mut req = req;
+    // RFC 9110 §13.1.5: a Range is honoured only when If-Range names the current
+    // representation (strong comparison with our ETag); otherwise the whole file (200).
+    // A date validator never matches: the ETag is the only validator we send.
+    if let Some(v) = req.headers_mut().remove(header::IF_RANGE)
+        && v.as_bytes() != etag.as_bytes()
+    {
+        req.headers_mut().remove(header::RANGE);
+    }
     let mut resp = tower_http::services::ServeFile::new(path).oneshot(req).await.map_err(ApiError::internal)?;
+    resp.headers_mut().remove(header::LAST_MODIFIED);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
     let disposition = format!("attachment; filename=\"{id}.{}\"", kernelize_kernel::EXT);
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
@@ -398,7 +419,13 @@ async fn usage(State(st): St, Auth(p): Auth) -> Result<Json<UsageReport>, ApiErr
     responses((status = 201, description = "Created", body = KeyCreated), Errors))]
 async fn create_key(State(st): St, Auth(p): Auth, Body(req): Body<CreateKey>) -> Result<Response, ApiError> {
     let k = st.create_key(&p, req).await?;
-    let detail = format!("new key {} role {}", k.info.id, k.info.role.as_str());
+    let detail = format!(
+        "new key {} role {} collections {} expires {}",
+        k.info.id,
+        k.info.role.as_str(),
+        scope_text(k.info.collections.as_deref()),
+        k.info.expires_at.as_deref().unwrap_or("never")
+    );
     Ok(audited(detail, StatusCode::CREATED, Json(k)))
 }
 
@@ -438,8 +465,15 @@ async fn revoke_key(State(st): St, Auth(p): Auth, PathParams(id): PathParams<Str
     request_body = TokenRequest,
     responses((status = 201, description = "Minted", body = TokenResponse), Errors))]
 async fn mint_token(State(st): St, Auth(p): Auth, Body(req): Body<TokenRequest>) -> Result<Response, ApiError> {
+    let ttl = req.ttl_secs.unwrap_or(crate::admin::DEFAULT_TOKEN_TTL_SECS);
     let t = st.mint_token(&p, req).await?;
-    let detail = format!("role {} until {}", t.role.as_str(), t.expires_at);
+    let detail = format!(
+        "role {} collections {} ttl_secs {} until {}",
+        t.role.as_str(),
+        scope_text(t.collections.as_deref()),
+        ttl,
+        t.expires_at
+    );
     Ok(audited(detail, StatusCode::CREATED, Json(t)))
 }
 

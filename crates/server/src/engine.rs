@@ -177,8 +177,14 @@ impl AppState {
     pub async fn drop_collection(self: &Arc<Self>, p: &Principal, name: &str) -> Result<(), ApiError> {
         p.require(Role::Writer, Some(name))?;
         let db = self.db.clone();
-        let name = name.to_owned();
-        blocking(move || Ok(db.drop_collection(&name)?)).await
+        let dropped = name.to_owned();
+        blocking(move || Ok(db.drop_collection(&dropped)?)).await?;
+        // Its kernels go with it (were this to fail, they are orphans: the incarnation
+        // they were bound to went with the collection's directory).
+        if let Err(e) = self.drop_kernels_of(name).await {
+            tracing::error!(collection = name, error = %e, "could not delete the kernels of a dropped collection");
+        }
+        Ok(())
     }
 
     /// Upserts a batch atomically, embedding the text of records that come without a vector.

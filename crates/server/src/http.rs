@@ -20,21 +20,29 @@ fn route_of(req: &Request) -> String {
     req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned())
 }
 
-/// A client's request id when it is short and plain, else a fresh one.
-fn request_id(req: &Request) -> String {
+/// The `x-request-id` a client sent, when it is short and plain. It is never used as the
+/// server's request id (the audit log, the error body and the response header carry the
+/// server's own); audit entries record it as `client_request_id=` in their detail.
+#[derive(Debug, Clone)]
+pub struct ClientRequestId(pub String);
+
+fn client_request_id(req: &Request) -> Option<ClientRequestId> {
     req.headers()
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map(|s| ClientRequestId(s.to_owned()))
 }
 
 /// Outermost: request id, load shedding, security headers, metrics and the access log.
-pub async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn observe(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let rid = request_id(&req);
+    let rid = uuid::Uuid::new_v4().to_string();
+    if let Some(c) = client_request_id(&req) {
+        req.extensions_mut().insert(c);
+    }
     let route = route_of(&req);
     let method = req.method().as_str().to_owned();
     let permit = st.inflight.clone().try_acquire_owned();
@@ -108,6 +116,8 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
     let route = route_of(&req);
     let method = req.method().as_str().to_owned();
     let target = req.uri().path().to_owned();
+    let client_rid = req.extensions().get::<ClientRequestId>().map(|c| format!(" client_request_id={}", c.0));
+    let client_rid = client_rid.unwrap_or_default();
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let principal = match st.authenticate(authorization.as_deref()).await {
         Ok(p) => p,
@@ -129,6 +139,7 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
             }
             st.metrics.refuse("unauthenticated");
             let action = format!("auth.failure {method} {route}");
+            let why = format!("{}{client_rid}", crate::audit::bounded(&why, crate::audit::MAX_FIELD));
             if let Err(e) = st.audit(&rid, &claimed, &action, &target, "denied", &why).await {
                 return e.into_response();
             }
@@ -166,7 +177,7 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
         } else {
             "error"
         };
-        let mut detail = format!("status={}", status.as_u16());
+        let mut detail = format!("status={}{client_rid}", status.as_u16());
         if let Some(d) = resp.extensions().get::<AuditDetail>() {
             detail = format!("{detail} {}", d.0);
         }

@@ -4,6 +4,14 @@
 //! kernel needs `reader` on it, building or deleting one `writer`. Kernels are signed
 //! with the server's own key (`<data_dir>/kernel-signing.key`), whose public half any
 //! authenticated caller can fetch to verify downloads.
+//!
+//! A kernel is bound to the *incarnation* of its collection, not to its name: a random
+//! id in `<collection dir>/server-incarnation`, written when the server first builds a
+//! kernel of that collection and gone with the collection's directory when it is
+//! dropped (by the server or the CLI). A kernel whose incarnation is not the current
+//! one of its collection's name is an orphan: only admins (scoped to every collection)
+//! see it, and they may only describe or delete it. Dropping a collection through the
+//! server deletes its kernels. Expired kernels are neither queried nor downloaded.
 
 use crate::auth::{Principal, Role, random_id};
 use crate::engine::{blocking, parse_filter};
@@ -18,12 +26,32 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// SHA-256 of a file, hex (read in 1 MiB pieces).
+fn file_sha256(path: &std::path::Path) -> Result<String, ApiError> {
+    use std::io::Read as _;
+    let mut f = fs_err::File::open(path).map_err(ApiError::internal)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(ApiError::internal)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(crate::auth::hex(ctx.finish().as_ref()))
+}
+
 /// The server's kernel signing key, build progress and open kernels.
 pub struct Kernels {
     signing: SigningKey,
     progress: Arc<Mutex<HashMap<String, (String, f32)>>>,
-    open: Mutex<HashMap<String, Arc<Kernel>>>,
+    open: Mutex<HashMap<String, (Arc<Kernel>, String)>>,
+    incarnation_lock: tokio::sync::Mutex<()>,
 }
+
+/// The file in a collection's directory that holds its incarnation id.
+pub const INCARNATION_FILE: &str = "server-incarnation";
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,7 +64,12 @@ impl Kernels {
     pub fn load(data_dir: &std::path::Path) -> anyhow::Result<Kernels> {
         fs_err::create_dir_all(data_dir)?;
         let signing = SigningKey::load_or_generate(&data_dir.join("kernel-signing.key"))?;
-        Ok(Kernels { signing, progress: Arc::default(), open: Mutex::default() })
+        Ok(Kernels {
+            signing,
+            progress: Arc::default(),
+            open: Mutex::default(),
+            incarnation_lock: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
@@ -66,16 +99,97 @@ impl AppState {
         self.config.data_dir.join("kernels").join(format!("{id}.{}", kernelize_kernel::EXT))
     }
 
+    /// The current incarnation of collection `name` (`None`: no such collection, or no
+    /// kernel was ever built of it by this server). Read from the collection's directory
+    /// every time, so a collection dropped and re-created while the server was down (by
+    /// the CLI) is never mistaken for the old one.
+    async fn incarnation(&self, name: &str) -> Result<Option<String>, ApiError> {
+        if self.db.collection(name).is_err() {
+            return Ok(None);
+        }
+        let path = self.db.collection_dir(name).join(INCARNATION_FILE);
+        blocking(move || match fs_err::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ApiError::internal(e)),
+        })
+        .await
+    }
+
+    /// The incarnation of collection `name`, created (written beside its files) when it
+    /// has none yet.
+    async fn ensure_incarnation(&self, name: &str) -> Result<String, ApiError> {
+        let _g = self.kernels.incarnation_lock.lock().await;
+        if let Some(i) = self.incarnation(name).await? {
+            return Ok(i);
+        }
+        let id = random_id();
+        let dir = self.db.collection_dir(name);
+        let value = id.clone();
+        blocking(move || {
+            let tmp = dir.join(format!("{INCARNATION_FILE}.tmp"));
+            fs_err::write(&tmp, value.as_bytes()).map_err(ApiError::internal)?;
+            fs_err::File::open(&tmp).and_then(|f| f.sync_all()).map_err(ApiError::internal)?;
+            fs_err::rename(&tmp, dir.join(INCARNATION_FILE)).map_err(ApiError::internal)?;
+            fs_err::File::open(&dir).and_then(|f| f.sync_all()).map_err(ApiError::internal)
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Whether a kernel no longer belongs to the collection its name points at.
+    async fn orphaned(&self, row: &KernelRow) -> Result<bool, ApiError> {
+        Ok(row.incarnation.is_none() || self.incarnation(&row.collection).await? != row.incarnation)
+    }
+
+    /// After collection `name` was dropped: forgets its incarnation and deletes its
+    /// kernels (a build still running ends as an orphan).
+    pub(crate) async fn drop_kernels_of(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
+        for row in self.meta.kernels_of(name).await? {
+            if row.state != "running" {
+                self.remove_kernel(&row).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the current incarnation on kernels built before incarnations existed
+    /// (their collection still there); kernels of collections gone stay orphans.
+    pub async fn adopt_legacy_kernels(self: &Arc<Self>) -> anyhow::Result<()> {
+        for row in self.meta.kernels().await? {
+            if row.incarnation.is_some() || self.db.collection(&row.collection).is_err() {
+                continue;
+            }
+            let inc = self.ensure_incarnation(&row.collection).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.meta.set_kernel_incarnation(&row.id, &inc).await?;
+        }
+        Ok(())
+    }
+
     /// The kernel row, if the principal may act on it with `role`; 404 hides kernels of
     /// collections outside the key's scope only after the role check, like collections.
-    async fn kernel_row(&self, p: &Principal, role: Role, id: &str) -> Result<KernelRow, ApiError> {
+    /// An orphaned kernel is 404 to everyone but admins, and to them only for `describe`
+    /// and `delete` (`orphans_ok`); else 409.
+    async fn kernel_row(&self, p: &Principal, role: Role, id: &str, orphans_ok: bool) -> Result<KernelRow, ApiError> {
         let row = self.meta.kernel(id).await?.ok_or_else(|| ApiError::not_found(format!("no kernel {id:?}")))?;
         p.require(role, Some(&row.collection))?;
+        if self.orphaned(&row).await? {
+            if p.require(Role::Admin, None).is_err() {
+                return Err(ApiError::not_found(format!("no kernel {id:?}")));
+            }
+            if !orphans_ok {
+                return Err(ApiError::conflict(format!(
+                    "kernel {id} is an orphan: its collection {:?} was dropped; it can only be described or deleted",
+                    row.collection
+                )));
+            }
+        }
         Ok(row)
     }
 
-    /// The open kernel of a succeeded build (opened, verified under the server's key, once).
-    async fn open_kernel(self: &Arc<Self>, row: &KernelRow) -> Result<Arc<Kernel>, ApiError> {
+    /// The open kernel of a succeeded build (opened, verified under the server's key,
+    /// once) and the SHA-256 of its file (hex: its download `ETag`).
+    async fn open_kernel(self: &Arc<Self>, row: &KernelRow) -> Result<(Arc<Kernel>, String), ApiError> {
         if row.state != "succeeded" {
             return Err(ApiError::conflict(format!("kernel {} is {}, not built", row.id, row.state)));
         }
@@ -84,15 +198,36 @@ impl AppState {
         }
         let path = self.kernel_path(&row.id);
         let trust = Trust { public_key: Some(self.kernels.signing.public()), allow_expired: true, now: None };
-        let k = Arc::new(blocking(move || Kernel::open(&path, &trust).map_err(ApiError::from)).await?);
-        self.kernels.open.lock().insert(row.id.clone(), k.clone());
-        Ok(k)
+        let opened = blocking(move || {
+            let k = Kernel::open(&path, &trust).map_err(ApiError::from)?;
+            Ok((Arc::new(k), file_sha256(&path)?))
+        })
+        .await?;
+        self.kernels.open.lock().insert(row.id.clone(), opened.clone());
+        Ok(opened)
+    }
+
+    /// The open kernel, refused (409) once it has expired: an expired kernel is neither
+    /// queried nor downloaded (a device would refuse it anyway).
+    async fn live_kernel(self: &Arc<Self>, row: &KernelRow) -> Result<(Arc<Kernel>, String), ApiError> {
+        let (k, sha) = self.open_kernel(row).await?;
+        if let Some(exp) = k.manifest().expires
+            && exp <= kernelize_kernel::format::now_secs()
+        {
+            return Err(ApiError::conflict(format!(
+                "kernel {} expired at {}",
+                row.id,
+                kernelize_kernel::format::rfc3339(exp)
+            )));
+        }
+        Ok((k, sha))
     }
 
     async fn kernel_info(self: &Arc<Self>, row: KernelRow) -> Result<KernelInfo, ApiError> {
+        let orphaned = self.orphaned(&row).await?;
         let manifest = match row.state.as_str() {
             "succeeded" => {
-                Some(serde_json::to_value(self.open_kernel(&row).await?.manifest()).map_err(ApiError::internal)?)
+                Some(serde_json::to_value(self.open_kernel(&row).await?.0.manifest()).map_err(ApiError::internal)?)
             }
             _ => None,
         };
@@ -115,6 +250,7 @@ impl AppState {
             rows: row.rows_out,
             ids: row.ids,
             error: row.error,
+            orphaned,
             settings,
             manifest,
         })
@@ -157,6 +293,7 @@ impl AppState {
             expires,
             ..BuildOptions::default()
         };
+        let incarnation = self.ensure_incarnation(&req.collection).await?;
         let row = KernelRow {
             id: random_id(),
             collection: req.collection.clone(),
@@ -169,6 +306,7 @@ impl AppState {
             rows_out: None,
             ids: None,
             error: None,
+            incarnation: Some(incarnation),
         };
         self.meta.insert_kernel(&row).await?;
         self.kernels.progress.lock().insert(row.id.clone(), ("starting".into(), 0.0));
@@ -234,11 +372,13 @@ impl AppState {
         self.kernel_info(row).await
     }
 
-    /// Kernels of collections in the principal's scope, newest first.
+    /// Kernels of collections in the principal's scope, newest first; orphans only for
+    /// admins.
     pub async fn list_kernels(self: &Arc<Self>, p: &Principal) -> Result<KernelList, ApiError> {
+        let admin = p.require(Role::Admin, None).is_ok();
         let mut kernels = Vec::new();
         for row in self.meta.kernels().await? {
-            if p.scope.contains(&row.collection) {
+            if p.scope.contains(&row.collection) && (admin || !self.orphaned(&row).await?) {
                 kernels.push(self.kernel_info(row).await?);
             }
         }
@@ -247,23 +387,28 @@ impl AppState {
 
     /// One kernel.
     pub async fn describe_kernel(self: &Arc<Self>, p: &Principal, id: &str) -> Result<KernelInfo, ApiError> {
-        let row = self.kernel_row(p, Role::Reader, id).await?;
+        let row = self.kernel_row(p, Role::Reader, id, true).await?;
         self.kernel_info(row).await
     }
 
-    /// The file of a built kernel, for download.
-    pub async fn kernel_file(self: &Arc<Self>, p: &Principal, id: &str) -> Result<PathBuf, ApiError> {
-        let row = self.kernel_row(p, Role::Reader, id).await?;
-        self.open_kernel(&row).await?;
-        Ok(self.kernel_path(&row.id))
+    /// The file of a built, unexpired kernel, for download, and its SHA-256 (hex).
+    pub async fn kernel_file(self: &Arc<Self>, p: &Principal, id: &str) -> Result<(PathBuf, String), ApiError> {
+        let row = self.kernel_row(p, Role::Reader, id, false).await?;
+        let (_, sha) = self.live_kernel(&row).await?;
+        Ok((self.kernel_path(&row.id), sha))
     }
 
     /// Deletes a kernel (its file and its row); a build still running cannot be deleted.
     pub async fn delete_kernel(self: &Arc<Self>, p: &Principal, id: &str) -> Result<(), ApiError> {
-        let row = self.kernel_row(p, Role::Writer, id).await?;
+        let row = self.kernel_row(p, Role::Writer, id, true).await?;
         if row.state == "running" {
             return Err(ApiError::conflict(format!("kernel {id} is still being built")));
         }
+        self.remove_kernel(&row).await
+    }
+
+    /// Removes a kernel's file and row.
+    async fn remove_kernel(self: &Arc<Self>, row: &KernelRow) -> Result<(), ApiError> {
         self.kernels.open.lock().remove(&row.id);
         let path = self.kernel_path(&row.id);
         blocking(move || match fs_err::remove_file(&path) {
@@ -283,18 +428,10 @@ impl AppState {
         id: &str,
         req: KernelQueryRequest,
     ) -> Result<KernelQueryResponse, ApiError> {
-        let row = self.kernel_row(p, Role::Reader, id).await?;
+        let row = self.kernel_row(p, Role::Reader, id, false).await?;
         let (k, probe) = self.search_width(req.k, req.probe, "probe")?;
         let filter = parse_filter(req.filter)?;
-        let kernel = self.open_kernel(&row).await?;
-        if let Some(exp) = kernel.manifest().expires
-            && exp <= kernelize_kernel::format::now_secs()
-        {
-            return Err(ApiError::conflict(format!(
-                "kernel {id} expired at {}",
-                kernelize_kernel::format::rfc3339(exp)
-            )));
-        }
+        let (kernel, _) = self.live_kernel(&row).await?;
         let embedder = match (&req.vector, &req.text) {
             (Some(_), _) => None,
             (None, Some(_)) => Some(self.embedder()?),

@@ -92,6 +92,9 @@ impl Running {
         if let Err(e) = st.flush_usage().await {
             tracing::error!(error = %e, "could not write usage at shutdown");
         }
+        if let Err(e) = st.checkpoint_head(None).await {
+            tracing::error!(error = %e, "could not checkpoint the audit head at shutdown");
+        }
         let db = st.db.clone();
         tokio::task::spawn_blocking(move || {
             for c in db.collections() {
@@ -219,8 +222,12 @@ pub async fn start(config: Config) -> Result<Running> {
     let meta = meta::MetaStore::connect(&config.database_url()).await?;
     meta.fail_interrupted_jobs(state::now_ms()).await?;
     let kernels = kernels::Kernels::load(&config.data_dir)?;
-    let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels));
+    let audit_keys = Arc::new(audit::AuditKeys::load_or_create(&config.data_dir)?);
+    meta.ensure_keyed(&audit_keys).await?;
+    let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels, audit_keys));
     let admin_key = state.bootstrap_admin().await?;
+    state.adopt_legacy_kernels().await?;
+    audit::spawn_checkpointer(&state).await?;
 
     let flusher = Arc::downgrade(&state);
     tokio::spawn(async move {

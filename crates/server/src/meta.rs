@@ -2,7 +2,7 @@
 //! PostgreSQL when a `postgres://` URL is configured. One portable migration set serves
 //! both; every query is written in their common SQL with `$n` parameters.
 
-use crate::audit::{AuditEntry, GENESIS, chain_hash};
+use crate::audit::{AuditEntry, AuditKeys, GENESIS};
 use anyhow::{Context, Result};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -113,6 +113,8 @@ pub struct KernelRow {
     pub ids: Option<i64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The incarnation of the source collection the kernel was built from.
+    pub incarnation: Option<String>,
 }
 
 fn kernel_row(r: &AnyRow) -> sqlx::Result<KernelRow> {
@@ -128,7 +130,17 @@ fn kernel_row(r: &AnyRow) -> sqlx::Result<KernelRow> {
         rows_out: r.try_get("rows_out")?,
         ids: r.try_get("ids")?,
         error: r.try_get("error")?,
+        incarnation: r.try_get("incarnation")?,
     })
+}
+
+/// Who changed a key, for the `keys.state` entry written with the change.
+#[derive(Debug, Clone)]
+pub struct KeyChange<'a> {
+    /// The server's request id (or `startup`).
+    pub request_id: &'a str,
+    /// `key:<id>`, `token:<id>` or `system`.
+    pub actor: &'a str,
 }
 
 /// The metadata store.
@@ -162,6 +174,7 @@ fn audit_row(r: &AnyRow) -> sqlx::Result<AuditEntry> {
         target: r.try_get("target")?,
         outcome: r.try_get("outcome")?,
         detail: r.try_get("detail")?,
+        version: r.try_get("version")?,
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
     })
@@ -183,7 +196,7 @@ fn backup_row(r: &AnyRow) -> sqlx::Result<BackupRow> {
 }
 
 const KEY_COLUMNS: &str = "id, name, hash, role, collections, created_ms, expires_ms, revoked_ms, rotated_to";
-const AUDIT_COLUMNS: &str = "seq, ts_ms, request_id, actor, action, target, outcome, detail, prev_hash, hash";
+const AUDIT_COLUMNS: &str = "seq, ts_ms, request_id, actor, action, target, outcome, detail, version, prev_hash, hash";
 
 impl MetaStore {
     /// Connects and runs the migrations.
@@ -232,9 +245,35 @@ impl MetaStore {
         self.pool.close().await;
     }
 
-    /// Inserts a key.
-    pub async fn insert_key(&self, k: &KeyRow) -> sqlx::Result<()> {
-        insert_key(&self.pool, k).await
+    /// Inserts a key and records its state in the audit log, in one transaction.
+    pub async fn insert_key(&self, keys: &AuditKeys, k: &KeyRow, by: &KeyChange<'_>) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_key(&mut *tx, k).await?;
+        self.append_key_state(&mut tx, keys, &k.id, by).await?;
+        tx.commit().await
+    }
+
+    /// Appends a `keys.state` entry with the stored row of key `id` (inside `tx`).
+    async fn append_key_state(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        keys: &AuditKeys,
+        id: &str,
+        by: &KeyChange<'_>,
+    ) -> sqlx::Result<()> {
+        let q = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = key_row(&sqlx::query(&q).bind(id).fetch_one(&mut **tx).await?)?;
+        let e = AuditEntry {
+            ts_ms: crate::state::now_ms(),
+            request_id: crate::audit::bounded(by.request_id, crate::audit::MAX_FIELD),
+            actor: crate::audit::bounded(by.actor, crate::audit::MAX_FIELD),
+            action: crate::audit::ACTION_KEY_STATE.into(),
+            target: row.id.clone(),
+            outcome: "ok".into(),
+            detail: crate::audit::key_state_detail(&row),
+            ..Default::default()
+        };
+        self.append_tx(tx, keys, e).await.map(|_| ())
     }
 
     /// One key by id.
@@ -258,18 +297,32 @@ impl MetaStore {
         Ok(n > 0)
     }
 
-    /// Marks a key revoked.
-    pub async fn revoke_key(&self, id: &str, now_ms: i64) -> sqlx::Result<bool> {
+    /// Marks a key revoked and records its new state in the audit log, atomically.
+    pub async fn revoke_key(&self, keys: &AuditKeys, id: &str, now_ms: i64, by: &KeyChange<'_>) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("UPDATE api_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
             .bind(now_ms)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.append_key_state(&mut tx, keys, id, by).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// Inserts `new` and makes `old_id` expire at `old_expires_ms`, atomically.
-    pub async fn rotate_key(&self, old_id: &str, new: &KeyRow, old_expires_ms: i64) -> sqlx::Result<()> {
+    /// Inserts `new` and makes `old_id` expire at `old_expires_ms`, and records both
+    /// keys' states in the audit log, atomically.
+    pub async fn rotate_key(
+        &self,
+        keys: &AuditKeys,
+        old_id: &str,
+        new: &KeyRow,
+        old_expires_ms: i64,
+        by: &KeyChange<'_>,
+    ) -> sqlx::Result<()> {
         let mut tx = self.pool.begin().await?;
         insert_key(&mut *tx, new).await?;
         sqlx::query("UPDATE api_keys SET expires_ms = $1, rotated_to = $2 WHERE id = $3")
@@ -278,6 +331,8 @@ impl MetaStore {
             .bind(old_id)
             .execute(&mut *tx)
             .await?;
+        self.append_key_state(&mut tx, keys, &new.id, by).await?;
+        self.append_key_state(&mut tx, keys, old_id, by).await?;
         tx.commit().await
     }
 
@@ -329,17 +384,29 @@ impl MetaStore {
             .collect()
     }
 
-    /// Appends an entry to the hash-chained audit log: the next sequence number, the
-    /// previous entry's hash, this entry's hash, and the head row, in one transaction.
-    pub async fn audit_append(&self, mut e: AuditEntry) -> sqlx::Result<AuditEntry> {
+    /// Appends an entry to the keyed audit log: the next sequence number, the previous
+    /// entry's hash, this entry's HMAC, and the head row, in one transaction.
+    pub async fn audit_append(&self, keys: &AuditKeys, e: AuditEntry) -> sqlx::Result<AuditEntry> {
         let mut tx = self.pool.begin().await?;
+        let e = self.append_tx(&mut tx, keys, e).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    /// Appends `e` (version 2, keyed) inside `tx`.
+    async fn append_tx(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        keys: &AuditKeys,
+        mut e: AuditEntry,
+    ) -> sqlx::Result<AuditEntry> {
         if self.backend == Backend::Sqlite {
             // Take the write lock now so two appenders cannot read the same head.
-            sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut *tx).await?;
+            sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut **tx).await?;
         }
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         let head = sqlx::query(&format!("SELECT seq, hash FROM audit_head WHERE id = 1{lock}"))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         let (prev_seq, prev_hash) = match head {
             Some(r) => (r.try_get::<i64, _>("seq")?, r.try_get::<String, _>("hash")?),
@@ -347,8 +414,9 @@ impl MetaStore {
         };
         e.seq = prev_seq + 1;
         e.prev_hash = prev_hash;
-        e.hash = chain_hash(&e);
-        let q = format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
+        e.version = crate::audit::VERSION_KEYED;
+        e.hash = keys.hash(&e);
+        let q = format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
         sqlx::query(&q)
             .bind(e.seq)
             .bind(e.ts_ms)
@@ -358,9 +426,10 @@ impl MetaStore {
             .bind(&e.target)
             .bind(&e.outcome)
             .bind(&e.detail)
+            .bind(e.version)
             .bind(&e.prev_hash)
             .bind(&e.hash)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         sqlx::query(
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) \
@@ -368,10 +437,59 @@ impl MetaStore {
         )
         .bind(e.seq)
         .bind(&e.hash)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(e)
+    }
+
+    /// Makes the chain keyed if it is not yet: appends the `audit.keyed` marker (saying
+    /// from which entry on the chain is keyed) and a `keys.state` entry for every key
+    /// already stored, in one transaction. Does nothing when a keyed entry exists.
+    /// Refuses when the log is keyed but `keys` were just created (the audit key was
+    /// lost: appending under a new key would make the chain unverifiable).
+    pub async fn ensure_keyed(&self, keys: &AuditKeys) -> anyhow::Result<()> {
+        let keyed: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE version >= 2")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        if keyed > 0 {
+            anyhow::ensure!(
+                !keys.created,
+                "the audit log holds {keyed} keyed entries but {} was just created: restore the data \
+                 directory's audit-key (and audit-checkpoint.pk8) from the server that wrote them",
+                crate::audit::KEY_FILE
+            );
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let first = self.audit_head().await?.map_or(1, |(s, _)| s + 1);
+        let marker = AuditEntry {
+            ts_ms: crate::state::now_ms(),
+            request_id: "startup".into(),
+            actor: "system".into(),
+            action: crate::audit::ACTION_KEYED.into(),
+            target: "audit".into(),
+            outcome: "ok".into(),
+            detail: if first == 1 {
+                "chain=hmac-sha256 version=2 from entry 1".to_owned()
+            } else {
+                format!(
+                    "chain=hmac-sha256 version=2 from entry {first}; entries 1..{} are unkeyed sha-256 (version 1)",
+                    first - 1
+                )
+            },
+            ..Default::default()
+        };
+        self.append_tx(&mut tx, keys, marker).await?;
+        let q = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_ms, id");
+        let ids: Vec<String> =
+            sqlx::query(&q).fetch_all(&mut *tx).await?.iter().map(|r| r.try_get("id")).collect::<sqlx::Result<_>>()?;
+        let by = KeyChange { request_id: "startup", actor: "system" };
+        for id in ids {
+            self.append_key_state(&mut tx, keys, &id, &by).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Audit entries after `after_seq`, oldest first, optionally of one actor or action.
@@ -404,18 +522,65 @@ impl MetaStore {
         r.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?))).transpose()
     }
 
-    /// Reads the whole audit log in pages and checks its chain against the head.
-    pub async fn verify_audit(&self) -> sqlx::Result<crate::audit::AuditVerdict> {
+    /// Checks the whole audit log of the data directory `data_dir` (whose `audit-key`,
+    /// checkpoint key and checkpoints it reads; none of them is created): the chain,
+    /// the head, the signed checkpoints, and every API key row against the state the
+    /// chain last recorded for it. The log and the keys are read in one transaction, the
+    /// checkpoints before them, so a live server cannot make it report a false problem.
+    pub async fn verify_audit(&self, data_dir: &std::path::Path) -> anyhow::Result<crate::audit::AuditVerdict> {
+        let keys = AuditKeys::open(data_dir)?;
+        let checkpoints = keys.as_ref().map(AuditKeys::read_checkpoints);
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+        }
         let mut all = Vec::new();
-        let mut after = 0;
+        let mut after = 0i64;
         loop {
-            let page = self.audit_page(after, 10_000, None, None).await?;
+            let q = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT 10000");
+            let page: Vec<AuditEntry> = sqlx::query(&q)
+                .bind(after)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(audit_row)
+                .collect::<sqlx::Result<_>>()?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             all.extend(page);
         }
-        let head = self.audit_head().await?;
-        Ok(crate::audit::verify(all, head))
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_optional(&mut *tx).await?;
+        let head: Option<(i64, String)> = match head {
+            Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+            None => None,
+        };
+        let q = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_ms, id");
+        let rows: Vec<KeyRow> =
+            sqlx::query(&q).fetch_all(&mut *tx).await?.iter().map(key_row).collect::<sqlx::Result<_>>()?;
+        tx.commit().await?;
+        let input = crate::audit::VerifyInput { head, keys: keys.as_ref(), key_rows: Some(&rows), checkpoints };
+        Ok(crate::audit::verify(all, &input))
+    }
+
+    /// Every kernel built from collection `name`, whatever its incarnation.
+    pub async fn kernels_of(&self, name: &str) -> sqlx::Result<Vec<KernelRow>> {
+        sqlx::query("SELECT * FROM kernels WHERE collection = $1")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(kernel_row)
+            .collect()
+    }
+
+    /// Records the incarnation of a kernel's source collection.
+    pub async fn set_kernel_incarnation(&self, id: &str, incarnation: &str) -> sqlx::Result<()> {
+        sqlx::query("UPDATE kernels SET incarnation = $1 WHERE id = $2")
+            .bind(incarnation)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     /// Records a new backup job.
@@ -487,8 +652,8 @@ impl MetaStore {
     /// Records a new kernel build.
     pub async fn insert_kernel(&self, k: &KernelRow) -> sqlx::Result<()> {
         sqlx::query(
-            "INSERT INTO kernels (id, collection, state, settings, requested_by, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO kernels (id, collection, state, settings, requested_by, created_ms, incarnation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&k.id)
         .bind(&k.collection)
@@ -496,6 +661,7 @@ impl MetaStore {
         .bind(&k.settings)
         .bind(&k.requested_by)
         .bind(k.created_ms)
+        .bind(&k.incarnation)
         .execute(&self.pool)
         .await
         .map(|_| ())

@@ -587,6 +587,9 @@ pub struct KernelInfo {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The collection it was built from was dropped (or replaced by a new collection of
+    /// the same name): only admins see it, and may only describe or delete it.
+    pub orphaned: bool,
     /// The build settings.
     pub settings: KernelBuildRequest,
     /// The signed manifest (with the compression report), once built.

@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Hosted kernels: signing key, build progress, open kernels.
     pub kernels: crate::kernels::Kernels,
+    /// The audit chain's HMAC key and checkpoint signing key.
+    pub audit_keys: Arc<crate::audit::AuditKeys>,
     /// Requests being served (load shedding beyond `limits.concurrency`).
     pub inflight: Arc<tokio::sync::Semaphore>,
     /// Protected handlers still running, including those whose client already got a
@@ -95,6 +97,7 @@ impl AppState {
         meta: MetaStore,
         secrets: Secrets,
         kernels: crate::kernels::Kernels,
+        audit_keys: Arc<crate::audit::AuditKeys>,
     ) -> AppState {
         let l = &config.limits;
         let quota = Quota::per_second(NonZeroU32::new(l.rate_per_sec).unwrap_or(NonZeroU32::MIN))
@@ -111,6 +114,7 @@ impl AppState {
             secrets,
             metrics: Metrics::new(),
             kernels,
+            audit_keys,
             inflight,
             draining: std::sync::atomic::AtomicBool::new(false),
             handlers: std::sync::atomic::AtomicUsize::new(0),
@@ -238,7 +242,9 @@ impl AppState {
     }
 
     /// Appends to the audit log (serialised within this process; across processes the
-    /// metadata store's transaction serialises).
+    /// metadata store's transaction serialises). Every field is cut to a bounded prefix
+    /// (`audit::MAX_FIELD`, `audit::MAX_DETAIL` bytes) so no request can store more. An
+    /// admin action is followed by a signed checkpoint of the head.
     pub async fn audit(
         &self,
         request_id: &str,
@@ -248,25 +254,67 @@ impl AppState {
         outcome: &str,
         detail: &str,
     ) -> Result<(), ApiError> {
+        use crate::audit::{MAX_DETAIL, MAX_FIELD, bounded};
         let _g = self.audit_lock.lock().await;
         let e = crate::audit::AuditEntry {
             ts_ms: now_ms(),
-            request_id: request_id.to_owned(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            outcome: outcome.to_owned(),
-            detail: detail.to_owned(),
+            request_id: bounded(request_id, MAX_FIELD),
+            actor: bounded(actor, MAX_FIELD),
+            action: bounded(action, MAX_FIELD),
+            target: bounded(target, MAX_FIELD),
+            outcome: bounded(outcome, MAX_FIELD),
+            detail: bounded(detail, MAX_DETAIL),
             ..Default::default()
         };
-        self.meta.audit_append(e).await?;
+        let e = self.meta.audit_append(&self.audit_keys, e).await?;
+        if is_admin_action(action) {
+            self.write_checkpoint(e.seq, e.hash).await?;
+        }
         Ok(())
+    }
+
+    /// Appends a signed checkpoint of `(seq, hash)` to `<data_dir>/audit-checkpoints`.
+    async fn write_checkpoint(&self, seq: i64, hash: String) -> Result<(), ApiError> {
+        let keys = self.audit_keys.clone();
+        crate::engine::blocking(move || keys.write_checkpoint(seq, &hash).map_err(ApiError::internal)).await
+    }
+
+    /// Checkpoints the current head (on a timer and at shutdown), unless `last` already
+    /// names it; returns the head checkpointed.
+    pub async fn checkpoint_head(&self, last: Option<i64>) -> Result<Option<i64>, ApiError> {
+        let _g = self.audit_lock.lock().await;
+        let Some((seq, hash)) = self.meta.audit_head().await? else { return Ok(last) };
+        if last == Some(seq) {
+            return Ok(last);
+        }
+        self.write_checkpoint(seq, hash).await?;
+        Ok(Some(seq))
+    }
+
+    /// Checks this server's audit log, checkpoints and keys (`MetaStore::verify_audit`).
+    pub async fn verify_audit(&self) -> anyhow::Result<crate::audit::AuditVerdict> {
+        self.meta.verify_audit(&self.config.data_dir).await
+    }
+
+    /// Serialises a key change with audit appends (its `keys.state` entries are
+    /// appended in the key change's own transaction).
+    pub(crate) async fn key_change<T>(
+        &self,
+        f: impl std::future::Future<Output = sqlx::Result<T>>,
+    ) -> Result<T, ApiError> {
+        let _g = self.audit_lock.lock().await;
+        Ok(f.await?)
     }
 
     /// The embedder, or 503 saying how to install the model.
     pub fn embedder(&self) -> Result<Arc<Embedder>, ApiError> {
         self.embedder.clone().map_err(ApiError::unavailable)
     }
+}
+
+/// Admin actions: each is followed by a signed checkpoint of the audit head.
+fn is_admin_action(action: &str) -> bool {
+    ["keys.", "backups.", "usage.", "audit."].iter().any(|p| action.starts_with(p))
 }
 
 /// Whole seconds until a rate limiter admits again (at least the fraction rounded up).

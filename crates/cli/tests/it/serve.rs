@@ -43,11 +43,11 @@ fn serve_answers_stops_on_sigterm_and_audit_verify_catches_an_edit() {
     assert!(log.contains("\"request_id\""), "logs carry request ids: {log}");
 
     let verified = ok(dir.path(), &["audit", "verify"]);
-    assert!(verified.starts_with("audit log OK: 2 entries"), "{verified}");
+    assert!(verified.starts_with("audit log OK: 4 entries"), "{verified}");
     // Edit one entry behind the server's back: verify names it and fails.
     let db = dir.path().join("control.db");
     let edit = Command::new("python3")
-        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit SET outcome = 'ok' WHERE seq = 2\"); c.commit()"])
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit SET outcome = 'ok' WHERE seq = 4\"); c.commit()"])
         .arg(&db)
         .status()
         .unwrap();
@@ -55,7 +55,7 @@ fn serve_answers_stops_on_sigterm_and_audit_verify_catches_an_edit() {
     let out = kz(dir.path(), &["audit", "verify"]);
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("entry 2") && text.contains("edited"), "{text}");
+    assert!(text.contains("entry 4") && text.contains("edited"), "{text}");
 }
 
 /// Accepts HTTP requests on 127.0.0.1 and hands each `(request line, body)` to a channel,

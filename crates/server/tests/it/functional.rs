@@ -205,11 +205,13 @@ async fn health_docs_headers_and_closed_cors() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["checks"]["metadata_store"], "ok");
     assert_eq!(v["checks"]["data_dir"], "ok");
-    // The client's request id is kept and echoed in errors.
+    // A client's request id never stands in for the server's: the header and the error
+    // carry the server's own (the audit detail records the client's, see security.rs).
     let r =
         ts.client.get(format!("{}/v1/collections", ts.base)).header("x-request-id", "trace-123").send().await.unwrap();
-    assert_eq!(r.headers()["x-request-id"], "trace-123");
-    assert_eq!(r.json::<Value>().await.unwrap()["request_id"], "trace-123");
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(rid, "trace-123");
+    assert_eq!(r.json::<Value>().await.unwrap()["request_id"], rid.as_str());
     let html = ts.client.get(format!("{}/docs", ts.base)).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("/v1/collections/{name}/search") && html.contains("<html"));
     assert!(!html.contains("<script"));

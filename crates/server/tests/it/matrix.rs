@@ -340,7 +340,7 @@ async fn route_role_matrix(backend: Backend) {
     }
     assert!(tested >= 33 * 5, "only {tested} route x role pairs");
     // Every refusal above is in the audit log, and the chain holds.
-    let v = ts.running().state().meta.verify_audit().await.unwrap();
+    let v = ts.running().state().verify_audit().await.unwrap();
     assert_eq!(v.problem, None);
     let (_, page) = ts.get(ADMIN_KEY, "/v1/audit?action=auth.failure%20POST%20%2Fv1%2Fkeys&limit=10").await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 1, "{page}");
