@@ -237,6 +237,12 @@ fn validate(q: &Query, dim: usize) -> Result<(), SearchError> {
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(SearchError::Invalid(format!("query vector element {i} is {} (not finite)", v[i])));
         }
+        if let Some(n2) = kernelize_store::vector_too_large(v) {
+            return Err(SearchError::Invalid(format!(
+                "query vector is too large (squared norm {n2:.3e} > {:e}): its distances overflow",
+                kernelize_store::MAX_VECTOR_NORM2
+            )));
+        }
     }
     if matches!(q.mode, Mode::Keyword | Mode::Hybrid) && q.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
         return Err(SearchError::Invalid(format!("{:?} search needs query text", q.mode).to_lowercase()));
@@ -392,7 +398,9 @@ fn exact_rows(
 }
 
 /// A distance as the API reports it: cosine similarity, dot product or Euclidean distance.
+/// Always a finite number: a distance that overflowed (or is NaN) scores as the farthest.
 pub fn to_score(metric: Metric, d: f32) -> f32 {
+    let d = if d.is_nan() { f32::MAX } else { d.clamp(-f32::MAX, f32::MAX) };
     match metric {
         Metric::Cosine => 1.0 - d,
         Metric::Dot => -d,

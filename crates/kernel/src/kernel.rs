@@ -70,17 +70,11 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
+/// Largest squared norm of a query vector: distances to it stay far below f32::MAX.
+pub const MAX_QUERY_NORM2: f64 = kernelize_store::MAX_VECTOR_NORM2;
+
 /// A RaBitQ query against rows whose residuals are taken from centroid `c` (rotated):
 /// `w` is the rotated query.
-/// Largest squared norm of a query vector: distances to it stay far below f32::MAX.
-pub const MAX_QUERY_NORM2: f64 = 1e36;
-
-/// The score of a distance, always a finite number: a distance that still overflowed
-/// (a stored vector with huge components) counts as the farthest possible.
-fn finite_score(metric: Metric, d: f32) -> f32 {
-    to_score(metric, if d.is_nan() { f32::MAX } else { d.clamp(-f32::MAX, f32::MAX) })
-}
-
 fn residual_query(model: &RabitqModel, metric: Metric, w: &[f32], c: &[f32]) -> RabitqQuery {
     if metric == Metric::Dot {
         model.query_rotated(metric, w.to_vec(), distance::dot(w, c))
@@ -311,8 +305,7 @@ impl Kernel {
         }
         // Finite components can still square past f32::MAX: every distance to such a
         // query is infinite (an L2 score of inf, which JSON turns into null).
-        let norm2: f64 = query.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-        if norm2 > MAX_QUERY_NORM2 {
+        if let Some(norm2) = kernelize_store::vector_too_large(query) {
             return Err(KernelError::Invalid(format!(
                 "query vector is too large (squared norm {norm2:.3e} > {MAX_QUERY_NORM2:e}): its distances overflow"
             )));
@@ -565,7 +558,7 @@ impl Kernel {
             .map(|(((c, i), t), m)| {
                 Ok(KernelHit {
                     row: c.id,
-                    score: finite_score(metric, c.d),
+                    score: to_score(metric, c.d),
                     ids: self.decode_ids(i.as_deref())?,
                     text: self.decode_text(t)?,
                     metadata: self.decode_metadata(c.id, m.as_deref())?,

@@ -44,7 +44,8 @@ pub use export::export_parquet;
 pub use manifest::{CollectionConfig, IndexSettings, Manifest, Metric, Quantization, SegmentRef};
 pub use memtable::{Entry, Key};
 pub use record::{
-    MAX_DIM, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES, Metadata, Op, Record, key_hash, validate_record,
+    MAX_DIM, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES, MAX_VECTOR_NORM2, Metadata, Op, Record, key_hash,
+    validate_record, vector_too_large,
 };
 pub use segment::{Segment, SegmentOptions};
 pub use snapshot::Snapshot;

@@ -16,6 +16,15 @@ pub const MAX_TEXT_BYTES: usize = 16 << 20;
 pub const MAX_METADATA_BYTES: usize = 1 << 20;
 /// Largest vector dimension.
 pub const MAX_DIM: usize = 65_536;
+/// Largest squared L2 norm of a stored or query vector: distances between such vectors
+/// stay far below `f32::MAX` (finite components can still square past it).
+pub const MAX_VECTOR_NORM2: f64 = 1e36;
+
+/// The squared norm of `v` (in f64) when it exceeds [`MAX_VECTOR_NORM2`].
+pub fn vector_too_large(v: &[f32]) -> Option<f64> {
+    let norm2: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    (norm2 > MAX_VECTOR_NORM2).then_some(norm2)
+}
 
 /// One record of a collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +86,12 @@ pub fn validate_record(r: &Record, dim: usize) -> Result<()> {
     }
     if let Some(i) = r.vector.iter().position(|x| !x.is_finite()) {
         return Err(Error::InvalidInput(format!("record {:?}: vector[{i}] is {} (not finite)", r.id, r.vector[i])));
+    }
+    if let Some(n2) = vector_too_large(&r.vector) {
+        return Err(Error::InvalidInput(format!(
+            "record {:?}: vector is too large (squared norm {n2:.3e} > {MAX_VECTOR_NORM2:e}): its distances overflow",
+            r.id
+        )));
     }
     if let Some(t) = &r.text
         && t.len() > MAX_TEXT_BYTES

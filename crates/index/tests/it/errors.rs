@@ -69,3 +69,25 @@ fn bad_queries_are_refused_clearly() {
     // Nothing above is an error of the collection: a good query still works.
     assert_eq!(ctx.search(&vq(&v, 10)).len(), 10);
 }
+
+/// Regression: finite components that square past f32::MAX made every distance inf, an
+/// L2 score inf, and JSON turned it into `"score": null`. Such vectors are refused going
+/// in (records and queries), and a score is always finite.
+#[test]
+fn l2_search_scores_are_finite_for_huge_vectors() {
+    let (_dir, db) = tempdb();
+    let coll = build(&db, "c", Quantization::None);
+    let cache = IndexCache::new();
+    let ctx = Ctx { coll: &coll, storage: &**db.storage(), cache: &cache };
+    let huge = vec![1e19f32; fixture::DIM];
+    let err = ctx.search_err(&vq(&huge, 10)).to_string();
+    assert!(err.starts_with("query vector is too large (squared norm 3.200e39 > 1e36)"), "{err}");
+    let rec = kernelize_store::Record { id: "big".into(), vector: huge, text: None, metadata: None };
+    let err = coll.upsert(vec![rec]).expect_err("refused").to_string();
+    assert!(err.contains("vector is too large"), "{err}");
+    for m in [kernelize_store::Metric::L2, kernelize_store::Metric::Cosine, kernelize_store::Metric::Dot] {
+        for d in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX] {
+            assert!(kernelize_index::search::to_score(m, d).is_finite(), "{m:?} {d}");
+        }
+    }
+}
