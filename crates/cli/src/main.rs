@@ -90,6 +90,9 @@ pub enum Command {
     /// The server's audit log.
     #[command(subcommand)]
     Audit(serve::AuditCmd),
+    /// The server's admin keys: `reset` recovers from a lockout.
+    #[command(subcommand)]
+    AdminKey(serve::AdminKeyCmd),
     /// Knowledge kernels: compress a collection into one signed, queryable file; inspect,
     /// verify, query offline, merge and compare kernels.
     #[command(subcommand)]
@@ -127,6 +130,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Index(cmd) => search::index(&cli, cmd),
         Command::Serve(a) => serve::serve(&cli, a),
         Command::Audit(cmd) => serve::audit(&cli, cmd),
+        Command::AdminKey(cmd) => serve::admin_key(&cli, cmd),
         Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
         Command::Keys(cmd) => kernel::keys(cmd),
         _ => commands::run(&cli),

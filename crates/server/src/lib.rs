@@ -15,6 +15,7 @@ pub mod config;
 pub mod docs;
 pub mod engine;
 pub mod error;
+mod files;
 pub mod http;
 pub mod kernels;
 pub mod meta;
@@ -202,8 +203,21 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 pub async fn start(config: Config) -> Result<Running> {
     config.validate()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Bind first: a taken port fails here, at once, before anything is opened.
+    let listener =
+        std::net::TcpListener::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
+    listener.set_nonblocking(true).with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr().with_context(|| format!("listening on {}", config.listen))?;
+    files::private_dir(&config.data_dir)?;
+    if config.database_url.is_none() {
+        files::private_sqlite(&config.data_dir.join("control.db"))?;
+    }
     let data_dir = config.data_dir.clone();
-    let opts = kernelize_store::Options { durability: config.durability.parse()?, ..Default::default() };
+    let opts = kernelize_store::Options {
+        durability: config.durability.parse()?,
+        memtable_bytes: config.memtable_mb.saturating_mul(1 << 20),
+        ..Default::default()
+    };
     let db = tokio::task::spawn_blocking(move || kernelize_store::Database::open(&data_dir, opts))
         .await?
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
@@ -219,6 +233,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let meta = meta::MetaStore::connect(&config.database_url()).await?;
     meta.fail_interrupted_jobs(state::now_ms()).await?;
     let kernels = kernels::Kernels::load(&config.data_dir)?;
+    files::private_dir(&config.data_dir.join("kernels"))?;
     let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels));
     let admin_key = state.bootstrap_admin().await?;
 
@@ -236,33 +251,62 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
-    let listen = state.config.listen;
+    let header_timeout = Duration::from_millis(state.config.limits.header_read_timeout_ms);
     let task = match (&state.config.tls_cert, &state.config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
-            let server = axum_server::bind_rustls(listen, tls).handle(handle.clone());
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(header_timeout)
+                .acceptor(FirstByte(header_timeout));
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle.clone());
+            connection_timeouts(server.http_builder(), header_timeout);
             tokio::spawn(async move { server.serve(app).await.context("serving HTTPS") })
         }
         _ => {
-            let server = axum_server::bind(listen).handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener).acceptor(FirstByte(header_timeout)).handle(handle.clone());
+            connection_timeouts(server.http_builder(), header_timeout);
             tokio::spawn(async move { server.serve(app).await.context("serving HTTP") })
-        }
-    };
-    let addr = match handle.listening().await {
-        Some(a) => a,
-        None => {
-            return Err(match task.await {
-                Ok(Err(e)) => e,
-                _ => anyhow::anyhow!("the server stopped before listening"),
-            })
-            .with_context(|| format!("listening on {listen}"));
         }
     };
     let scheme = if state.config.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(addr = %addr, scheme, metadata = ?state.meta.backend(), "listening");
     Ok(Running { addr, admin_key, handle, task, state })
+}
+
+/// Closes connections whose request headers take longer than `header` to arrive, and
+/// kept-alive connections idle for as long (hyper starts the same timer while it waits
+/// for the next request's first byte).
+fn connection_timeouts(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header: Duration,
+) {
+    b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header);
+}
+
+/// Hands a new connection on only once its first byte arrived, within the given time
+/// (else drops it): before that, hyper's own header timer is not running yet (it first
+/// reads to tell HTTP/1 from HTTP/2).
+#[derive(Debug, Clone, Copy)]
+struct FirstByte(Duration);
+
+impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for FirstByte {
+    type Stream = tokio::net::TcpStream;
+    type Service = S;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(tokio::net::TcpStream, S)>> + Send>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let wait = self.0;
+        Box::pin(async move {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+                Ok(peeked) => peeked.map(|_| (stream, service)),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request on a new connection")),
+            }
+        })
+    }
 }
 
 /// Waits for SIGINT or SIGTERM.
