@@ -107,6 +107,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
     let telemetry = kernelize_server::init_telemetry(&c.log_format, c.otlp_endpoint.as_deref())?;
     runtime()?.block_on(async {
         let running = kernelize_server::start(c).await?;
+        let stop = kernelize_server::shutdown_signal();
         if let Some(key) = running.generated_admin_key() {
             eprintln!(
                 "\n  First start: generated the admin API key (shown only now; only its hash is stored):\n\n    {key}\n\n  \
@@ -116,7 +117,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
         if a.print_addr {
             println!("listening on {}", running.addr());
         }
-        kernelize_server::shutdown_signal().await;
+        stop.await;
         running.shutdown().await
     })?;
     telemetry.shutdown();

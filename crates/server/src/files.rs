@@ -7,13 +7,16 @@ use std::path::Path;
 /// Creates `dir` (and missing parents) and makes it 0700; an existing directory with
 /// wider permissions is narrowed (and says so in the log).
 pub(crate) fn private_dir(dir: &Path) -> Result<()> {
-    fs_err::create_dir_all(dir)?;
-    set_mode(dir, 0o700)
+    if !fs_err::exists(dir)? {
+        fs_err::create_dir_all(dir)?;
+        return set_mode(dir, 0o700, false);
+    }
+    set_mode(dir, 0o700, true)
 }
 
 /// Makes an existing file 0600 (a no-op for a missing one).
 pub(crate) fn private_file(path: &Path) -> Result<()> {
-    if fs_err::exists(path)? { set_mode(path, 0o600) } else { Ok(()) }
+    if fs_err::exists(path)? { set_mode(path, 0o600, true) } else { Ok(()) }
 }
 
 /// Creates the SQLite file at `db` as 0600 when it is missing (SQLite gives its `-wal`
@@ -33,13 +36,13 @@ pub(crate) fn private_sqlite(db: &Path) -> Result<()> {
 }
 
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+fn set_mode(path: &Path, mode: u32, say: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let now = fs_err::metadata(path)?.permissions().mode() & 0o777;
     if now != mode {
         fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("making {} owner-only", path.display()))?;
-        if now & 0o077 != 0 {
+        if say && now & 0o077 != 0 {
             tracing::info!(path = %path.display(), from = format!("{now:o}"), to = format!("{mode:o}"), "narrowed permissions");
         }
     }
@@ -47,6 +50,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> Result<()> {
+fn set_mode(_: &Path, _: u32, _: bool) -> Result<()> {
     Ok(())
 }
