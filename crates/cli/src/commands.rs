@@ -370,6 +370,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         | Command::Index(_)
         | Command::Serve(_)
         | Command::Audit(_)
+        | Command::AdminKey(_)
         | Command::Kernel(_)
         | Command::Keys(_)
         | Command::Models(_) => {

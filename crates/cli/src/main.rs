@@ -91,6 +91,9 @@ pub enum Command {
     /// The server's audit log.
     #[command(subcommand)]
     Audit(serve::AuditCmd),
+    /// The server's admin keys: `reset` recovers from a lockout.
+    #[command(subcommand)]
+    AdminKey(serve::AdminKeyCmd),
     /// Knowledge kernels: compress a collection into one signed, queryable file; inspect,
     /// verify, query offline, merge and compare kernels.
     #[command(subcommand)]
@@ -131,6 +134,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Index(cmd) => search::index(&cli, cmd),
         Command::Serve(a) => serve::serve(&cli, a),
         Command::Audit(cmd) => serve::audit(&cli, cmd),
+        Command::AdminKey(cmd) => serve::admin_key(&cli, cmd),
         Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
         Command::Keys(cmd) => kernel::keys(cmd),
         Command::Models(cmd) => models::run(cmd),

@@ -1,4 +1,4 @@
-//! `serve` and `audit verify`.
+//! `serve`, `audit verify` and `admin-key reset`.
 
 use crate::Cli;
 use anyhow::{Context, Result};
@@ -64,6 +64,20 @@ pub enum AuditCmd {
     },
 }
 
+/// `admin-key` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AdminKeyCmd {
+    /// Recovery when no key can administer the server (every admin key revoked, expired
+    /// or scoped): add a new admin key of all collections that does not expire, straight
+    /// to the control database, and print it once. Audited as `system` (`keys.reset`).
+    /// Works with the server stopped or running.
+    Reset {
+        /// Control-plane database (default: SQLite `<data-dir>/control.db`).
+        #[arg(long, env = "KERNELIZE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
@@ -76,6 +90,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
     };
     c.data_dir = cli.data_dir.clone();
     c.durability = cli.durability.clone();
+    c.memtable_mb = cli.memtable_mb;
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = Some(v.clone()); } )* };
     }
@@ -93,6 +108,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
     let telemetry = kernelize_server::init_telemetry(&c.log_format, c.otlp_endpoint.as_deref())?;
     runtime()?.block_on(async {
         let running = kernelize_server::start(c).await?;
+        let stop = kernelize_server::shutdown_signal();
         if let Some(key) = running.generated_admin_key() {
             eprintln!(
                 "\n  First start: generated the admin API key (shown only now; only its hash is stored):\n\n    {key}\n\n  \
@@ -102,7 +118,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
         if a.print_addr {
             println!("listening on {}", running.addr());
         }
-        kernelize_server::shutdown_signal().await;
+        stop.await;
         running.shutdown().await
     })?;
     telemetry.shutdown();
@@ -137,4 +153,14 @@ pub fn audit(cli: &Cli, cmd: &AuditCmd) -> Result<ExitCode> {
             }
         }
     })
+}
+
+/// `admin-key reset`.
+pub fn admin_key(cli: &Cli, cmd: &AdminKeyCmd) -> Result<ExitCode> {
+    let AdminKeyCmd::Reset { database_url } = cmd;
+    let c = Config { data_dir: cli.data_dir.clone(), database_url: database_url.clone(), ..Config::default() };
+    let key = runtime()?.block_on(kernelize_server::admin::reset_admin_key(&c))?;
+    eprintln!("New admin API key (shown only now; only its hash is stored):");
+    println!("{key}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
@@ -139,6 +140,18 @@ impl Embedder {
         Ok(self.embed_ids(&ids))
     }
 
+    /// [`embed`](Self::embed) that stops early once `stop` is set: it is checked before
+    /// each text is tokenized and before each pack (at most 2048 tokens) goes through
+    /// the model, so a caller that no longer waits for the result (a timed-out request)
+    /// stops burning CPU within one pack's time. Returns [`Error::Cancelled`] then.
+    pub fn embed_cancellable(&self, texts: &[&str], stop: &AtomicBool) -> Result<Vec<Vec<f32>>> {
+        let ids = texts
+            .par_iter()
+            .map(|t| if stop.load(Ordering::Relaxed) { Err(Error::Cancelled) } else { self.model_ids(t) })
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_ids_until(&ids, stop).ok_or(Error::Cancelled)
+    }
+
     /// Number of tokens of `text` without `[CLS]`/`[SEP]` and without truncation.
     pub fn count_tokens(&self, text: &str) -> Result<usize> {
         Ok(self.tokenizer.encode_fast(text, false).map_err(Error::tokenizer)?.len())
@@ -230,20 +243,28 @@ impl Embedder {
 
     /// Embed pre-tokenized sequences (output of [`Self::model_ids`]).
     pub(crate) fn embed_ids(&self, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        self.embed_ids_until(ids, &AtomicBool::new(false)).unwrap_or_default()
+    }
+
+    /// [`embed_ids`](Self::embed_ids), or `None` once `stop` is set (checked per pack).
+    fn embed_ids_until(&self, ids: &[Vec<u32>], stop: &AtomicBool) -> Option<Vec<Vec<f32>>> {
         let dim = self.dim();
         let n = ids.len();
         if n == 0 {
-            return Vec::new();
+            return Some(Vec::new());
         }
         let packs = plan_packs(ids, rayon::current_num_threads());
-        let run = |pack: &[usize], par: Parallelism| -> Vec<f32> {
+        let run = |pack: &[usize], par: Parallelism| -> Option<Vec<f32>> {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
             let lens: Vec<usize> = pack.iter().map(|&i| ids[i].len()).collect();
             let flat: Vec<u32> = pack.iter().flat_map(|&i| ids[i].iter().copied()).collect();
             let mut out = vec![0.0; pack.len() * dim];
             let mut scratch = self.take_scratch();
             self.model.forward(&flat, &lens, &mut scratch, par, &mut out);
             self.return_scratch(scratch);
-            out
+            Some(out)
         };
         // One pack per thread, each on its own thread with a single-threaded
         // GEMM (no synchronisation inside a layer); a lone pack (one short
@@ -251,9 +272,9 @@ impl Embedder {
         let results: Vec<Vec<f32>> = if packs.len() == 1 {
             let threads = rayon::current_num_threads();
             let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-            vec![run(&packs[0], par)]
+            vec![run(&packs[0], par)?]
         } else {
-            packs.par_iter().map(|p| run(p, Parallelism::None)).collect()
+            packs.par_iter().map(|p| run(p, Parallelism::None)).collect::<Option<_>>()?
         };
         let mut out = vec![Vec::new(); n];
         for (pack, vectors) in packs.iter().zip(results) {
@@ -261,7 +282,7 @@ impl Embedder {
                 out[i] = v.to_vec();
             }
         }
-        out
+        Some(out)
     }
 
     fn take_scratch(&self) -> Scratch {

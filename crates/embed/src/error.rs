@@ -10,7 +10,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Classes: [`Error::ModelMissing`] and [`Error::InvalidArgument`] are user
 /// errors (fix the installation or the call), [`Error::Corrupt`] means the
 /// model files are damaged or not the expected model, [`Error::Io`] is
-/// environmental, [`Error::Tokenizer`] wraps a failure inside the tokenizer.
+/// environmental, [`Error::Tokenizer`] wraps a failure inside the tokenizer,
+/// [`Error::Cancelled`] is the caller's own request to stop.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -42,6 +43,10 @@ pub enum Error {
     /// An argument is out of range (for example `overlap >= max_tokens` in `chunk`).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// [`Embedder::embed_cancellable`](crate::Embedder::embed_cancellable) was told to
+    /// stop before every text was embedded.
+    #[error("embedding cancelled")]
+    Cancelled,
 }
 
 impl Error {

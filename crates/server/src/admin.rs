@@ -3,8 +3,7 @@
 
 use crate::auth::{Principal, Role, Scope, TOKEN_ISSUER, TokenClaims, generate_key, parse_key, random_id};
 use crate::engine::blocking;
-use crate::error::ApiError;
-use crate::error::current_request_id;
+use crate::error::{ApiError, current_request_id, quote};
 use crate::meta::{BackupRow, KeyChange, KeyRow};
 use crate::model::*;
 use crate::state::{AppState, now_ms, principal_of, rfc3339};
@@ -102,13 +101,99 @@ pub fn new_key(
     Ok((key_row(state, &full, name, role, scope, expires_ms)?, full))
 }
 
+/// How long a key lives: its expiry, or forever.
+fn lifetime(r: &KeyRow) -> i64 {
+    r.expires_ms.unwrap_or(i64::MAX)
+}
+
+/// The longest lifetime among the active admin keys of every collection, if any: the
+/// keys that can always administer the server (a scoped admin cannot manage keys of
+/// other collections' users as fully, and an expired or revoked one cannot at all).
+fn best_root_admin<'a>(rows: impl IntoIterator<Item = &'a KeyRow>, now: i64) -> Option<i64> {
+    rows.into_iter()
+        .filter(|r| r.role == Role::Admin.as_str() && r.active(now))
+        .filter(|r| principal_of(r, false).is_ok_and(|p| p.scope == Scope::All))
+        .map(lifetime)
+        .max()
+}
+
+/// 409 `last_admin` unless `after` (the keys once a change is made) keeps an active
+/// all-collections admin key living at least as long as the best one of `before`: the
+/// last such key cannot be revoked, nor replaced by one that expires sooner.
+fn keeps_root_admin(before: &[KeyRow], after: &[KeyRow], now: i64, what: &str) -> Result<(), ApiError> {
+    let Some(best) = best_root_admin(before, now) else { return Ok(()) };
+    if best_root_admin(after, now).is_some_and(|b| b >= best) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "last_admin",
+        format!(
+            "refusing to {what}: it is the last active admin key of all collections{}; \
+             create another such admin key first (or recover with `kernelize admin-key reset`)",
+            if best == i64::MAX { " that does not expire" } else { " with the latest expiry" }
+        ),
+    ))
+}
+
+/// Whether `rows` hold an active admin key of all collections.
+pub fn has_root_admin(rows: &[KeyRow], now: i64) -> bool {
+    best_root_admin(rows, now).is_some()
+}
+
+/// The recovery path when no key can administer the server any more: adds a new admin
+/// key of all collections, that does not expire, straight to the metadata store (the
+/// server may be stopped or running), audited as `system`, and returns it — to be shown
+/// once. Behind `kernelize admin-key reset`.
+pub async fn reset_admin_key(config: &crate::Config) -> anyhow::Result<String> {
+    let secrets = crate::auth::Secrets::load_or_create(&config.data_dir)?;
+    let meta = crate::meta::MetaStore::connect(&config.database_url()).await?;
+    let result = async {
+        let keys = crate::audit::AuditKeys::load_or_create(&config.data_dir)?;
+        meta.ensure_keyed(&keys).await?;
+        let (_, full) = generate_key();
+        let k = parse_key(&full).ok_or_else(|| anyhow::anyhow!("generated key does not parse"))?;
+        let row = KeyRow {
+            id: k.id.to_owned(),
+            name: "admin (reset)".into(),
+            hash: secrets.hash_secret(k.secret),
+            role: Role::Admin.as_str().into(),
+            collections: None,
+            created_ms: now_ms(),
+            expires_ms: None,
+            revoked_ms: None,
+            rotated_to: None,
+        };
+        meta.insert_key(&keys, &row, &KeyChange { request_id: "admin-key-reset", actor: "system" }).await?;
+        let entry = crate::audit::AuditEntry {
+            ts_ms: now_ms(),
+            request_id: "admin-key-reset".into(),
+            actor: "system".into(),
+            action: "keys.reset".into(),
+            target: row.id.clone(),
+            outcome: "ok".into(),
+            detail: "admin key added by `kernelize admin-key reset`".into(),
+            ..Default::default()
+        };
+        meta.audit_append(&keys, entry).await?;
+        anyhow::Ok(full)
+    }
+    .await;
+    meta.close().await;
+    result
+}
+
 impl AppState {
-    /// Installs the first admin key when the store has none: the configured one (from
+    /// Installs an admin key when the store has no active admin key of all collections
+    /// (first start; or every such key was revoked or expired): the configured one (from
     /// `admin_key`, `admin_key_file`), else a generated one, returned to be shown once.
     pub async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
-        if self.meta.has_admin().await? {
+        let rows = self.meta.keys().await?;
+        let now = now_ms();
+        if has_root_admin(&rows, now) {
             return Ok(None);
         }
+        let first = !rows.iter().any(|r| r.role == Role::Admin.as_str());
         let configured = match (&self.config.admin_key, &self.config.admin_key_file) {
             (Some(k), _) => Some(k.trim().to_owned()),
             (None, Some(f)) => Some(fs_err::read_to_string(f)?.trim().to_owned()),
@@ -118,11 +203,27 @@ impl AppState {
         let full = configured.unwrap_or_else(|| generate_key().1);
         let row = key_row(self, &full, "admin", Role::Admin, &Scope::All, None)
             .map_err(|e| anyhow::anyhow!("the admin key: {}", e.message))?;
+        if let Some(old) = rows.iter().find(|r| r.id == row.id) {
+            anyhow::bail!(
+                "no active admin key of all collections is left, and the configured admin key (id {}) is {}; \
+                 configure a new one, or run `kernelize admin-key reset`",
+                old.id,
+                if old.revoked_ms.is_some() { "revoked" } else { "expired or scoped" }
+            );
+        }
         let by = KeyChange { request_id: "startup", actor: "system" };
         self.key_change(self.meta.insert_key(&self.audit_keys, &row, &by)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.audit("startup", "system", "keys.bootstrap", &row.id, "ok", "first admin key installed")
+        let detail = if first {
+            "first admin key installed"
+        } else {
+            "admin key installed: every admin key of all collections was revoked or expired"
+        };
+        self.audit("startup", "system", "keys.bootstrap", &row.id, "ok", detail)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !first {
+            tracing::warn!(key_id = row.id, "no active admin key of all collections was left; installed one");
+        }
         Ok(generated.then_some(full))
     }
 
@@ -155,19 +256,15 @@ impl AppState {
         Ok(KeyList { keys })
     }
 
-    async fn active_admins_except(&self, id: &str) -> Result<usize, ApiError> {
-        let now = now_ms();
-        Ok(self.meta.keys().await?.iter().filter(|r| r.id != id && r.role == "admin" && r.active(now)).count())
-    }
-
     /// Rotates a key: a new key with the same name, role and scope; the old one keeps
     /// working for the grace period.
     pub async fn rotate_key(&self, p: &Principal, id: &str, req: RotateKey) -> Result<KeyCreated, ApiError> {
         p.require(Role::Admin, None)?;
         let now = now_ms();
-        let old = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {id:?}")))?;
+        let _admin = self.key_admin.lock().await;
+        let old = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {}", quote(id))))?;
         if !old.active(now) {
-            return Err(ApiError::conflict(format!("key {id:?} is revoked or expired")));
+            return Err(ApiError::conflict(format!("key {} is revoked or expired", quote(id))));
         }
         let grace = req.grace_secs.unwrap_or(self.config.limits.rotation_grace_secs);
         if grace > MAX_LIFETIME_SECS {
@@ -176,6 +273,15 @@ impl AppState {
         let old_expires = now.saturating_add(secs_to_ms(grace)).min(old.expires_ms.unwrap_or(i64::MAX));
         let scope = principal_of(&old, false).map_err(ApiError::internal)?;
         let (row, key) = new_key(self, &old.name, scope.role, &scope.scope, old.expires_ms)?;
+        let before = self.meta.keys().await?;
+        let mut after = before.clone();
+        for r in &mut after {
+            if r.id == id {
+                r.expires_ms = Some(old_expires);
+            }
+        }
+        after.push(row.clone());
+        keeps_root_admin(&before, &after, now, "rotate this key")?;
         let (rid, actor) = (current_request_id(), p.actor());
         let by = KeyChange { request_id: &rid, actor: &actor };
         self.key_change(self.meta.rotate_key(&self.audit_keys, id, &row, old_expires, &by)).await?;
@@ -183,17 +289,18 @@ impl AppState {
         Ok(KeyCreated { key, info: key_info(&row, now)? })
     }
 
-    /// Revokes a key (and every token it minted). The last active admin key cannot be
-    /// revoked.
+    /// Revokes a key (and every token it minted). The last active admin key of all
+    /// collections (the one living longest) cannot be revoked: 409 `last_admin`.
     pub async fn revoke_key(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
         p.require(Role::Admin, None)?;
-        let row = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {id:?}")))?;
+        let _admin = self.key_admin.lock().await;
+        let row = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {}", quote(id))))?;
         if row.revoked_ms.is_some() {
-            return Err(ApiError::conflict(format!("key {id:?} is already revoked")));
+            return Err(ApiError::conflict(format!("key {} is already revoked", quote(id))));
         }
-        if row.role == "admin" && self.active_admins_except(id).await? == 0 {
-            return Err(ApiError::conflict("refusing to revoke the last active admin key"));
-        }
+        let before = self.meta.keys().await?;
+        let after: Vec<KeyRow> = before.iter().filter(|r| r.id != id).cloned().collect();
+        keeps_root_admin(&before, &after, now_ms(), "revoke this key")?;
         let (rid, actor) = (current_request_id(), p.actor());
         let by = KeyChange { request_id: &rid, actor: &actor };
         self.key_change(self.meta.revoke_key(&self.audit_keys, id, now_ms(), &by)).await?;
@@ -309,9 +416,16 @@ impl AppState {
         tokio::spawn(async move {
             let db = state.db.clone();
             let result = blocking(move || {
-                fs_err::create_dir_all(&dir).map_err(ApiError::internal)?;
+                crate::files::private_dir(&dir).map_err(ApiError::internal)?;
                 let fmt = if format == BackupFormatName::Tar { BackupFormat::Tar } else { BackupFormat::Dir };
-                kernelize_store::backup(&db, &path, fmt, &[], &mut |_, _| {}).map_err(ApiError::internal)
+                let r = kernelize_store::backup(&db, &path, fmt, &[], &mut |_, _| {}).map_err(ApiError::internal)?;
+                if format == BackupFormatName::Tar {
+                    crate::files::private_file(&path)
+                } else {
+                    crate::files::private_dir(&path)
+                }
+                .map_err(ApiError::internal)?;
+                Ok(r)
             })
             .await;
             done.finished_ms = Some(now_ms());
@@ -346,7 +460,11 @@ impl AppState {
     /// One backup job.
     pub async fn backup_status(&self, p: &Principal, id: &str) -> Result<BackupInfo, ApiError> {
         p.require(Role::Admin, None)?;
-        self.meta.backup(id).await?.map(backup_info).ok_or_else(|| ApiError::not_found(format!("no backup {id:?}")))
+        self.meta
+            .backup(id)
+            .await?
+            .map(backup_info)
+            .ok_or_else(|| ApiError::not_found(format!("no backup {}", quote(id))))
     }
 
     /// Every backup job.

@@ -111,12 +111,14 @@ impl utoipa::IntoResponses for Errors {
             ("403", "The key's role or scope does not allow this"),
             ("404", "No such collection, record, key, kernel or backup"),
             ("405", "Method not allowed on this path"),
-            ("409", "Conflict (exists already, revoked, last admin, kernel not built or expired)"),
+            ("408", "The request body did not arrive in time (`body_timeout`)"),
+            ("409", "Conflict (exists already, revoked, `last_admin`, kernel not built or expired)"),
             ("413", "Request body too large"),
             ("415", "Body is not JSON"),
             ("429", "Rate limited; see Retry-After"),
             ("500", "Internal error (details only in the server log)"),
             ("503", "Overloaded, timed out, or a dependency is unavailable; see Retry-After"),
+            ("507", "The server's storage is full (`storage_full`)"),
         ]
         .into_iter()
         .map(|(code, desc)| {

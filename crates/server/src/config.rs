@@ -16,7 +16,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.
     pub tls_key: Option<PathBuf>,
-    /// Data directory (collections, the SQLite control database, keys, backups).
+    /// Data directory (collections, the SQLite control database, keys, backups); made
+    /// owner-only (0700) at start, and the files the server writes there are 0600.
     pub data_dir: PathBuf,
     /// Control-plane database; `None` is SQLite at `<data_dir>/control.db`, else a
     /// `postgres://` (or `sqlite:`) URL.
@@ -31,6 +32,8 @@ pub struct Config {
     pub backup_dir: Option<PathBuf>,
     /// WAL durability: `always` (fsync before acknowledging) or `buffered`.
     pub durability: String,
+    /// Memtable size in MiB before it is flushed to a segment (`--memtable-mb`).
+    pub memtable_mb: usize,
     /// Limits.
     pub limits: Limits,
     /// Origins allowed by CORS; empty (the default) allows none.
@@ -58,10 +61,21 @@ pub struct Limits {
     pub max_k: usize,
     /// Largest `ef` of a search.
     pub max_ef: usize,
-    /// Requests that run longer are answered 503 `timeout`.
+    /// Requests that run longer are answered 503 `timeout` (the body read not counted);
+    /// read-only work they started (embedding, search, kernel queries) is cancelled.
     pub timeout_ms: u64,
-    /// Requests served at once; more are shed with 503 `overloaded`.
+    /// Longest time to receive a request body; slower clients get 408 `body_timeout`
+    /// and hold no request slot while they send.
+    pub body_read_timeout_ms: u64,
+    /// Longest time to receive a request's headers, and to wait for the next request on
+    /// an idle kept-alive connection; then the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Authenticated requests served at once (after authentication and the body read);
+    /// more are shed with 503 `overloaded`. Public routes (`/healthz` …) are not counted.
     pub concurrency: usize,
+    /// Largest share of `concurrency` one key may hold, in percent (at least one slot);
+    /// beyond, its requests are shed with 503 `overloaded`.
+    pub per_key_concurrency_percent: u8,
     /// Longest lifetime of a minted token, in seconds.
     pub max_token_ttl_secs: u64,
     /// How long a rotated key keeps working, in seconds (unless the request says).
@@ -81,7 +95,10 @@ impl Default for Limits {
             max_k: 1000,
             max_ef: 4096,
             timeout_ms: 60_000,
+            body_read_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
             concurrency: 256,
+            per_key_concurrency_percent: 50,
             max_token_ttl_secs: 24 * 3600,
             rotation_grace_secs: 24 * 3600,
             auth_failures_per_sec: 10,
@@ -105,6 +122,7 @@ impl Default for Config {
             model_dir: None,
             backup_dir: None,
             durability: "always".into(),
+            memtable_mb: 64,
             limits: Limits::default(),
             cors_origins: Vec::new(),
             log_format: "json".into(),
@@ -146,6 +164,16 @@ impl Config {
             l.concurrency > 0 && l.timeout_ms > 0,
             "limits.concurrency and limits.timeout_ms must be positive"
         );
+        anyhow::ensure!(
+            l.body_read_timeout_ms > 0 && l.header_read_timeout_ms > 0,
+            "limits.body_read_timeout_ms and limits.header_read_timeout_ms must be positive"
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&l.per_key_concurrency_percent),
+            "limits.per_key_concurrency_percent must be 1..=100, got {}",
+            l.per_key_concurrency_percent
+        );
+        anyhow::ensure!(self.memtable_mb > 0, "memtable_mb must be positive");
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
             "TLS needs both tls_cert and tls_key (got only one)"

@@ -3,14 +3,16 @@
 //! routing. CPU and disk work runs on the blocking pool.
 
 use crate::auth::{Principal, Role};
-use crate::error::{ApiError, REQUEST_ID, current_request_id};
+use crate::error::{ApiError, REQUEST_ID, current_request_id, quote};
 use crate::metrics::CollectionLabels;
 use crate::model::*;
 use crate::state::{AppState, UsageDelta};
+use axum::http::StatusCode;
 use kernelize_index::filter::Filter;
 use kernelize_index::search::{Mode, Query, Searcher};
 use kernelize_store::{Collection, CollectionConfig, IndexSettings, Metric, Quantization, Record};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` on the blocking pool under the current request id.
 pub async fn blocking<T: Send + 'static>(
@@ -18,6 +20,61 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     let rid = current_request_id();
     tokio::task::spawn_blocking(move || REQUEST_ID.sync_scope(rid, f)).await.map_err(ApiError::internal)?
+}
+
+tokio::task_local! {
+    /// The cancel flag of the request being served (set by the guard when it times out).
+    pub static CANCEL: Cancel;
+}
+
+/// Set once nobody waits for a request's result any more (it timed out): read-only CPU
+/// work — embedding, search, kernel queries — checks it and stops. Writes do not: once
+/// started they complete and are audited, whatever the client saw.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Asks the work to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether the work should stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// The flag, for APIs that poll one ([`kernelize_embed::Embedder::embed_cancellable`]).
+    pub fn flag(&self) -> &AtomicBool {
+        &self.0
+    }
+    /// `Err` once cancelled.
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.is_cancelled() { Err(cancelled()) } else { Ok(()) }
+    }
+}
+
+fn cancelled() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "cancelled: the request ran out of time").retry_after(1)
+}
+
+/// An embedding error as an API error (a cancelled embedding is the timeout it follows).
+pub fn embed_error(e: kernelize_embed::Error) -> ApiError {
+    match e {
+        kernelize_embed::Error::Cancelled => cancelled(),
+        e => ApiError::internal(e),
+    }
+}
+
+/// [`blocking`] for read-only work the client may stop waiting for: skipped when the
+/// request is cancelled before it starts; `f` gets the flag to check as it goes.
+pub async fn cancellable<T: Send + 'static>(
+    f: impl FnOnce(&Cancel) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let cancel = CANCEL.try_with(Clone::clone).unwrap_or_default();
+    blocking(move || {
+        cancel.check()?;
+        f(&cancel)
+    })
+    .await
 }
 
 /// A request's filter, parsed.
@@ -200,8 +257,8 @@ impl AppState {
         for &i in &missing {
             if req.records[i].text.is_none() {
                 return Err(ApiError::invalid(format!(
-                    "records[{i}] (id {:?}): neither a vector nor a text to embed",
-                    req.records[i].id
+                    "records[{i}] (id {}): neither a vector nor a text to embed",
+                    quote(&req.records[i].id)
                 )));
             }
         }
@@ -210,8 +267,9 @@ impl AppState {
             && e.dim() != c.config().dim
         {
             return Err(ApiError::invalid(format!(
-                "records without vectors need a {}-dim collection for the built-in embedder; {name:?} has {} dims",
+                "records without vectors need a {}-dim collection for the built-in embedder; {} has {} dims",
                 e.dim(),
+                quote(name),
                 c.config().dim
             )));
         }
@@ -258,9 +316,9 @@ impl AppState {
         vector: bool,
     ) -> Result<RecordOut, ApiError> {
         let c = self.collection(p, Role::Reader, name)?;
-        blocking(move || match c.get(&id)? {
+        cancellable(move |_| match c.get(&id)? {
             Some(r) => Ok(record_out(&r, vector)),
-            None => Err(ApiError::not_found(format!("no record {id:?}"))),
+            None => Err(ApiError::not_found(format!("no record {}", quote(&id)))),
         })
         .await
     }
@@ -289,7 +347,7 @@ impl AppState {
             return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
         }
         let vectors = q.vectors.unwrap_or(false);
-        blocking(move || {
+        cancellable(move |_| {
             let snap = c.snapshot();
             let mut records = Vec::new();
             for r in snap.scan(q.after.as_deref()).take(limit as usize + 1) {
@@ -328,12 +386,13 @@ impl AppState {
         let include_vectors = req.include_vectors.unwrap_or(false);
         let state = self.clone();
         let embedded = embedder.is_some();
-        let (hits, took) = blocking(move || {
+        let (hits, took) = cancellable(move |cancel| {
             let t = std::time::Instant::now();
             let mut vector = req.vector;
             if let Some(e) = &embedder {
                 let text = req.text.as_deref().unwrap_or("");
-                vector = e.embed(&[text]).map_err(ApiError::internal)?.into_iter().next();
+                vector = e.embed_cancellable(&[text], cancel.flag()).map_err(embed_error)?.into_iter().next();
+                cancel.check()?;
             }
             let q = Query {
                 vector,
@@ -374,9 +433,9 @@ impl AppState {
         let e = self.embedder()?;
         let n = req.texts.len();
         let dim = e.dim() as u64;
-        let vectors = blocking(move || {
+        let vectors = cancellable(move |cancel| {
             let texts: Vec<&str> = req.texts.iter().map(String::as_str).collect();
-            e.embed(&texts).map_err(ApiError::internal)
+            e.embed_cancellable(&texts, cancel.flag()).map_err(embed_error)
         })
         .await?;
         self.add_usage(&p.key_id, UsageDelta { texts_embedded: n as i64, ..Default::default() });

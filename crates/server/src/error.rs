@@ -20,8 +20,8 @@ pub fn current_request_id() -> String {
 pub struct ErrorBody {
     /// Stable machine-readable code: `invalid_request`, `unauthenticated`, `forbidden`,
     /// `not_found`, `conflict`, `method_not_allowed`, `payload_too_large`,
-    /// `unsupported_media_type`, `rate_limited`, `overloaded`, `timeout`, `unavailable`,
-    /// `internal`.
+    /// `unsupported_media_type`, `rate_limited`, `overloaded`, `timeout`, `body_timeout`,
+    /// `last_admin`, `unavailable`, `storage_full`, `internal`.
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
@@ -41,12 +41,40 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which a retry may succeed (429, 503).
     pub retry_after: Option<u64>,
+    /// What the server log should say about it (never sent to the client).
+    pub detail: Option<String>,
 }
 
+/// Longest message of an error response, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 400;
+
+/// Longest quote of a client's input (an id, a name) in a message, in characters.
+pub const MAX_QUOTE_CHARS: usize = 100;
+
+/// `s` cut to `max` characters, with "…" when something was cut.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => s.into(),
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+    }
+}
+
+/// A client's input quoted for a message: Debug-quoted, cut at [`MAX_QUOTE_CHARS`].
+pub fn quote(s: &str) -> String {
+    format!("{:?}", clip(s, MAX_QUOTE_CHARS))
+}
+
+/// The log detail of an error response (see [`ApiError::detail`]), attached to it.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);
+
 impl ApiError {
-    /// An error with status, code and message.
+    /// An error with status, code and message (cut at [`MAX_MESSAGE_CHARS`]: messages
+    /// may quote the request, which is not ours to echo at any length).
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        let message = message.into();
+        let message = clip(&message, MAX_MESSAGE_CHARS).into_owned();
+        ApiError { status, code, message, retry_after: None, detail: None }
     }
     /// 400 `invalid_request`.
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -75,8 +103,28 @@ impl ApiError {
     /// 500 `internal`: logs `detail` under the request id; the client sees only the id.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         let request_id = current_request_id();
+        let detail = detail.to_string();
         tracing::error!(request_id, error = %detail, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+        let mut e = ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server log has the details",
+        );
+        e.detail = Some(detail);
+        e
+    }
+    /// 507 `storage_full`: the disk under the data directory is full; logs `detail`.
+    pub fn storage_full(detail: impl std::fmt::Display) -> ApiError {
+        let request_id = current_request_id();
+        let detail = detail.to_string();
+        tracing::error!(request_id, error = %detail, "storage full");
+        let mut e = ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            "the server's storage is full; nothing was written by this request unless it says so",
+        );
+        e.detail = Some(detail);
+        e
     }
     /// Sets `Retry-After`.
     pub fn retry_after(mut self, secs: u64) -> ApiError {
@@ -95,6 +143,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { code: self.code.into(), message: self.message, request_id: current_request_id() };
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(d) = self.detail {
+            resp.extensions_mut().insert(ErrorDetail(d));
+        }
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -108,11 +159,20 @@ impl IntoResponse for ApiError {
 impl From<kernelize_store::Error> for ApiError {
     fn from(e: kernelize_store::Error) -> ApiError {
         use kernelize_store::ErrorClass;
+        if e.is_disk_full() {
+            return ApiError::storage_full(e);
+        }
         match e.class() {
             ErrorClass::User => ApiError::invalid(e.to_string()),
             ErrorClass::NotFound => ApiError::not_found(e.to_string()),
             ErrorClass::Conflict => ApiError::conflict(e.to_string()),
-            ErrorClass::Transient => ApiError::unavailable("storage is temporarily unavailable").retry_after(1),
+            ErrorClass::Transient => {
+                let request_id = current_request_id();
+                tracing::warn!(request_id, error = %e, "storage error");
+                let mut a = ApiError::unavailable("storage is temporarily unavailable").retry_after(1);
+                a.detail = Some(e.to_string());
+                a
+            }
             ErrorClass::Corruption | ErrorClass::Fatal => ApiError::internal(e),
         }
     }
@@ -134,5 +194,34 @@ impl From<kernelize_index::search::SearchError> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
         ApiError::internal(format_args!("metadata store: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_full_is_507_with_a_stable_code() {
+        let full = kernelize_store::Error::Io {
+            path: "wal/000001.wal".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let e = ApiError::from(full);
+        assert_eq!((e.status, e.code), (StatusCode::INSUFFICIENT_STORAGE, "storage_full"));
+        assert!(e.detail.as_deref().is_some_and(|d| d.contains("000001.wal")), "{:?}", e.detail);
+        assert!(!e.message.contains("wal"), "no internals to the client: {}", e.message);
+    }
+
+    #[test]
+    fn messages_quote_inputs_only_up_to_a_bound() {
+        let long = "x".repeat(10_000);
+        let e = ApiError::invalid(format!("no record {}", quote(&long)));
+        assert!(e.message.chars().count() <= MAX_QUOTE_CHARS + 20, "{}", e.message.len());
+        assert!(e.message.ends_with("…\""), "{}", e.message);
+        let e = ApiError::invalid(long);
+        assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert_eq!(clip("héllo", 2), "hé…");
+        assert_eq!(clip("hé", 2), "hé");
     }
 }

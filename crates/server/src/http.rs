@@ -1,8 +1,10 @@
-//! Middleware: request ids, security headers, load shedding, metrics and logs for every
-//! request; authentication, rate limits, timeouts, usage and audit for protected routes.
+//! Middleware: request ids, security headers, metrics and logs for every request;
+//! authentication, rate limits, the body deadline, load shedding (shared and per key),
+//! timeouts with cancellation, usage and audit for protected routes.
 
 use crate::api::{AuditDetail, DocsPage, audit_action};
-use crate::error::{ApiError, REQUEST_ID, current_request_id};
+use crate::engine::{CANCEL, Cancel};
+use crate::error::{ApiError, ErrorDetail, REQUEST_ID, current_request_id};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::{AppState, UsageDelta};
 use axum::extract::{MatchedPath, Request, State};
@@ -36,7 +38,9 @@ fn client_request_id(req: &Request) -> Option<ClientRequestId> {
         .map(|s| ClientRequestId(s.to_owned()))
 }
 
-/// Outermost: request id, load shedding, security headers, metrics and the access log.
+/// Outermost: request id, security headers, metrics and the access log. Nothing here
+/// sheds load: public routes (`/healthz` …) are always answered, and the shared limit
+/// counts only authenticated work (see [`guard`]).
 pub async fn observe(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let rid = uuid::Uuid::new_v4().to_string();
@@ -45,36 +49,16 @@ pub async fn observe(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
     }
     let route = route_of(&req);
     let method = req.method().as_str().to_owned();
-    let permit = st.inflight.clone().try_acquire_owned();
-    let mut resp = match permit {
-        Ok(_permit) => {
-            st.metrics.inflight.inc();
-            let span = tracing::info_span!(
-                "http.request",
-                otel.name = format!("{method} {route}"),
-                request_id = rid.as_str(),
-                http.request.method = method.as_str(),
-                http.route = route.as_str(),
-                http.response.status_code = tracing::field::Empty,
-            );
-            let r = REQUEST_ID.scope(rid.clone(), next.run(req)).instrument(span.clone()).await;
-            span.record("http.response.status_code", r.status().as_u16());
-            st.metrics.inflight.dec();
-            r
-        }
-        Err(_) => {
-            st.metrics.refuse("overloaded");
-            REQUEST_ID.sync_scope(rid.clone(), || {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "too many requests in flight; retry shortly",
-                )
-                .retry_after(1)
-                .into_response()
-            })
-        }
-    };
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{method} {route}"),
+        request_id = rid.as_str(),
+        http.request.method = method.as_str(),
+        http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let mut resp = REQUEST_ID.scope(rid.clone(), next.run(req)).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
     let status = resp.status().as_u16();
     let h = resp.headers_mut();
     if st.draining.load(std::sync::atomic::Ordering::SeqCst) {
@@ -111,7 +95,7 @@ pub async fn observe(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
 /// under the timeout, and audit writes, admin actions and refusals. The handler runs as
 /// its own task, so a timeout answers the client but never cuts a write off from its
 /// audit entry.
-pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let rid = current_request_id();
     let route = route_of(&req);
     let method = req.method().as_str().to_owned();
@@ -153,50 +137,151 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
             .into_response();
     }
     st.add_usage(&principal.key_id, UsageDelta { requests: 1, ..Default::default() });
+    // The body arrives before a slot is taken, under its own short deadline: a client
+    // that trickles its body holds nothing that other clients need.
+    let req = match read_body(&st, req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let slot = match Slot::take(&st, &principal.key_id) {
+        Ok(s) => s,
+        Err(why) => {
+            st.metrics.refuse("overloaded");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", why).retry_after(1).into_response();
+        }
+    };
+    let mut req = req;
     let actor = principal.actor();
     req.extensions_mut().insert(principal);
     let action = audit_action(&method, &route);
     let st2 = st.clone();
     let rid2 = rid.clone();
     let running = HandlerRunning::start(&st);
-    let task = tokio::spawn(REQUEST_ID.scope(rid.clone(), async move {
-        let _running = running;
-        let resp = next.run(req).await;
-        let status = resp.status();
-        let denied = status == StatusCode::FORBIDDEN;
-        if action.is_none() && !denied {
-            return resp;
-        }
-        if denied {
-            st2.metrics.refuse("forbidden");
-        }
-        let outcome = if status.is_success() {
-            "ok"
-        } else if denied {
-            "denied"
-        } else {
-            "error"
-        };
-        let mut detail = format!("status={}{client_rid}", status.as_u16());
-        if let Some(d) = resp.extensions().get::<AuditDetail>() {
-            detail = format!("{detail} {}", d.0);
-        }
-        let action = action.map_or_else(|| format!("authz.denied {method} {route}"), str::to_owned);
-        match st2.audit(&rid2, &actor, &action, &target, outcome, &detail).await {
-            Ok(()) => resp,
-            Err(e) => e.into_response(),
-        }
-    }));
+    let cancel = Cancel::default();
+    let work = CANCEL.scope(
+        cancel.clone(),
+        REQUEST_ID.scope(rid.clone(), async move {
+            let _running = running;
+            let _slot = slot;
+            let resp = next.run(req).await;
+            let status = resp.status();
+            let denied = status == StatusCode::FORBIDDEN;
+            if action.is_none() && !denied {
+                return resp;
+            }
+            if denied {
+                st2.metrics.refuse("forbidden");
+            }
+            let outcome = if status.is_success() {
+                "ok"
+            } else if denied {
+                "denied"
+            } else {
+                "error"
+            };
+            let mut detail = format!("status={}{client_rid}", status.as_u16());
+            if let Some(d) = resp.extensions().get::<AuditDetail>() {
+                detail = format!("{detail} {}", d.0);
+            }
+            let action = action.map_or_else(|| format!("authz.denied {method} {route}"), str::to_owned);
+            match st2.audit(&rid2, &actor, &action, &target, outcome, &detail).await {
+                Ok(()) => resp,
+                Err(audit_error) => {
+                    // Both failures go to the log: the request's own (say, the WAL's) first.
+                    let original = resp.extensions().get::<ErrorDetail>().map_or("-", |d| d.0.as_str());
+                    tracing::error!(
+                        request_id = rid2,
+                        status = status.as_u16(),
+                        error = original,
+                        audit_error = %audit_error,
+                        "the audit entry of a request could not be written"
+                    );
+                    if status.is_success() { audit_error.into_response() } else { resp }
+                }
+            }
+        }),
+    );
+    let task = tokio::spawn(work);
     let limit = Duration::from_millis(st.config.limits.timeout_ms);
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(join)) => ApiError::internal(format_args!("handler task failed: {join}")).into_response(),
         Err(_) => {
+            // Nobody waits for read-only work any more: stop it (writes complete).
+            cancel.cancel();
             st.metrics.refuse("timeout");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", format!("the request took longer than {limit:?}"))
                 .retry_after(1)
                 .into_response()
         }
+    }
+}
+
+/// Reads the whole body within `limits.body_read_timeout_ms` and `limits.max_body_bytes`;
+/// the request goes on with the bytes in memory. Too slow: 408 `body_timeout` (and the
+/// connection closes); too large: 413.
+async fn read_body(st: &AppState, req: Request) -> Result<Request, Response> {
+    use http_body_util::BodyExt as _;
+    let limits = &st.config.limits;
+    let (parts, body) = req.into_parts();
+    let deadline = Duration::from_millis(limits.body_read_timeout_ms);
+    let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
+    match tokio::time::timeout(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()))),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {} bytes", limits.max_body_bytes),
+        )
+        .into_response()),
+        Ok(Err(e)) => Err(ApiError::invalid(format!("request body could not be read: {e}")).into_response()),
+        Err(_) => {
+            st.metrics.refuse("body_timeout");
+            let mut resp = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {deadline:?}"),
+            )
+            .into_response();
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(resp)
+        }
+    }
+}
+
+/// One of the `limits.concurrency` slots for authenticated work, counted against its
+/// key's share too; both are given back on drop.
+struct Slot {
+    st: Arc<AppState>,
+    key: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn take(st: &Arc<AppState>, key: &str) -> Result<Slot, &'static str> {
+        let mut held = st.slots_by_key.lock();
+        let mine = held.get(key).copied().unwrap_or(0);
+        if mine >= st.per_key_slots() {
+            return Err("this key has too many requests in flight; retry shortly");
+        }
+        let permit =
+            st.inflight.clone().try_acquire_owned().map_err(|_| "too many requests in flight; retry shortly")?;
+        held.insert(key.to_owned(), mine + 1);
+        st.metrics.inflight.inc();
+        Ok(Slot { st: st.clone(), key: key.to_owned(), _permit: permit })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.st.slots_by_key.lock();
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+        self.st.metrics.inflight.dec();
     }
 }
 

@@ -346,6 +346,7 @@ impl AppState {
                     fs_err::create_dir_all(dir).map_err(ApiError::internal)?;
                 }
                 kernelize_kernel::write_file(&path, &built.bytes)?;
+                crate::files::private_file(&path).map_err(ApiError::internal)?;
                 Ok(built.manifest)
             })
             .await;
@@ -437,18 +438,19 @@ impl AppState {
             (None, Some(_)) => Some(self.embedder()?),
             (None, None) => return Err(ApiError::invalid("give the query as `vector` or `text`")),
         };
-        let (hits, took) = blocking(move || {
+        let (hits, took) = crate::engine::cancellable(move |cancel| {
             let t = std::time::Instant::now();
             let vector = match (req.vector, &embedder) {
                 (Some(v), _) => v,
                 (None, Some(e)) => e
-                    .embed(&[req.text.as_deref().unwrap_or("")])
-                    .map_err(ApiError::internal)?
+                    .embed_cancellable(&[req.text.as_deref().unwrap_or("")], cancel.flag())
+                    .map_err(crate::engine::embed_error)?
                     .into_iter()
                     .next()
                     .unwrap_or_default(),
                 (None, None) => Vec::new(),
             };
+            cancel.check()?;
             let hits = kernel.search(&vector, &SearchParams { k, probe, filter })?;
             Ok((hits, t.elapsed().as_secs_f64() * 1e3))
         })

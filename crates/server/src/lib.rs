@@ -15,6 +15,7 @@ pub mod config;
 pub mod docs;
 pub mod engine;
 pub mod error;
+mod files;
 pub mod http;
 pub mod kernels;
 pub mod meta;
@@ -205,8 +206,21 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 pub async fn start(config: Config) -> Result<Running> {
     config.validate()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Bind first: a taken port fails here, at once, before anything is opened.
+    let listener =
+        std::net::TcpListener::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
+    listener.set_nonblocking(true).with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr().with_context(|| format!("listening on {}", config.listen))?;
+    files::private_dir(&config.data_dir)?;
+    if config.database_url.is_none() {
+        files::private_sqlite(&config.data_dir.join("control.db"))?;
+    }
     let data_dir = config.data_dir.clone();
-    let opts = kernelize_store::Options { durability: config.durability.parse()?, ..Default::default() };
+    let opts = kernelize_store::Options {
+        durability: config.durability.parse()?,
+        memtable_bytes: config.memtable_mb.saturating_mul(1 << 20),
+        ..Default::default()
+    };
     let db = tokio::task::spawn_blocking(move || kernelize_store::Database::open(&data_dir, opts))
         .await?
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
@@ -222,6 +236,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let meta = meta::MetaStore::connect(&config.database_url()).await?;
     meta.fail_interrupted_jobs(state::now_ms()).await?;
     let kernels = kernels::Kernels::load(&config.data_dir)?;
+    files::private_dir(&config.data_dir.join("kernels"))?;
     let audit_keys = Arc::new(audit::AuditKeys::load_or_create(&config.data_dir)?);
     meta.ensure_keyed(&audit_keys).await?;
     let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels, audit_keys));
@@ -243,28 +258,23 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
-    let listen = state.config.listen;
+    let header_timeout = Duration::from_millis(state.config.limits.header_read_timeout_ms);
     let task = match (&state.config.tls_cert, &state.config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
-            let server = axum_server::bind_rustls(listen, tls).handle(handle.clone());
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(header_timeout)
+                .acceptor(FirstByte(header_timeout));
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle.clone());
+            connection_timeouts(server.http_builder(), header_timeout);
             tokio::spawn(async move { server.serve(app).await.context("serving HTTPS") })
         }
         _ => {
-            let server = axum_server::bind(listen).handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener).acceptor(FirstByte(header_timeout)).handle(handle.clone());
+            connection_timeouts(server.http_builder(), header_timeout);
             tokio::spawn(async move { server.serve(app).await.context("serving HTTP") })
-        }
-    };
-    let addr = match handle.listening().await {
-        Some(a) => a,
-        None => {
-            return Err(match task.await {
-                Ok(Err(e)) => e,
-                _ => anyhow::anyhow!("the server stopped before listening"),
-            })
-            .with_context(|| format!("listening on {listen}"));
         }
     };
     let scheme = if state.config.tls_cert.is_some() { "https" } else { "http" };
@@ -272,21 +282,67 @@ pub async fn start(config: Config) -> Result<Running> {
     Ok(Running { addr, admin_key, handle, task, state })
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Closes connections whose request headers take longer than `header` to arrive, and
+/// kept-alive connections idle for as long (hyper starts the same timer while it waits
+/// for the next request's first byte).
+fn connection_timeouts(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header: Duration,
+) {
+    b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header);
+}
+
+/// Hands a new connection on only once its first byte arrived, within the given time
+/// (else drops it): before that, hyper's own header timer is not running yet (it first
+/// reads to tell HTTP/1 from HTTP/2).
+#[derive(Debug, Clone, Copy)]
+struct FirstByte(Duration);
+
+impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for FirstByte {
+    type Stream = tokio::net::TcpStream;
+    type Service = S;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(tokio::net::TcpStream, S)>> + Send>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let wait = self.0;
+        Box::pin(async move {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+                Ok(peeked) => peeked.map(|_| (stream, service)),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request on a new connection")),
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
+        })
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+///
+/// The handlers are installed when this is called (inside the runtime), not when the
+/// future is first polled: call it before announcing the address, so a signal sent
+/// right after startup stops the server cleanly instead of killing the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (int, term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! { () = wait(int) => {}, () = wait(term) => {} }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

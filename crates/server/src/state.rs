@@ -42,8 +42,10 @@ pub struct AppState {
     pub kernels: crate::kernels::Kernels,
     /// The audit chain's HMAC key and checkpoint signing key.
     pub audit_keys: Arc<crate::audit::AuditKeys>,
-    /// Requests being served (load shedding beyond `limits.concurrency`).
+    /// Authenticated requests being served (load shedding beyond `limits.concurrency`).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Slots of `inflight` held by each key (at most [`AppState::per_key_slots`]).
+    pub(crate) slots_by_key: Mutex<HashMap<String, usize>>,
     /// Protected handlers still running, including those whose client already got a
     /// timeout: shutdown waits for them, so no acknowledged write loses its audit entry.
     pub handlers: std::sync::atomic::AtomicUsize,
@@ -54,6 +56,9 @@ pub struct AppState {
     failures: DefaultKeyedRateLimiter<std::net::IpAddr>,
     usage: Mutex<HashMap<String, UsageRow>>,
     audit_lock: tokio::sync::Mutex<()>,
+    /// Serialises key revocation and rotation in this process, so two admins cannot each
+    /// revoke the other's key past the last-admin check.
+    pub(crate) key_admin: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -116,6 +121,7 @@ impl AppState {
             kernels,
             audit_keys,
             inflight,
+            slots_by_key: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
             handlers: std::sync::atomic::AtomicUsize::new(0),
             keys: Mutex::new(HashMap::new()),
@@ -123,8 +129,15 @@ impl AppState {
             failures: RateLimiter::keyed(fail_quota),
             usage: Mutex::new(HashMap::new()),
             audit_lock: tokio::sync::Mutex::new(()),
+            key_admin: tokio::sync::Mutex::new(()),
             config,
         }
+    }
+
+    /// Most slots of `limits.concurrency` one key may hold at once (at least one).
+    pub fn per_key_slots(&self) -> usize {
+        let l = &self.config.limits;
+        (l.concurrency * usize::from(l.per_key_concurrency_percent) / 100).max(1)
     }
 
     async fn key_row(&self, id: &str) -> Result<Option<KeyRow>, ApiError> {
@@ -181,7 +194,13 @@ impl AppState {
         }
         if cred.bytes().filter(|b| *b == b'.').count() == 2 {
             let claims = self.secrets.verify_token(cred).map_err(|e| deny("anonymous", &format!("token: {e}")))?;
-            let claimed = format!("token:{}", claims.sub);
+            let claimed = format!("token:{}", crate::error::clip(&claims.sub, 64));
+            // Signed by us, yet living longer than any token we mint: refused.
+            let max = self.config.limits.max_token_ttl_secs;
+            let now_s = u64::try_from(now / 1000).unwrap_or(0);
+            if claims.exp.saturating_sub(claims.iat) > max || claims.exp > now_s.saturating_add(max) {
+                return Err(deny(&claimed, "token lifetime beyond limits.max_token_ttl_secs"));
+            }
             let row =
                 self.key_row(&claims.sub).await.map_err(|e| (e, claimed.clone(), "metadata store error".into()))?;
             let Some(row) = row.filter(|r| r.active(now)) else {

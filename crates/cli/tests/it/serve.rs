@@ -120,3 +120,145 @@ fn request_spans_are_exported_over_otlp() {
     assert!(has(b"GET /v1/collections"), "span name missing");
     assert!(has(b"request_id"), "request id attribute missing");
 }
+
+/// Starts `kernelize serve` with `extra` arguments; returns the child and its address.
+fn start_serve(dir: &std::path::Path, key: &str, extra: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kernelize"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .args(["serve", "--listen", "127.0.0.1:0", "--print-addr", "--admin-key", key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_owned();
+    (child, addr)
+}
+
+fn stop(child: std::process::Child) {
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "serve exited with {:?}", out.status);
+}
+
+fn http(addr: &str, method: &str, path: &str, key: &str, body: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn serve_exits_when_port_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for run in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kernelize"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["serve", "--listen", &addr, "--log-format", "text"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("run {run}: serve still running 30 s after its port was found taken");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(!status.success(), "run {run}");
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(err.contains(&addr) && err.contains("in use"), "run {run}: {err}");
+    }
+    drop(taken);
+}
+
+#[test]
+fn serve_honours_memtable_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "kz_clitest00000_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
+    let (child, addr) = start_serve(dir.path(), key, &["--memtable-mb", "1"]);
+    let r = http(&addr, "POST", "/v1/collections", key, r#"{"name": "docs", "dim": 64}"#);
+    assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+    // About 2.5 MiB of records: past a 1 MiB memtable, far below the 64 MiB default.
+    for b in 0..5 {
+        let recs: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"id": "b{b}-{i}", "vector": [{}], "text": "{}"}}"#,
+                    vec!["0.5"; 64].join(","),
+                    "t".repeat(200)
+                )
+            })
+            .collect();
+        let r = http(
+            &addr,
+            "POST",
+            "/v1/collections/docs/records",
+            key,
+            &format!(r#"{{"records": [{}]}}"#, recs.join(",")),
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    let mut segments = 0;
+    for _ in 0..200 {
+        let r = http(&addr, "GET", "/v1/collections/docs", key, "");
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        segments = v["segments"].as_u64().unwrap_or(0);
+        if segments > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(segments > 0, "no segment flushed with --memtable-mb 1");
+    stop(child);
+}
+
+#[test]
+fn admin_key_reset_recovers_a_locked_out_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "kz_clitest00000_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
+    let (child, _) = start_serve(dir.path(), key, &[]);
+    stop(child);
+    // Locked out: the only admin key revoked (as older servers allowed).
+    let db = dir.path().join("control.db");
+    let edit = Command::new("python3")
+        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE api_keys SET revoked_ms = 1\"); c.commit()"])
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(edit.success());
+    let out = kz(dir.path(), &["admin-key", "reset"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fresh = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(fresh.starts_with("kz_") && !fresh.contains('\n'), "the key alone on stdout: {fresh}");
+    // The server starts with the revoked key configured (it is not brought back, and an
+    // active admin exists now), and the new key administers it.
+    let (child, addr) = start_serve(dir.path(), key, &[]);
+    assert!(http(&addr, "GET", "/v1/keys", key, "").starts_with("HTTP/1.1 401"));
+    assert!(http(&addr, "GET", "/v1/keys", &fresh, "").starts_with("HTTP/1.1 200"));
+    let r = http(&addr, "GET", "/v1/audit?action=keys.reset", &fresh, "");
+    assert!(r.contains("\"actor\":\"system\""), "{r}");
+    stop(child);
+    let verified = ok(dir.path(), &["audit", "verify"]);
+    assert!(verified.starts_with("audit log OK"), "{verified}");
+}

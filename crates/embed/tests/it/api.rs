@@ -80,3 +80,14 @@ fn corrupt_model_files_are_errors_not_panics() {
     fs_err::write(tmp.path().join("config.json"), br#"{"hidden_size": 7}"#).expect("write");
     assert!(matches!(Embedder::load(tmp.path()), Err(Error::Corrupt { .. })));
 }
+
+#[test]
+fn embed_cancellable_stops_when_told_and_matches_embed_otherwise() {
+    let e = embedder();
+    let texts: Vec<String> = (0..40).map(|i| format!("sentence number {i} about cancelling work")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let go = std::sync::atomic::AtomicBool::new(false);
+    assert_eq!(e.embed_cancellable(&refs, &go).unwrap(), e.embed(&refs).unwrap());
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    assert!(matches!(e.embed_cancellable(&refs, &stop), Err(Error::Cancelled)));
+}
