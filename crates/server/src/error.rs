@@ -21,7 +21,7 @@ pub struct ErrorBody {
     /// Stable machine-readable code: `invalid_request`, `unauthenticated`, `forbidden`,
     /// `not_found`, `conflict`, `method_not_allowed`, `payload_too_large`,
     /// `unsupported_media_type`, `rate_limited`, `overloaded`, `timeout`, `unavailable`,
-    /// `internal`.
+    /// `collection_unavailable`, `internal`.
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
@@ -113,7 +113,23 @@ impl From<kernelize_store::Error> for ApiError {
             ErrorClass::NotFound => ApiError::not_found(e.to_string()),
             ErrorClass::Conflict => ApiError::conflict(e.to_string()),
             ErrorClass::Transient => ApiError::unavailable("storage is temporarily unavailable").retry_after(1),
-            ErrorClass::Corruption | ErrorClass::Fatal => ApiError::internal(e),
+            // A damaged collection, or one poisoned by a failed write: 503 every time, with
+            // a stable code; details go to the log (and its name to /readyz).
+            ErrorClass::Unavailable | ErrorClass::Fatal => {
+                let request_id = current_request_id();
+                tracing::error!(request_id, error = %e, "collection unavailable");
+                let message = match &e {
+                    kernelize_store::Error::Poisoned { collection, .. } => format!(
+                        "collection {collection} refuses writes after a failed write to disk; it recovers when the server restarts"
+                    ),
+                    kernelize_store::Error::Unavailable { collection, .. } => format!(
+                        "collection {collection} is unavailable: its files are damaged and an operator must recover it"
+                    ),
+                    _ => "the collection is unavailable".to_owned(),
+                };
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collection_unavailable", message)
+            }
+            ErrorClass::Corruption => ApiError::internal(e),
         }
     }
 }
@@ -134,5 +150,22 @@ impl From<kernelize_index::search::SearchError> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
         ApiError::internal(format_args!("metadata store: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisoned_and_unavailable_collections_are_503_collection_unavailable() {
+        for e in [
+            kernelize_store::Error::Poisoned { collection: "c".into(), cause: "fsync failed".into() },
+            kernelize_store::Error::Unavailable { collection: "c".into(), reason: "damaged WAL".into() },
+        ] {
+            let a = ApiError::from(e);
+            assert_eq!((a.status, a.code), (StatusCode::SERVICE_UNAVAILABLE, "collection_unavailable"), "{a}");
+            assert!(a.message.contains("collection c"), "{a}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 mod functional;
+mod health;
 mod kernels;
 mod matrix;
 mod security;
