@@ -240,7 +240,8 @@ pub fn open_db(cli: &Cli) -> Result<Database> {
     if cli.read_only {
         bail!("this command writes to the data directory; run it without --read-only");
     }
-    let db = Database::open(&cli.data_dir, options(cli)?).with_context(|| format!("opening {}", cli.data_dir.display()))?;
+    let db =
+        Database::open(&cli.data_dir, options(cli)?).with_context(|| format!("opening {}", cli.data_dir.display()))?;
     report_recovery(&db);
     Ok(db)
 }
@@ -460,7 +461,13 @@ fn recover(cli: &Cli, a: &RecoverArgs) -> Result<ExitCode> {
         println!("collection {} is open and its WAL is clean: nothing to recover", a.collection);
         return Ok(ExitCode::SUCCESS);
     };
-    println!("collection {}: the WAL is bad at {} offset {}: {}", a.collection, loss.file.display(), loss.offset, loss.reason);
+    println!(
+        "collection {}: the WAL is bad at {} offset {}: {}",
+        a.collection,
+        loss.file.display(),
+        loss.offset,
+        loss.reason
+    );
     println!("  drop: {} bytes of {} from offset {}", loss.bytes, loss.file.display(), loss.cut_at);
     for f in &loss.later_files {
         println!("  drop: later WAL file {}", f.display());

@@ -234,7 +234,11 @@ impl AppState {
             let seq = c.upsert(records)?;
             // The batch is durable (its WAL commit succeeded) even if the flush after it failed.
             if let kernelize_store::Health::FlushFailing(error) = c.health() {
-                tracing::warn!(collection = c.name(), error, "memtable flush failed after a durable write; retried later");
+                tracing::warn!(
+                    collection = c.name(),
+                    error,
+                    "memtable flush failed after a durable write; retried later"
+                );
             }
             Ok((seq, bytes, n))
         })

@@ -402,7 +402,7 @@ fn check_tar_end(f: &fs_err::File, path: &Path, len: u64) -> Result<()> {
             format!("truncated: the archive ends at byte {len} {why} (an interrupted or cut-off copy)"),
         ))
     };
-    if len < 1024 || len % 512 != 0 {
+    if len < 1024 || !len.is_multiple_of(512) {
         return truncated("in the middle of a 512-byte block");
     }
     let mut end = [0u8; 1024];

@@ -120,7 +120,9 @@ impl std::fmt::Display for WalLoss {
             write!(f, " and {} later WAL files ({} bytes)", self.later_files.len(), self.later_bytes)?;
         }
         match self.seqs {
-            Some((lo, hi)) => write!(f, ", holding {} intact frames (sequence numbers {lo}..={hi})", self.intact_frames),
+            Some((lo, hi)) => {
+                write!(f, ", holding {} intact frames (sequence numbers {lo}..={hi})", self.intact_frames)
+            }
             None => write!(f, ", holding no intact frame (a torn tail)"),
         }
     }
@@ -328,7 +330,12 @@ impl Collection {
 
     /// One attempt at a consistent read-only view; None when a writer changed the
     /// manifest meanwhile.
-    fn try_open_read_only(storage: Arc<dyn Storage>, dir: &Path, name: &str, opts: Options) -> Result<Option<Collection>> {
+    fn try_open_read_only(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        name: &str,
+        opts: Options,
+    ) -> Result<Option<Collection>> {
         let mpath = dir.join(MANIFEST);
         let before = storage.read(&mpath).ok();
         let manifest = Manifest::load(&*storage, &mpath)?;
@@ -346,7 +353,9 @@ impl Collection {
             loss: plan.loss,
             ..RecoveryReport::default()
         };
-        Ok(Some(Collection::assemble(storage, dir, name, opts, manifest, segments, plan.mem, plan.next, None, report, true)))
+        Ok(Some(Collection::assemble(
+            storage, dir, name, opts, manifest, segments, plan.mem, plan.next, None, report, true,
+        )))
     }
 
     fn open_writable(
@@ -400,7 +409,8 @@ impl Collection {
         // it on the first write.
         let wal = WalWriter::create(&*storage, &wal_dir, plan.next).ok();
         let flushed = manifest.flushed_seq;
-        let c = Collection::assemble(storage, dir, name, opts, manifest, segments, plan.mem, plan.next, wal, report, false);
+        let c =
+            Collection::assemble(storage, dir, name, opts, manifest, segments, plan.mem, plan.next, wal, report, false);
         // Best effort: files left for later are retired by the next flush.
         let _ = c.retire_wal_files(flushed);
         Ok(c)
@@ -1175,9 +1185,8 @@ fn apply_cut(storage: &dyn Storage, wal_dir: &Path, plan: &ReplayPlan, report: &
     if !cut_bytes.is_empty() && !cut.header_only_tail {
         let keep = quarantine.join(format!("{}.at-{}.tail", cut.name, cut.valid_len));
         let kept = if have_quarantine {
-            crate::storage::write_atomic(storage, &keep, cut_bytes).map_err(|e| {
+            crate::storage::write_atomic(storage, &keep, cut_bytes).inspect_err(|_| {
                 let _ = storage.remove_file(&keep.with_extension("tmp"));
-                e
             })
         } else {
             Err(std::io::Error::other(format!("cannot create {}", quarantine.display())))

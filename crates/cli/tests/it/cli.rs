@@ -216,12 +216,15 @@ fn reads_work_beside_a_process_holding_the_data_directory() {
     // Enough batches for a flush (segments to search) while it keeps writing.
     let segs = d.join("collections/c/seg");
     while let Some(Ok(_)) = lines.next() {
-        if fs_err::read_dir(&segs).is_ok_and(|mut r| r.any(|e| e.unwrap().path().extension().is_some_and(|x| x == "seg"))) {
+        if fs_err::read_dir(&segs)
+            .is_ok_and(|mut r| r.any(|e| e.unwrap().path().extension().is_some_and(|x| x == "seg")))
+        {
             break;
         }
     }
     let before: Vec<String> = {
-        let mut v: Vec<String> = fs_err::read_dir(&segs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> =
+            fs_err::read_dir(&segs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     };
