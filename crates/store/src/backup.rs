@@ -461,7 +461,9 @@ fn check_collection(tree: &Tree, name: &str) -> Result<VerifyReport> {
                 let from = usize::try_from(scan.valid_len).unwrap_or(usize::MAX).min(bytes.len());
                 let last_live = dir == "wal" && i + 1 == files.len();
                 let problem = Error::corrupt(tree.display(&rel), offset, reason);
-                if last_live && wal::intact_frames_from(&bytes, from, min_seq).0 == 0 {
+                // Only an incomplete frame at the very end is a torn tail; a complete frame
+                // with a bad checksum is reported (recovery would cut it all the same).
+                if last_live && scan.torn && wal::intact_frames_from(&bytes, from, min_seq).0 == 0 {
                     if let Error::Corruption { path, offset, reason } = problem {
                         report.torn_tails.push(Problem { path, offset, reason });
                     }

@@ -65,14 +65,18 @@ pub struct Scan<'a> {
     pub valid_len: u64,
     /// Where and why the scan stopped early; None if the whole file is clean.
     pub problem: Option<(u64, String)>,
+    /// The problem is an incomplete header or frame running into the end of the bytes
+    /// (what an interrupted append leaves), not bad bytes.
+    pub torn: bool,
 }
 
 /// Scans WAL bytes. `expected_seq` is the sequence number the first frame must carry
 /// (None: take the header's). Never panics on any input.
 pub fn scan(bytes: &[u8]) -> Scan<'_> {
-    let mut out = Scan { first_seq: None, frames: Vec::new(), valid_len: 0, problem: None };
+    let mut out = Scan { first_seq: None, frames: Vec::new(), valid_len: 0, problem: None, torn: false };
     if bytes.len() < WAL_HEADER_LEN {
         out.problem = Some((0, format!("file header torn: {} of {WAL_HEADER_LEN} bytes", bytes.len())));
+        out.torn = true;
         return out;
     }
     if bytes[..8] != WAL_MAGIC {
@@ -92,6 +96,7 @@ pub fn scan(bytes: &[u8]) -> Scan<'_> {
         let rest = &bytes[pos..];
         if rest.len() < FRAME_HEADER_LEN {
             out.problem = Some((at, format!("torn frame header: {} of {FRAME_HEADER_LEN} bytes", rest.len())));
+            out.torn = true;
             break;
         }
         let mut r = Reader::new(rest, at);
@@ -106,6 +111,7 @@ pub fn scan(bytes: &[u8]) -> Scan<'_> {
         if rest.len() - FRAME_HEADER_LEN < len {
             out.problem =
                 Some((at, format!("torn frame: payload needs {len} bytes, {} present", rest.len() - FRAME_HEADER_LEN)));
+            out.torn = true;
             break;
         }
         let payload = &rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
