@@ -6,8 +6,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use kernelize_store::Op;
 use kernelize_store::{
-    BackupFormat, CollectionConfig, Database, Durability, IndexSettings, Metric, Options, SegmentOptions, backup,
-    export_parquet, restore, verify,
+    BackupFormat, CollectionConfig, Database, Durability, Health, IndexSettings, Metric, Options, SegmentOptions,
+    backup, export_parquet, restore, verify,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -147,6 +147,17 @@ pub struct VerifyArgs {
     pub path: Option<PathBuf>,
 }
 
+/// `recover` arguments.
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    /// The unavailable collection.
+    #[arg(long, short)]
+    pub collection: String,
+    /// Drop what follows the bad frame (without it: only report, change nothing).
+    #[arg(long)]
+    pub accept_loss: bool,
+}
+
 /// `export` arguments.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -214,20 +225,37 @@ fn debug(cli: &Cli, cmd: &DebugCmd) -> Result<()> {
     Ok(())
 }
 
-pub fn open_db(cli: &Cli) -> Result<Database> {
+fn options(cli: &Cli) -> Result<Options> {
     let durability: Durability = cli.durability.parse()?;
-    let opts = Options {
+    Ok(Options {
         durability,
         memtable_bytes: cli.memtable_mb.max(1) << 20,
         segment: SegmentOptions::default(),
         ..Options::default()
-    };
-    let db = Database::open(&cli.data_dir, opts).with_context(|| format!("opening {}", cli.data_dir.display()))?;
+    })
+}
+
+/// Opens the data directory for a command that writes.
+pub fn open_db(cli: &Cli) -> Result<Database> {
+    if cli.read_only {
+        bail!("this command writes to the data directory; run it without --read-only");
+    }
+    let db =
+        Database::open(&cli.data_dir, options(cli)?).with_context(|| format!("opening {}", cli.data_dir.display()))?;
+    report_recovery(&db);
+    Ok(db)
+}
+
+fn report_recovery(db: &Database) {
     for c in db.collections() {
         let r = c.recovery_report();
         if let Some((path, offset, reason, cut)) = &r.truncated {
+            let kept = match &r.not_kept {
+                None => "kept in wal/quarantine/".to_owned(),
+                Some(why) => format!("not kept ({why})"),
+            };
             eprintln!(
-                "warning: collection {}: WAL tail cut at {} offset {offset} ({reason}); {cut} bytes kept in wal/quarantine/",
+                "warning: collection {}: WAL tail cut at {} offset {offset} ({reason}); {cut} bytes {kept}",
                 c.name(),
                 path.display()
             );
@@ -236,7 +264,50 @@ pub fn open_db(cli: &Cli) -> Result<Database> {
             eprintln!("warning: collection {}: WAL file after a bad frame quarantined: {}", c.name(), q.display());
         }
     }
+    warn_unavailable(db);
+}
+
+/// Opens the data directory for a command that only reads: read-only with --read-only,
+/// or when another process (a server) holds it; otherwise as a writer would.
+pub fn open_db_for_reading(cli: &Cli) -> Result<Database> {
+    let opts = options(cli)?;
+    let read_only = || {
+        Database::open_read_only(&cli.data_dir, opts)
+            .with_context(|| format!("opening {} read-only", cli.data_dir.display()))
+    };
+    let db = if cli.read_only {
+        read_only()?
+    } else {
+        match Database::open(&cli.data_dir, opts) {
+            Ok(db) => {
+                report_recovery(&db);
+                db
+            }
+            Err(e) if e.is_locked() => {
+                eprintln!(
+                    "note: {} is in use by another process; reading a snapshot as of now (read-only)",
+                    cli.data_dir.display()
+                );
+                read_only()?
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", cli.data_dir.display())),
+        }
+    };
+    if db.is_read_only() {
+        warn_unavailable(&db);
+        for c in db.collections() {
+            if let Some(loss) = &c.recovery_report().loss {
+                eprintln!("note: collection {}: the WAL ends in a torn tail, not read: {loss}", c.name());
+            }
+        }
+    }
     Ok(db)
+}
+
+fn warn_unavailable(db: &Database) {
+    for (name, reason) in db.unavailable() {
+        eprintln!("warning: collection {name} is unavailable: {reason}");
+    }
 }
 
 pub fn run(cli: &Cli) -> Result<ExitCode> {
@@ -248,7 +319,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Collection(cmd) => collection(cli, cmd)?,
         Command::Upsert(a) => upsert(cli, a)?,
         Command::Get(a) => {
-            let db = open_db(cli)?;
+            let db = open_db_for_reading(cli)?;
             let c = db.collection(&a.collection)?;
             let snap = c.snapshot();
             let mut missing = 0;
@@ -273,7 +344,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             println!("deleted {} ids (seq {seq})", a.ids.len());
         }
         Command::Scan(a) => {
-            let db = open_db(cli)?;
+            let db = open_db_for_reading(cli)?;
             let snap = db.collection(&a.collection)?.snapshot();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for r in snap.scan(a.after.as_deref()).take(a.limit.unwrap_or(usize::MAX)) {
@@ -281,7 +352,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             }
         }
         Command::Stats(a) => {
-            let db = open_db(cli)?;
+            let db = open_db_for_reading(cli)?;
             let names = match &a.collection {
                 Some(n) => vec![n.clone()],
                 None => db.list(),
@@ -342,6 +413,11 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Verify(a) => {
             let path = a.path.clone().unwrap_or_else(|| cli.data_dir.clone());
             let r = verify(&path)?;
+            for t in &r.torn_tails {
+                eprintln!(
+                    "note: torn WAL tail (an interrupted or in-progress write, never acknowledged; cut on the next open): {t}"
+                );
+            }
             if let Some(p) = r.problems.first() {
                 eprintln!("FAILED: {p}");
                 if r.problems.len() > 1 {
@@ -355,13 +431,14 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             if a.format != "parquet" {
                 bail!("unsupported export format {:?}: only parquet", a.format);
             }
-            let db = open_db(cli)?;
+            let db = open_db_for_reading(cli)?;
             let snap = db.collection(&a.collection)?.snapshot();
             let pb = progress::count("exported");
             let rows = export_parquet(&snap, &a.out, &mut |n| pb.set_position(n))?;
             pb.finish_and_clear();
             println!("exported {rows} records to {}", a.out.display());
         }
+        Command::Recover(a) => return recover(cli, a),
         Command::Debug(cmd) => debug(cli, cmd)?,
         Command::Bench(_)
         | Command::Embed(_)
@@ -380,8 +457,53 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn collection(cli: &Cli, cmd: &CollectionCmd) -> Result<()> {
+fn recover(cli: &Cli, a: &RecoverArgs) -> Result<ExitCode> {
     let db = open_db(cli)?;
+    let Some(loss) = db.recover(&a.collection, a.accept_loss)? else {
+        println!("collection {} is open and its WAL is clean: nothing to recover", a.collection);
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "collection {}: the WAL is bad at {} offset {}: {}",
+        a.collection,
+        loss.file.display(),
+        loss.offset,
+        loss.reason
+    );
+    println!("  drop: {} bytes of {} from offset {}", loss.bytes, loss.file.display(), loss.cut_at);
+    for f in &loss.later_files {
+        println!("  drop: later WAL file {}", f.display());
+    }
+    match loss.seqs {
+        Some((lo, hi)) => println!(
+            "  lost: {} intact frames (write batches), sequence numbers {lo}..={hi}, {} bytes in all",
+            loss.intact_frames,
+            loss.bytes + loss.later_bytes
+        ),
+        None => println!("  lost: no intact frame (a torn tail)"),
+    }
+    if a.accept_loss {
+        let c = db.collection(&a.collection)?;
+        println!(
+            "recovered: WAL cut at offset {}, dropped bytes kept in {}; collection {} is open with {} records",
+            loss.cut_at,
+            c.dir().join("wal/quarantine").display(),
+            a.collection,
+            c.snapshot().count()?
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "nothing was changed. Restore the collection from a backup with its archived WAL, or accept this loss: \
+             kernelize recover --collection {} --accept-loss",
+            a.collection
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn collection(cli: &Cli, cmd: &CollectionCmd) -> Result<()> {
+    let db = if matches!(cmd, CollectionCmd::List) { open_db_for_reading(cli)? } else { open_db(cli)? };
     match cmd {
         CollectionCmd::Create { name, dim, metric, wal_archive, quantization, m, ef_construction } => {
             let metric: Metric = metric.parse()?;
@@ -399,6 +521,9 @@ fn collection(cli: &Cli, cmd: &CollectionCmd) -> Result<()> {
             for c in db.collections() {
                 let cfg = c.config();
                 println!("{}\tdim={}\tmetric={}\trecords={}", c.name(), cfg.dim, cfg.metric, c.snapshot().count()?);
+            }
+            for (name, _) in db.unavailable() {
+                println!("{name}\tunavailable (see `kernelize recover --collection {name}`)");
             }
         }
         CollectionCmd::Drop { name } => {
@@ -494,7 +619,8 @@ fn upsert(cli: &Cli, a: &UpsertArgs) -> Result<()> {
                 )
                 .with_context(|| {
                     format!(
-                        "writing {count} batches starting at line {first_line} (a prefix of them may have been written)"
+                        "writing {count} batches starting at line {first_line} (not acknowledged: they are absent after \
+                         a reopen unless their WAL write reached the disk before the failure)"
                     )
                 })?;
                 records += n;
@@ -509,9 +635,15 @@ fn upsert(cli: &Cli, a: &UpsertArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
+    if let Health::FlushFailing(why) = c.health() {
+        eprintln!(
+            "warning: flushing the memtable to a segment failed ({why}); the acknowledged writes are durable in the \
+             WAL, and the flush is retried by later writes"
+        );
+    }
     if let Err(e) = outcome {
         return Err(anyhow!(
-            "{e:#}\n{records} records in {batches} batches before it were written and acknowledged; nothing of the failing batch was written"
+            "{e:#}\n{records} records in {batches} batches before it were written and acknowledged; the failing batches were not"
         ));
     }
     println!(

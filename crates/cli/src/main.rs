@@ -36,6 +36,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "KERNELIZE_MEMTABLE_MB", default_value_t = 64)]
     pub memtable_mb: usize,
 
+    /// Open the data directory read-only: no lock taken, nothing written (works beside a
+    /// running server and on a read-only mount); reads see a snapshot as of the open.
+    /// `stats`, `get`, `scan`, `search`, `export` and `collection list` fall back to it by
+    /// themselves when another process holds the directory.
+    #[arg(long, global = true, env = "KERNELIZE_READ_ONLY")]
+    pub read_only: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -69,8 +76,15 @@ pub enum Command {
     /// a sequence number (point-in-time recovery).
     Restore(commands::RestoreArgs),
     /// Check every checksum of a data directory, backup directory or backup `.tar`;
-    /// report the first problem with file and offset (exit code 1 if any).
+    /// report the first problem with file and offset (exit code 1 if any). Safe beside a
+    /// running writer: it takes no lock and reads a consistent view; a torn WAL tail (an
+    /// interrupted write) is reported as such, not as a failure.
     Verify(commands::VerifyArgs),
+    /// Recover a collection that is unavailable because its WAL is damaged (a bad frame
+    /// with intact frames after it): report exactly what cutting the WAL there drops
+    /// and, with --accept-loss, do it (the dropped bytes are kept in wal/quarantine/).
+    /// The alternative is restoring a backup with its archived WAL.
+    Recover(commands::RecoverArgs),
     /// Print the embedding of a text (all-MiniLM-L6-v2, in process) as a JSON array.
     Embed(embedding::EmbedArgs),
     /// Load a file (JSONL, CSV, Parquet, safetensors, .npy) into a collection: text

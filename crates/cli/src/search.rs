@@ -1,7 +1,7 @@
 //! `search` and `index build`: queries over a collection's segment indexes and memtable.
 
 use crate::Cli;
-use crate::commands::open_db;
+use crate::commands::{open_db, open_db_for_reading};
 use crate::embedding::{load_embedder, model_dir};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -90,9 +90,10 @@ pub fn search(cli: &Cli, a: &SearchArgs) -> Result<ExitCode> {
         let text = a.text.as_deref().unwrap_or_default();
         vector = e.embed(&[text])?.into_iter().next();
     }
-    let db = open_db(cli)?;
+    let db = open_db_for_reading(cli)?;
     let coll = db.collection(&a.collection)?;
-    let cache = IndexCache::new();
+    // A read-only directory gets no index files: missing ones are built in memory.
+    let cache = if db.is_read_only() { IndexCache::read_only() } else { IndexCache::new() };
     let searcher = Searcher::new(&coll, &**db.storage(), &cache);
     let plan = match a.plan.as_str() {
         "auto" => Plan::Auto,

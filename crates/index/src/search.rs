@@ -119,6 +119,8 @@ pub enum SearchError {
 #[derive(Debug, Default)]
 pub struct IndexCache {
     open: Mutex<HashMap<PathBuf, Arc<SegmentIndex>>>,
+    /// Build missing indexes in memory only (a read-only data directory).
+    in_memory: bool,
 }
 
 /// What [`IndexCache::ensure`] did for one segment.
@@ -138,6 +140,12 @@ impl IndexCache {
     /// An empty cache.
     pub fn new() -> IndexCache {
         IndexCache::default()
+    }
+
+    /// A cache that never writes: indexes found on disk are opened, missing or stale ones
+    /// are built in memory and not persisted (for a data directory opened read-only).
+    pub fn read_only() -> IndexCache {
+        IndexCache { in_memory: true, ..IndexCache::default() }
     }
 
     /// The index of `segment`: cached, else opened, else built and written atomically.
@@ -171,14 +179,21 @@ impl IndexCache {
             None => {
                 let bytes = segment_index::build(segment, metric, settings)?;
                 let path = segment_index::index_path(segment);
-                kernelize_store::write_atomic(storage, &path, &bytes)
-                    .map_err(|source| IndexError::Io { path: path.clone(), source })?;
-                let ix = SegmentIndex::open(storage, segment)?.ok_or_else(|| IndexError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: "index file vanished after writing".into(),
-                })?;
-                (ix, true)
+                if self.in_memory {
+                    (SegmentIndex::from_mapped(path, kernelize_store::Mapped::new(bytes), segment)?, true)
+                } else {
+                    if let Err(source) = kernelize_store::write_atomic(storage, &path, &bytes) {
+                        // Leave no temporary file behind (it would stay until the next open).
+                        let _ = storage.remove_file(&path.with_extension("tmp"));
+                        return Err(IndexError::Io { path, source });
+                    }
+                    let ix = SegmentIndex::open(storage, segment)?.ok_or_else(|| IndexError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: "index file vanished after writing".into(),
+                    })?;
+                    (ix, true)
+                }
             }
         };
         let ix = Arc::new(ix);

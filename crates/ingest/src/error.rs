@@ -183,7 +183,7 @@ impl Error {
                 S::User | S::NotFound | S::Conflict => ErrorClass::User,
                 S::Corruption => ErrorClass::Corruption,
                 S::Transient => ErrorClass::Transient,
-                S::Fatal => ErrorClass::Fatal,
+                S::Fatal | S::Unavailable => ErrorClass::Fatal,
             },
             Error::Stopped { error, .. } => error.class(),
             Error::Internal(_) => ErrorClass::Internal,

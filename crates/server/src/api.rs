@@ -510,7 +510,8 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into(), checks: BTreeMap::new() })
 }
 
-/// Readiness: the data directory is writable and the metadata store answers.
+/// Readiness: the data directory is writable, the metadata store answers and every
+/// collection can serve (none damaged or poisoned).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", body = Health), (status = 503, description = "Not ready", body = Health), Errors))]
 async fn readyz(State(st): St) -> Response {
@@ -536,7 +537,28 @@ async fn readyz(State(st): St) -> Response {
             Err(_) => "not installed (embedding endpoints answer 503)".to_owned(),
         },
     );
-    let ready = dir_ok.is_ok() && meta_ok.is_ok();
+    // Every collection that cannot serve (damaged files, or poisoned by a failed write)
+    // makes the server not ready; its name and why are in the checks.
+    let mut collections_ok = true;
+    for (name, health) in st.db.health() {
+        let state = match health {
+            kernelize_store::Health::Ok => continue,
+            kernelize_store::Health::FlushFailing(_) => {
+                "flush failing (writes are durable in the WAL; retried)".to_owned()
+            }
+            kernelize_store::Health::Poisoned(_) => {
+                collections_ok = false;
+                "poisoned: a write to disk failed; writes are refused until the server restarts".to_owned()
+            }
+            kernelize_store::Health::Unavailable(_) => {
+                collections_ok = false;
+                "unavailable: its files are damaged (the server log has the file and offset; see `kernelize recover`)"
+                    .to_owned()
+            }
+        };
+        checks.insert(format!("collection:{name}"), state);
+    }
+    let ready = dir_ok.is_ok() && meta_ok.is_ok() && collections_ok;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Health { status: if ready { "ok" } else { "not ready" }.into(), checks })).into_response()
 }

@@ -295,7 +295,16 @@ impl AppState {
                 .collect();
             let bytes: i64 = records.iter().map(record_bytes).sum();
             let n = records.len();
-            Ok((c.upsert(records)?, bytes, n))
+            let seq = c.upsert(records)?;
+            // The batch is durable (its WAL commit succeeded) even if the flush after it failed.
+            if let kernelize_store::Health::FlushFailing(error) = c.health() {
+                tracing::warn!(
+                    collection = c.name(),
+                    error,
+                    "memtable flush failed after a durable write; retried later"
+                );
+            }
+            Ok((seq, bytes, n))
         })
         .await?;
         self.add_usage(

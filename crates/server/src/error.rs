@@ -21,7 +21,7 @@ pub struct ErrorBody {
     /// Stable machine-readable code: `invalid_request`, `unauthenticated`, `forbidden`,
     /// `not_found`, `conflict`, `method_not_allowed`, `payload_too_large`,
     /// `unsupported_media_type`, `rate_limited`, `overloaded`, `timeout`, `body_timeout`,
-    /// `last_admin`, `unavailable`, `storage_full`, `internal`.
+    /// `last_admin`, `unavailable`, `collection_unavailable`, `storage_full`, `internal`.
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
@@ -173,7 +173,23 @@ impl From<kernelize_store::Error> for ApiError {
                 a.detail = Some(e.to_string());
                 a
             }
-            ErrorClass::Corruption | ErrorClass::Fatal => ApiError::internal(e),
+            // A damaged collection, or one poisoned by a failed write: 503 every time, with
+            // a stable code; details go to the log (and its name to /readyz).
+            ErrorClass::Unavailable | ErrorClass::Fatal => {
+                let request_id = current_request_id();
+                tracing::error!(request_id, error = %e, "collection unavailable");
+                let message = match &e {
+                    kernelize_store::Error::Poisoned { collection, .. } => format!(
+                        "collection {collection} refuses writes after a failed write to disk; it recovers when the server restarts"
+                    ),
+                    kernelize_store::Error::Unavailable { collection, .. } => format!(
+                        "collection {collection} is unavailable: its files are damaged and an operator must recover it"
+                    ),
+                    _ => "the collection is unavailable".to_owned(),
+                };
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collection_unavailable", message)
+            }
+            ErrorClass::Corruption => ApiError::internal(e),
         }
     }
 }
@@ -223,5 +239,17 @@ mod tests {
         assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1);
         assert_eq!(clip("héllo", 2), "hé…");
         assert_eq!(clip("hé", 2), "hé");
+    }
+
+    #[test]
+    fn poisoned_and_unavailable_collections_are_503_collection_unavailable() {
+        for e in [
+            kernelize_store::Error::Poisoned { collection: "c".into(), cause: "fsync failed".into() },
+            kernelize_store::Error::Unavailable { collection: "c".into(), reason: "damaged WAL".into() },
+        ] {
+            let a = ApiError::from(e);
+            assert_eq!((a.status, a.code), (StatusCode::SERVICE_UNAVAILABLE, "collection_unavailable"), "{a}");
+            assert!(a.message.contains("collection c"), "{a}");
+        }
     }
 }

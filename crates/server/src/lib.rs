@@ -224,6 +224,9 @@ pub async fn start(config: Config) -> Result<Running> {
     let db = tokio::task::spawn_blocking(move || kernelize_store::Database::open(&data_dir, opts))
         .await?
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    for (collection, reason) in db.unavailable() {
+        tracing::error!(collection, reason, "collection unavailable: /readyz fails until it is recovered");
+    }
     let model_dir = config.model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);
     let embedder = tokio::task::spawn_blocking(move || {
         kernelize_embed::Embedder::load(&model_dir).map(Arc::new).map_err(|e| format!("embedder unavailable: {e}"))

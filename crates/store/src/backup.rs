@@ -119,6 +119,32 @@ pub fn backup(
     } else {
         names.iter().map(|n| db.collection(n)).collect::<Result<_>>()?
     };
+    // Written under a temporary name beside the destination and renamed when complete,
+    // so the destination never holds a partial backup.
+    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "backup".into());
+    let partial = dest.with_file_name(format!(".{file_name}.partial-{}", std::process::id()));
+    let result = write_backup(&collections, &partial, format, progress);
+    let result = result.and_then(|report| {
+        fs_err::rename(&partial, dest).map_err(|e| Error::io(dest, e))?;
+        let parent = crate::storage::parent_of(dest);
+        fs_err::File::open(parent).and_then(|f| f.sync_all()).map_err(|e| Error::io(parent, e))?;
+        Ok(report)
+    });
+    if result.is_err() {
+        let _ = match format {
+            BackupFormat::Dir => fs_err::remove_dir_all(&partial),
+            BackupFormat::Tar => fs_err::remove_file(&partial),
+        };
+    }
+    result
+}
+
+fn write_backup(
+    collections: &[Collection],
+    dest: &Path,
+    format: BackupFormat,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BackupReport> {
     let mut sink = match format {
         BackupFormat::Dir => {
             fs_err::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
@@ -213,6 +239,10 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Problems, in the order found.
     pub problems: Vec<Problem>,
+    /// Torn WAL tails: an incomplete last frame at the end of a collection's last WAL
+    /// file, with nothing intact after it. An interrupted (never acknowledged) write, or
+    /// one a live writer is making: not a problem; the next open cuts it.
+    pub torn_tails: Vec<Problem>,
 }
 
 impl VerifyReport {
@@ -238,6 +268,8 @@ impl Tree {
             return Ok(Tree::Dir(path.to_path_buf()));
         }
         let f = fs_err::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        check_tar_end(&f, path, len)?;
         let mut archive = tar::Archive::new(f);
         let mut files = BTreeMap::new();
         let entries = archive.entries().map_err(|e| Error::io(path, e))?;
@@ -251,6 +283,10 @@ impl Tree {
         Ok(Tree::Tar(path.to_path_buf(), files))
     }
 
+    fn is_dir(&self) -> bool {
+        matches!(self, Tree::Dir(_))
+    }
+
     fn display(&self, rel: &str) -> PathBuf {
         match self {
             Tree::Dir(root) => root.join(rel),
@@ -262,12 +298,21 @@ impl Tree {
         match self {
             Tree::Dir(root) => {
                 let p = root.join(rel);
-                if !p.exists() {
-                    return Ok(None);
+                match crate::storage::FileStorage.map(&p) {
+                    Ok(m) => Ok(Some(m)),
+                    // Absent, or removed by a live writer after it was listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::io(&p, e)),
                 }
-                crate::storage::FileStorage.map(&p).at(&p).map(Some)
             }
             Tree::Tar(_, files) => Ok(files.get(rel).map(|b| Mapped::new(b.clone()))),
+        }
+    }
+
+    fn root_has(&self, rel: &str) -> bool {
+        match self {
+            Tree::Dir(root) => root.join(rel).exists(),
+            Tree::Tar(_, files) => files.keys().any(|k| k.starts_with(rel)),
         }
     }
 
@@ -322,45 +367,108 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
         if name.starts_with('.') {
             continue;
         }
-        let base = format!("collections/{name}");
-        let mpath = format!("{base}/MANIFEST");
-        let Some(mbytes) = tree.get(&mpath)? else {
-            report.add(Error::corrupt(tree.display(&mpath), 0, "missing manifest"));
-            continue;
-        };
-        report.files += 1;
-        report.bytes += mbytes.len() as u64;
-        let manifest = match Manifest::decode(&mbytes, &tree.display(&mpath)) {
-            Ok(m) => m,
-            Err(e) => {
-                report.add(e);
-                continue;
+        // Beside a live writer, a flush or compaction may change the collection while it
+        // is read: check again until the manifest stayed the same throughout.
+        let mut attempt = 0;
+        let sub = loop {
+            attempt += 1;
+            let mpath = format!("collections/{name}/MANIFEST");
+            let before = tree.get(&mpath)?.map(|m| m.to_vec());
+            let sub = check_collection(&tree, &name)?;
+            let changed = tree.get(&mpath)?.map(|m| m.to_vec()) != before;
+            if !tree.is_dir() || sub.problems.is_empty() || !changed || attempt >= 20 {
+                break sub;
             }
+            std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
         };
-        for s in &manifest.segments {
-            let rel = format!("{base}/seg/{}", segment_file_name(s.id));
-            match tree.get(&rel)? {
-                None => report.add(Error::corrupt(tree.display(&rel), 0, "segment named by the manifest is missing")),
-                Some(bytes) => {
-                    report.files += 1;
-                    report.bytes += bytes.len() as u64;
-                    if let Err(e) = Segment::from_mapped(&tree.display(&rel), bytes) {
-                        report.add(e);
-                    }
+        if tree.is_dir() && !tree.root_has(&format!("collections/{name}")) {
+            continue; // dropped meanwhile
+        }
+        report.files += sub.files;
+        report.bytes += sub.bytes;
+        report.problems.extend(sub.problems);
+        report.torn_tails.extend(sub.torn_tails);
+    }
+    Ok(report)
+}
+
+/// A tar written completely ends with two zero blocks; a cut-off copy does not.
+fn check_tar_end(f: &fs_err::File, path: &Path, len: u64) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let truncated = |why: &str| {
+        Err(Error::corrupt(
+            path,
+            len,
+            format!("truncated: the archive ends at byte {len} {why} (an interrupted or cut-off copy)"),
+        ))
+    };
+    if len < 1024 || !len.is_multiple_of(512) {
+        return truncated("in the middle of a 512-byte block");
+    }
+    let mut end = [0u8; 1024];
+    let mut r = f.file();
+    r.seek(SeekFrom::Start(len - 1024)).map_err(|e| Error::io(path, e))?;
+    r.read_exact(&mut end).map_err(|e| Error::io(path, e))?;
+    r.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    if end.iter().any(|&b| b != 0) {
+        return truncated("without its end-of-archive marker");
+    }
+    Ok(())
+}
+
+/// Checks one collection's manifest, segments and WAL files.
+fn check_collection(tree: &Tree, name: &str) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let base = format!("collections/{name}");
+    let mpath = format!("{base}/MANIFEST");
+    let Some(mbytes) = tree.get(&mpath)? else {
+        report.add(Error::missing_manifest(tree.display(&mpath)));
+        return Ok(report);
+    };
+    report.files += 1;
+    report.bytes += mbytes.len() as u64;
+    let manifest = match Manifest::decode(&mbytes, &tree.display(&mpath)) {
+        Ok(m) => m,
+        Err(e) => {
+            report.add(e);
+            return Ok(report);
+        }
+    };
+    for s in &manifest.segments {
+        let rel = format!("{base}/seg/{}", segment_file_name(s.id));
+        match tree.get(&rel)? {
+            None => report.add(Error::corrupt(tree.display(&rel), 0, "segment named by the manifest is missing")),
+            Some(bytes) => {
+                report.files += 1;
+                report.bytes += bytes.len() as u64;
+                if let Err(e) = Segment::from_mapped(&tree.display(&rel), bytes) {
+                    report.add(e);
                 }
             }
         }
-        for dir in ["wal", "wal-archive"] {
-            for file in tree.list(&format!("{base}/{dir}")) {
-                if parse_wal_file_name(&file).is_none() {
-                    continue;
-                }
-                let rel = format!("{base}/{dir}/{file}");
-                let Some(bytes) = tree.get(&rel)? else { continue };
-                report.files += 1;
-                report.bytes += bytes.len() as u64;
-                if let Some((offset, reason)) = wal::scan(&bytes).problem {
-                    report.add(Error::corrupt(tree.display(&rel), offset, reason));
+    }
+    for dir in ["wal", "wal-archive"] {
+        let files: Vec<String> =
+            tree.list(&format!("{base}/{dir}")).into_iter().filter(|f| parse_wal_file_name(f).is_some()).collect();
+        for (i, file) in files.iter().enumerate() {
+            let rel = format!("{base}/{dir}/{file}");
+            let Some(bytes) = tree.get(&rel)? else { continue };
+            report.files += 1;
+            report.bytes += bytes.len() as u64;
+            let scan = wal::scan(&bytes);
+            if let Some((offset, reason)) = scan.problem {
+                let min_seq = scan.frames.last().map(|f| f.seq + 1).or(scan.first_seq).unwrap_or(0);
+                let from = usize::try_from(scan.valid_len).unwrap_or(usize::MAX).min(bytes.len());
+                let last_live = dir == "wal" && i + 1 == files.len();
+                let problem = Error::corrupt(tree.display(&rel), offset, reason);
+                // Only an incomplete frame at the very end is a torn tail; a complete frame
+                // with a bad checksum is reported (recovery would cut it all the same).
+                if last_live && scan.torn && wal::intact_frames_from(&bytes, from, min_seq).0 == 0 {
+                    if let Error::Corruption { path, offset, reason } = problem {
+                        report.torn_tails.push(Problem { path, offset, reason });
+                    }
+                } else {
+                    report.add(problem);
                 }
             }
         }

@@ -72,6 +72,82 @@ pub struct RecoveryReport {
     pub quarantined: Vec<PathBuf>,
     /// Files from interrupted flushes or compactions that no manifest named, removed.
     pub removed_orphans: Vec<PathBuf>,
+    /// What the WAL held after its clean prefix (a torn tail, or damage accepted with
+    /// `recover --accept-loss`); in a read-only open it is left in place, not cut.
+    pub loss: Option<WalLoss>,
+    /// Why the cut bytes could not be kept in `wal/quarantine/` (a full disk): they were
+    /// an interrupted write, never acknowledged, and are gone.
+    pub not_kept: Option<String>,
+}
+
+/// What follows the clean prefix of a collection's WAL: where it ends, and what would be
+/// dropped by cutting there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WalLoss {
+    /// The WAL file holding the first bad frame.
+    pub file: PathBuf,
+    /// Offset of the first bad byte (or of the bad frame).
+    pub offset: u64,
+    /// What is wrong there.
+    pub reason: String,
+    /// Where `file` is cut: the end of its last good frame.
+    pub cut_at: u64,
+    /// Bytes of `file` from `cut_at` to its end.
+    pub bytes: u64,
+    /// Later WAL files, never replayed past the bad frame.
+    pub later_files: Vec<PathBuf>,
+    /// Their bytes.
+    pub later_bytes: u64,
+    /// Intact frames (checksums match) among the dropped bytes: acknowledged writes that
+    /// a cut would lose. Zero means a torn tail (an interrupted write).
+    pub intact_frames: u64,
+    /// Lowest and highest sequence number of those frames.
+    pub seqs: Option<(u64, u64)>,
+}
+
+impl WalLoss {
+    /// True when intact frames follow the bad one: damage, not an interrupted write.
+    pub fn is_damage(&self) -> bool {
+        self.intact_frames > 0
+    }
+}
+
+impl std::fmt::Display for WalLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at offset {}: {}; ", self.file.display(), self.offset, self.reason)?;
+        write!(f, "cutting at offset {} drops {} bytes of that file", self.cut_at, self.bytes)?;
+        if !self.later_files.is_empty() {
+            write!(f, " and {} later WAL files ({} bytes)", self.later_files.len(), self.later_bytes)?;
+        }
+        match self.seqs {
+            Some((lo, hi)) => {
+                write!(f, ", holding {} intact frames (sequence numbers {lo}..={hi})", self.intact_frames)
+            }
+            None => write!(f, ", holding no intact frame (a torn tail)"),
+        }
+    }
+}
+
+/// Whether a collection is serving.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum Health {
+    /// Reads and writes work.
+    Ok,
+    /// Reads and writes work, but the last flush of the memtable to a segment failed;
+    /// the writes are durable in the WAL and the flush is retried.
+    FlushFailing(String),
+    /// A WAL write or fsync failed: reads work, writes are refused until reopened.
+    Poisoned(String),
+    /// Not open: its files are damaged (see `kernelize recover`).
+    Unavailable(String),
+}
+
+impl Health {
+    /// True when the collection can take writes and answer reads.
+    pub fn is_serving(&self) -> bool {
+        matches!(self, Health::Ok | Health::FlushFailing(_))
+    }
 }
 
 /// Statistics of a collection.
@@ -101,6 +177,11 @@ pub struct Stats {
     pub learned_index_bytes: u64,
     /// Bytes of WAL files.
     pub wal_bytes: u64,
+    /// Flushes that failed since the collection was opened (writes stay durable in the
+    /// WAL; the flush is retried).
+    pub flush_failures: u64,
+    /// The error of the last flush, when it failed (cleared by a successful flush).
+    pub last_flush_error: Option<String>,
 }
 
 struct Pending {
@@ -148,6 +229,25 @@ struct Maintenance {
     manifest: Manifest,
 }
 
+/// Failed flushes: counted, the last error kept, retried no sooner than a second later.
+#[derive(Default)]
+struct FlushHealth {
+    failures: u64,
+    last_error: Option<String>,
+    last_failure: Option<std::time::Instant>,
+}
+
+/// How a collection is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenMode {
+    /// Recovery cuts a torn WAL tail; damage (intact frames after a bad one) refuses.
+    Write,
+    /// As `Write`, but damage is cut and quarantined too (`recover --accept-loss`).
+    AcceptLoss,
+    /// Nothing is written: the WAL is replayed in memory as far as it is clean.
+    ReadOnly,
+}
+
 pub(crate) struct Inner {
     name: String,
     dir: PathBuf,
@@ -159,6 +259,8 @@ pub(crate) struct Inner {
     cv: Condvar,
     maint: Mutex<Maintenance>,
     recovery: RecoveryReport,
+    flush_health: Mutex<FlushHealth>,
+    read_only: bool,
 }
 
 /// An open collection. Cheap to clone; all clones share state.
@@ -187,14 +289,103 @@ pub(crate) fn create_files(storage: &dyn Storage, dir: &Path, config: &Collectio
 }
 
 impl Collection {
-    /// Opens a collection directory, running crash recovery.
+    /// Opens a collection directory, running crash recovery. A torn WAL tail (an
+    /// interrupted write) is cut and kept in `wal/quarantine/`; damage (a bad frame with
+    /// intact frames after it) is refused with a corruption error naming file and offset,
+    /// and nothing on disk is changed.
     pub fn open(storage: Arc<dyn Storage>, dir: &Path, name: &str, opts: Options) -> Result<Collection> {
+        Collection::open_mode(storage, dir, name, opts, OpenMode::Write)
+    }
+
+    pub(crate) fn open_mode(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        name: &str,
+        opts: Options,
+        mode: OpenMode,
+    ) -> Result<Collection> {
+        if mode != OpenMode::ReadOnly {
+            return Collection::open_writable(storage, dir, name, opts, mode);
+        }
+        // A writer may flush, compact or retire WAL files meanwhile: read the manifest,
+        // the segments and the WAL, then check the manifest did not change; else again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Collection::try_open_read_only(storage.clone(), dir, name, opts) {
+                Ok(Some(c)) => return Ok(c),
+                Ok(None) if attempt < 20 => {}
+                Err(e) if attempt < 20 && is_vanished(&e) => {}
+                Ok(None) => {
+                    return Err(Error::Io {
+                        path: dir.to_path_buf(),
+                        source: std::io::Error::other("the collection kept changing while it was read; try again"),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+        }
+    }
+
+    /// One attempt at a consistent read-only view; None when a writer changed the
+    /// manifest meanwhile.
+    fn try_open_read_only(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        name: &str,
+        opts: Options,
+    ) -> Result<Option<Collection>> {
+        let mpath = dir.join(MANIFEST);
+        let before = storage.read(&mpath).ok();
+        let manifest = Manifest::load(&*storage, &mpath)?;
+        let segments = open_segments(&*storage, dir, &manifest)?;
+        let plan = plan_replay(&*storage, &dir.join(WAL_DIR), &manifest)?;
+        if storage.read(&mpath).ok() != before {
+            return Ok(None);
+        }
+        if let Some(loss) = plan.loss.as_ref().filter(|l| l.is_damage()) {
+            return Err(damage_error(name, loss));
+        }
+        let report = RecoveryReport {
+            replayed_batches: plan.replayed_batches,
+            replayed_ops: plan.replayed_ops,
+            loss: plan.loss,
+            ..RecoveryReport::default()
+        };
+        Ok(Some(Collection::assemble(
+            storage, dir, name, opts, manifest, segments, plan.mem, plan.next, None, report, true,
+        )))
+    }
+
+    fn open_writable(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        name: &str,
+        opts: Options,
+        mode: OpenMode,
+    ) -> Result<Collection> {
         let manifest = Manifest::load(&*storage, &dir.join(MANIFEST))?;
-        let mut report = RecoveryReport::default();
+        let segments = open_segments(&*storage, dir, &manifest)?;
         let seg_dir = dir.join(SEG_DIR);
         let wal_dir = dir.join(WAL_DIR);
-        storage.create_dir_all(&seg_dir).at(&seg_dir)?;
-        storage.create_dir_all(&wal_dir).at(&wal_dir)?;
+        // Decide before changing anything: damage is left exactly as found.
+        let plan = plan_replay(&*storage, &wal_dir, &manifest)?;
+        if let Some(loss) = plan.loss.as_ref().filter(|l| l.is_damage())
+            && mode != OpenMode::AcceptLoss
+        {
+            return Err(damage_error(name, loss));
+        }
+        let mut report = RecoveryReport {
+            replayed_batches: plan.replayed_batches,
+            replayed_ops: plan.replayed_ops,
+            ..RecoveryReport::default()
+        };
+        for d in [&seg_dir, &wal_dir] {
+            if !storage.exists(d).at(d)? {
+                storage.create_dir_all(d).at(d)?;
+            }
+        }
 
         // Segments the manifest names; anything else in seg/ is left from an interrupted
         // flush or compaction and was never live.
@@ -213,17 +404,32 @@ impl Collection {
         if storage.exists(&dir.join("MANIFEST.tmp")).at(dir)? {
             storage.remove_file(&dir.join("MANIFEST.tmp")).at(dir)?;
         }
-        let mut segments = Vec::with_capacity(manifest.segments.len());
-        for s in &manifest.segments {
-            let seg = Segment::open(&*storage, &seg_dir.join(segment_file_name(s.id)))?;
-            if seg.dim() != manifest.config.dim {
-                return Err(Error::corrupt(seg.path(), 12, "segment dimension differs from the collection's"));
-            }
-            segments.push(seg);
-        }
+        apply_cut(&*storage, &wal_dir, &plan, &mut report)?;
+        // On a full disk the new WAL file may not fit: open anyway (reads work) and create
+        // it on the first write.
+        let wal = WalWriter::create(&*storage, &wal_dir, plan.next).ok();
+        let flushed = manifest.flushed_seq;
+        let c =
+            Collection::assemble(storage, dir, name, opts, manifest, segments, plan.mem, plan.next, wal, report, false);
+        // Best effort: files left for later are retired by the next flush.
+        let _ = c.retire_wal_files(flushed);
+        Ok(c)
+    }
 
-        let (mem, next_seq) = replay_wal(&*storage, &wal_dir, &manifest, &mut report)?;
-        let wal = WalWriter::create(&*storage, &wal_dir, next_seq)?;
+    #[expect(clippy::too_many_arguments, reason = "one private constructor")]
+    fn assemble(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        name: &str,
+        opts: Options,
+        manifest: Manifest,
+        segments: Vec<Arc<Segment>>,
+        mem: Memtable,
+        next_seq: u64,
+        wal: Option<WalWriter>,
+        report: RecoveryReport,
+        read_only: bool,
+    ) -> Collection {
         let version = Version { seq: next_seq - 1, mem, imm: Vec::new(), segments, dim: manifest.config.dim };
         let inner = Inner {
             name: name.to_owned(),
@@ -235,7 +441,7 @@ impl Collection {
             write: Mutex::new(WriteState {
                 queue: VecDeque::new(),
                 leader: false,
-                wal: Some(wal),
+                wal,
                 next_seq,
                 next_ticket: 0,
                 results: HashMap::new(),
@@ -244,10 +450,43 @@ impl Collection {
             cv: Condvar::new(),
             maint: Mutex::new(Maintenance { manifest }),
             recovery: report,
+            flush_health: Mutex::new(FlushHealth::default()),
+            read_only,
         };
-        let c = Collection { inner: Arc::new(inner) };
-        c.retire_wal_files(c.inner.maint.lock().manifest.flushed_seq)?;
-        Ok(c)
+        Collection { inner: Arc::new(inner) }
+    }
+
+    /// What the WAL of the collection in `dir` holds after its clean prefix, read without
+    /// changing anything (what `kernelize recover` reports).
+    pub fn inspect_wal(storage: &dyn Storage, dir: &Path) -> Result<Option<WalLoss>> {
+        let manifest = Manifest::load(storage, &dir.join(MANIFEST))?;
+        Ok(plan_replay(storage, &dir.join(WAL_DIR), &manifest)?.loss)
+    }
+
+    /// Whether the collection serves reads and writes (see [`Health`]).
+    pub fn health(&self) -> Health {
+        if let Some(cause) = &self.inner.write.lock().poisoned {
+            return Health::Poisoned(cause.clone());
+        }
+        match &self.inner.flush_health.lock().last_error {
+            Some(e) => Health::FlushFailing(e.clone()),
+            None => Health::Ok,
+        }
+    }
+
+    /// True when opened read-only (a snapshot as of open; writes are refused).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    fn refuse_if_read_only(&self) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly(format!(
+                "collection {} was opened read-only (a snapshot as of open); writes, flushes and compactions need the writer",
+                self.inner.name
+            )));
+        }
+        Ok(())
     }
 
     /// The collection's name.
@@ -326,11 +565,24 @@ impl Collection {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
+        self.refuse_if_read_only()?;
+        // The batches are durable once committed: a failing flush after that does not
+        // change the outcome. It is counted, kept for `health()`/`stats()`, and retried.
         let seqs = self.commit(pending)?;
-        if self.inner.version.read().mem.bytes() >= self.inner.opts.memtable_bytes {
-            self.flush_inner(true)?;
+        if self.flush_due() {
+            let _ = self.flush_inner(true);
         }
         Ok(seqs)
+    }
+
+    /// Whether a write should flush now: the memtable is full, or an earlier flush failed
+    /// (retried at most once a second, so a full disk is not hammered).
+    fn flush_due(&self) -> bool {
+        let h = self.inner.flush_health.lock();
+        if h.last_failure.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return false;
+        }
+        h.last_error.is_some() || self.inner.version.read().mem.bytes() >= self.inner.opts.memtable_bytes
     }
 
     /// Group commit: the first waiting writer becomes leader, writes every queued batch
@@ -381,9 +633,22 @@ impl Collection {
                 group.extend(st.queue.pop_front());
             }
             let first_seq = st.next_seq;
-            let Some(mut wal) = st.wal.take() else {
-                st.leader = false;
-                return Err(Error::Poisoned { collection: inner.name.clone(), cause: "no open WAL".into() });
+            let mut wal = match st.wal.take() {
+                Some(w) => w,
+                // Not created at open (a full disk): create it now; failing that, the group
+                // fails without poisoning (nothing was written).
+                None => match WalWriter::create(&*inner.storage, &inner.dir.join(WAL_DIR), first_seq) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let failed = FailedWrite::of(&e);
+                        for p in group {
+                            st.results.insert(p.ticket, Err(failed.clone()));
+                        }
+                        st.leader = false;
+                        inner.cv.notify_all();
+                        continue;
+                    }
+                },
             };
             drop(st);
             let sync = inner.opts.durability == Durability::Always;
@@ -424,6 +689,13 @@ impl Collection {
         }
     }
 
+    fn refuse_if_poisoned(&self) -> Result<()> {
+        match &self.inner.write.lock().poisoned {
+            Some(cause) => Err(Error::Poisoned { collection: self.inner.name.clone(), cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Takes the leader role (waiting for any group in flight), runs `f`, gives it back.
     fn with_writes_paused<T>(&self, f: impl FnOnce(&mut WriteState) -> Result<T>) -> Result<T> {
         let inner = &*self.inner;
@@ -441,6 +713,7 @@ impl Collection {
 
     /// Makes every acknowledged write durable now (useful with `Buffered` durability).
     pub fn sync(&self) -> Result<()> {
+        self.refuse_if_read_only()?;
         self.with_writes_paused(|st| match st.wal.as_mut() {
             Some(w) => w.sync(),
             None => Ok(()),
@@ -450,48 +723,78 @@ impl Collection {
     /// Writes the memtable into a new segment and retires the WAL files it covers.
     /// Writers continue meanwhile into a fresh WAL file and memtable.
     pub fn flush(&self) -> Result<()> {
+        self.refuse_if_read_only()?;
         self.flush_inner(false)
     }
 
-    fn flush_inner(&self, only_if_full: bool) -> Result<()> {
+    fn flush_inner(&self, only_if_due: bool) -> Result<()> {
         let inner = &*self.inner;
-        let mut maint = inner.maint.lock();
-        if only_if_full && inner.version.read().mem.bytes() < inner.opts.memtable_bytes {
+        let maint = inner.maint.lock();
+        if only_if_due && !self.flush_due() {
             return Ok(()); // another writer flushed while this one waited
         }
+        let out = self.flush_locked(maint);
+        let mut h = inner.flush_health.lock();
+        match &out {
+            Ok(()) => {
+                h.last_error = None;
+                h.last_failure = None;
+            }
+            Err(e) => {
+                h.failures += 1;
+                h.last_error = Some(e.to_string());
+                h.last_failure = Some(std::time::Instant::now());
+            }
+        }
+        out
+    }
+
+    fn flush_locked(&self, mut maint: parking_lot::MutexGuard<'_, Maintenance>) -> Result<()> {
+        let inner = &*self.inner;
         let storage = &*inner.storage;
         let wal_dir = inner.dir.join(WAL_DIR);
         // Freeze: rotate the WAL and move the memtable aside, atomically w.r.t. writers.
+        // Memtables frozen by earlier flushes that failed are written too: the new
+        // `flushed_seq` covers them, so leaving them out would lose them on reopen.
         let rotated = self.with_writes_paused(|st| {
             let v = inner.version.read().clone();
-            if v.mem.is_empty() {
+            if v.mem.is_empty() && v.imm.is_empty() {
                 return Ok(None);
             }
-            if let Some(old) = st.wal.as_mut() {
-                old.sync()?;
+            if v.mem.is_empty() {
+                return Ok(Some((v.imm.clone(), st.next_seq)));
+            }
+            if let Some(old) = st.wal.as_mut()
+                && let Err(e) = old.sync()
+            {
+                st.poisoned = Some(e.to_string());
+                return Err(e);
             }
             st.wal = Some(WalWriter::create(storage, &wal_dir, st.next_seq)?);
             let mut next = (*v).clone();
             let frozen = Arc::new(std::mem::take(&mut next.mem));
-            next.imm.insert(0, frozen.clone());
+            next.imm.insert(0, frozen);
+            let imms = next.imm.clone();
             *inner.version.write() = Arc::new(next);
-            Ok(Some((frozen, st.next_seq)))
+            Ok(Some((imms, st.next_seq)))
         })?;
         let Some((frozen, new_wal_seq)) = rotated else {
             return Ok(());
         };
-        let seg_ref = self.write_segment_file(
-            &mut maint,
-            frozen.range_from(None).map(|(k, e)| Ok((k.clone(), e.clone()))),
-            new_wal_seq - 1,
-            &[],
-        )?;
-        // Publish: the segment replaces the frozen memtable.
+        let merged = Snapshot::new(Arc::new(Version {
+            seq: new_wal_seq - 1,
+            mem: Memtable::default(),
+            imm: frozen.clone(),
+            segments: Vec::new(),
+            dim: inner.config.dim,
+        }));
+        let seg_ref = self.write_segment_file(&mut maint, merged.entries(), new_wal_seq - 1, &[])?;
+        // Publish: the segment replaces the frozen memtables.
         let seg = Segment::open(storage, &inner.dir.join(SEG_DIR).join(segment_file_name(seg_ref.id)))?;
         {
             let mut v = inner.version.write();
             let mut next = (**v).clone();
-            next.imm.retain(|m| !Arc::ptr_eq(m, &frozen));
+            next.imm.retain(|m| !frozen.iter().any(|f| Arc::ptr_eq(m, f)));
             next.segments.insert(0, seg);
             *v = Arc::new(next);
         }
@@ -514,9 +817,21 @@ impl Collection {
         let id = maint.manifest.next_segment_id;
         let path = seg_dir.join(segment_file_name(id));
         let tmp = path.with_extension("seg.tmp");
-        let info = write_segment(storage, &tmp, inner.config.dim, entries, inner.opts.segment)?;
-        storage.rename(&tmp, &path).at(&path)?;
-        storage.sync_dir(&seg_dir).at(&seg_dir)?;
+        // A failure leaves nothing behind: the temporary file (up to a whole segment) and
+        // a renamed but never named segment are removed at once, not at the next open.
+        let written = write_segment(storage, &tmp, inner.config.dim, entries, inner.opts.segment).and_then(|info| {
+            storage.rename(&tmp, &path).at(&path)?;
+            storage.sync_dir(&seg_dir).at(&seg_dir)?;
+            Ok(info)
+        });
+        let info = match written {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = storage.remove_file(&tmp);
+                let _ = storage.remove_file(&path);
+                return Err(e);
+            }
+        };
         let seg_ref =
             SegmentRef { id, count: info.count, min_seq: info.min_seq, max_seq: info.max_seq, bytes: info.bytes };
         let mut next = maint.manifest.clone();
@@ -524,7 +839,20 @@ impl Collection {
         next.flushed_seq = next.flushed_seq.max(flushed_seq);
         next.segments.retain(|s| !replaces.contains(&s.id));
         next.segments.insert(0, seg_ref.clone());
-        next.store(storage, &inner.dir.join(MANIFEST))?;
+        match next.store_or_clean(storage, &inner.dir.join(MANIFEST)) {
+            Ok(()) => {}
+            Err((e, false)) => {
+                let _ = storage.remove_file(&path);
+                return Err(e);
+            }
+            Err((e, true)) => {
+                // The new manifest is in place but its directory fsync failed: keep it as
+                // the state, and refuse writes until reopened (a failed fsync is fatal).
+                maint.manifest = next;
+                self.inner.write.lock().poisoned = Some(e.to_string());
+                return Err(e);
+            }
+        }
         maint.manifest = next;
         Ok(seg_ref)
     }
@@ -571,6 +899,7 @@ impl Collection {
     /// overwritten records. Readers and writers continue meanwhile.
     pub fn compact(&self) -> Result<CompactReport> {
         self.flush()?;
+        self.refuse_if_poisoned()?;
         let inner = &*self.inner;
         let mut maint = inner.maint.lock();
         let v = inner.version.read().clone();
@@ -624,11 +953,15 @@ impl Collection {
         let v = snap.version();
         let wal_dir = self.inner.dir.join(WAL_DIR);
         let mut wal_bytes = 0;
-        for name in self.inner.storage.list_dir(&wal_dir).at(&wal_dir)? {
+        for name in self.inner.storage.list_dir(&wal_dir).unwrap_or_default() {
             if parse_wal_file_name(&name).is_some() {
                 wal_bytes += self.inner.storage.file_len(&wal_dir.join(&name)).unwrap_or(0);
             }
         }
+        let (flush_failures, last_flush_error) = {
+            let h = self.inner.flush_health.lock();
+            (h.failures, h.last_error.clone())
+        };
         Ok(Stats {
             name: self.inner.name.clone(),
             dim: self.inner.config.dim,
@@ -642,6 +975,8 @@ impl Collection {
             segment_entries: v.segments.iter().map(|s| s.len() as u64).sum(),
             learned_index_bytes: v.segments.iter().map(|s| s.learned_index().size_bytes() as u64).sum(),
             wal_bytes,
+            flush_failures,
+            last_flush_error,
         })
     }
 }
@@ -673,15 +1008,77 @@ impl Drop for Inner {
     }
 }
 
-/// Replays WAL frames newer than the manifest's `flushed_seq` into a memtable. Stops at
-/// the first torn or corrupt frame: cuts that file there (keeping the cut bytes in
-/// `wal/quarantine/`) and moves every later WAL file into quarantine unreplayed.
-fn replay_wal(
-    storage: &dyn Storage,
-    wal_dir: &Path,
-    manifest: &Manifest,
-    report: &mut RecoveryReport,
-) -> Result<(Memtable, u64)> {
+/// The segments a manifest names, opened and checked.
+fn open_segments(storage: &dyn Storage, dir: &Path, manifest: &Manifest) -> Result<Vec<Arc<Segment>>> {
+    let seg_dir = dir.join(SEG_DIR);
+    let mut segments = Vec::with_capacity(manifest.segments.len());
+    for s in &manifest.segments {
+        let seg = Segment::open(storage, &seg_dir.join(segment_file_name(s.id)))?;
+        if seg.dim() != manifest.config.dim {
+            return Err(Error::corrupt(seg.path(), 12, "segment dimension differs from the collection's"));
+        }
+        segments.push(seg);
+    }
+    Ok(segments)
+}
+
+/// A file that a concurrent writer removed or replaced while a reader looked.
+fn is_vanished(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// The error of a collection whose WAL is damaged: file, offset, and what a cut drops.
+fn damage_error(name: &str, loss: &WalLoss) -> Error {
+    Error::corrupt(
+        &loss.file,
+        loss.offset,
+        format!(
+            "{}; intact frames follow it, so this is damage, not an interrupted write: {loss}. \
+             The collection {name} is not opened and nothing was changed; restore it from a backup \
+             (with its archived WAL), or drop those frames with `kernelize recover --collection {name} --accept-loss`",
+            loss.reason
+        ),
+    )
+}
+
+/// What replaying the WAL yields, decided before anything on disk changes.
+struct ReplayPlan {
+    mem: Memtable,
+    next: u64,
+    replayed_batches: u64,
+    replayed_ops: u64,
+    loss: Option<WalLoss>,
+    /// The cut: index of the bad file, its name, its bytes and the clean prefix length.
+    cut: Option<Cut>,
+    /// Later files (names), moved to quarantine by the cut.
+    later: Vec<String>,
+}
+
+struct Cut {
+    name: String,
+    bytes: Vec<u8>,
+    valid_len: u64,
+    /// A last file whose header alone is torn: removed without a trace.
+    header_only_tail: bool,
+}
+
+/// Replays WAL frames newer than the manifest's `flushed_seq` into a memtable, changing
+/// nothing: stops at the first torn or corrupt frame and describes what follows it.
+/// Files are read last first: a file that has a successor was complete before the
+/// successor was created, so a reader beside a writer sees a torn tail only at the end.
+fn plan_replay(storage: &dyn Storage, wal_dir: &Path, manifest: &Manifest) -> Result<ReplayPlan> {
+    let mut plan = ReplayPlan {
+        mem: Memtable::default(),
+        next: manifest.flushed_seq + 1,
+        replayed_batches: 0,
+        replayed_ops: 0,
+        loss: None,
+        cut: None,
+        later: Vec::new(),
+    };
+    if !storage.exists(wal_dir).at(wal_dir)? {
+        return Ok(plan);
+    }
     let mut files: Vec<(u64, String)> = storage
         .list_dir(wal_dir)
         .at(wal_dir)?
@@ -689,14 +1086,17 @@ fn replay_wal(
         .filter_map(|n| parse_wal_file_name(&n).map(|s| (s, n)))
         .collect();
     files.sort();
-    let dim = manifest.config.dim;
-    let mut mem = Memtable::default();
-    let mut next = manifest.flushed_seq + 1;
-    let mut stop: Option<usize> = None;
-    for (i, (named_seq, name)) in files.iter().enumerate() {
+    let mut contents = Vec::with_capacity(files.len());
+    for (_, name) in files.iter().rev() {
         let path = wal_dir.join(name);
-        let bytes = storage.read(&path).at(&path)?;
-        let scan = wal::scan(&bytes);
+        contents.push(storage.read(&path).at(&path)?);
+    }
+    contents.reverse();
+    let dim = manifest.config.dim;
+    let mut next = plan.next;
+    for (i, (named_seq, name)) in files.iter().enumerate() {
+        let bytes = &contents[i];
+        let scan = wal::scan(bytes);
         let mut cut: Option<(u64, String)> = scan.problem.clone();
         let mut valid_len = scan.valid_len;
         if scan.first_seq.is_some_and(|s| s != *named_seq) {
@@ -730,44 +1130,101 @@ fn replay_wal(
                     valid_len = frame.offset;
                     break;
                 }
-                report.replayed_batches += 1;
-                report.replayed_ops += ops.len() as u64;
-                mem.apply(frame.seq, &ops);
+                plan.replayed_batches += 1;
+                plan.replayed_ops += ops.len() as u64;
+                plan.mem.apply(frame.seq, &ops);
                 next = frame.seq + 1;
             }
         }
         if let Some((offset, reason)) = cut {
-            let quarantine = wal_dir.join(QUARANTINE_DIR);
-            storage.create_dir_all(&quarantine).at(&quarantine)?;
-            let cut_bytes = bytes.get(valid_len as usize..).unwrap_or_default();
-            let is_header_only_tail = valid_len == 0 && bytes.len() < wal::WAL_HEADER_LEN && i + 1 == files.len();
-            if !cut_bytes.is_empty() && !is_header_only_tail {
-                let keep = quarantine.join(format!("{name}.at-{valid_len}.tail"));
-                crate::storage::write_atomic(storage, &keep, cut_bytes).at(&keep)?;
+            let header_only_tail = valid_len == 0 && bytes.len() < wal::WAL_HEADER_LEN && i + 1 == files.len();
+            let path = wal_dir.join(name);
+            let from = usize::try_from(valid_len).unwrap_or(usize::MAX).min(bytes.len());
+            let (mut frames, mut seqs) = wal::intact_frames_from(bytes, from, next);
+            let mut later_bytes = 0;
+            for later in &contents[i + 1..] {
+                later_bytes += later.len() as u64;
+                let (n, range) = wal::intact_frames_from(later, 0, next);
+                frames += n;
+                seqs = match (seqs, range) {
+                    (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+                    (x, y) => x.or(y),
+                };
             }
-            if valid_len < wal::WAL_HEADER_LEN as u64 {
-                storage.remove_file(&path).at(&path)?;
-            } else {
-                storage.truncate(&path, valid_len).at(&path)?;
+            if !header_only_tail {
+                plan.loss = Some(WalLoss {
+                    file: path,
+                    offset,
+                    reason,
+                    cut_at: valid_len,
+                    bytes: (bytes.len() - from) as u64,
+                    later_files: files[i + 1..].iter().map(|(_, n)| wal_dir.join(n)).collect(),
+                    later_bytes,
+                    intact_frames: frames,
+                    seqs,
+                });
             }
-            if !is_header_only_tail {
-                report.truncated = Some((path.clone(), offset, reason, cut_bytes.len() as u64));
-            }
-            stop = Some(i);
+            plan.later = files[i + 1..].iter().map(|(_, n)| n.clone()).collect();
+            plan.cut = Some(Cut { name: name.clone(), bytes: contents[i].clone(), valid_len, header_only_tail });
             break;
         }
     }
-    if let Some(i) = stop {
-        let quarantine = wal_dir.join(QUARANTINE_DIR);
-        for (_, name) in &files[i + 1..] {
-            let (from, to) = (wal_dir.join(name), quarantine.join(name));
+    plan.next = next;
+    Ok(plan)
+}
+
+/// Carries out a plan's cut: the bad file is cut at its clean prefix (the cut bytes kept
+/// in `wal/quarantine/` when there is room), later files are moved into quarantine.
+fn apply_cut(storage: &dyn Storage, wal_dir: &Path, plan: &ReplayPlan, report: &mut RecoveryReport) -> Result<()> {
+    let Some(cut) = &plan.cut else { return Ok(()) };
+    let quarantine = wal_dir.join(QUARANTINE_DIR);
+    let path = wal_dir.join(&cut.name);
+    let damage = plan.loss.as_ref().is_some_and(WalLoss::is_damage);
+    let have_quarantine = storage.exists(&quarantine).at(&quarantine)? || storage.create_dir_all(&quarantine).is_ok();
+    let cut_bytes = cut.bytes.get(cut.valid_len as usize..).unwrap_or_default();
+    if !cut_bytes.is_empty() && !cut.header_only_tail {
+        let keep = quarantine.join(format!("{}.at-{}.tail", cut.name, cut.valid_len));
+        let kept = if have_quarantine {
+            crate::storage::write_atomic(storage, &keep, cut_bytes).inspect_err(|_| {
+                let _ = storage.remove_file(&keep.with_extension("tmp"));
+            })
+        } else {
+            Err(std::io::Error::other(format!("cannot create {}", quarantine.display())))
+        };
+        if let Err(e) = kept {
+            if damage {
+                // Intact frames are only dropped when a copy of them is kept.
+                return Err(Error::io(&keep, e));
+            }
+            report.not_kept = Some(format!("{}: {e}", keep.display()));
+        }
+    }
+    if cut.valid_len < wal::WAL_HEADER_LEN as u64 {
+        storage.remove_file(&path).at(&path)?;
+    } else {
+        storage.truncate(&path, cut.valid_len).at(&path)?;
+    }
+    if let Some(loss) = &plan.loss {
+        report.truncated = Some((path.clone(), loss.offset, loss.reason.clone(), cut_bytes.len() as u64));
+    }
+    report.loss = plan.loss.clone();
+    for name in &plan.later {
+        let (from, to) = (wal_dir.join(name), quarantine.join(name));
+        if have_quarantine {
             storage.rename(&from, &to).at(&from)?;
             report.quarantined.push(to);
+        } else if !damage {
+            // No intact frame in it (else this would be damage) and no room to keep it.
+            storage.remove_file(&from).at(&from)?;
+        } else {
+            return Err(Error::io(&quarantine, std::io::Error::other("cannot create the quarantine directory")));
         }
-        storage.sync_dir(&quarantine).at(&quarantine)?;
-        storage.sync_dir(wal_dir).at(wal_dir)?;
     }
-    Ok((mem, next))
+    if have_quarantine && !plan.later.is_empty() {
+        storage.sync_dir(&quarantine).at(&quarantine)?;
+    }
+    storage.sync_dir(wal_dir).at(wal_dir)?;
+    Ok(())
 }
 
 /// The companion files of `segment` among the directory entries `names`.

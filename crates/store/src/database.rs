@@ -1,9 +1,9 @@
 //! A data directory holding named collections.
 
-use crate::collection::{Collection, Options, create_files};
+use crate::collection::{Collection, Health, OpenMode, Options, WalLoss, create_files};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::CollectionConfig;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, Mapped, Storage, WritableFile};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,15 +13,73 @@ const MARKER: &str = "KERNELIZE";
 const MARKER_TEXT: &[u8] = b"kernelize data directory, format 1\n";
 const COLLECTIONS: &str = "collections";
 
-/// A data directory of collections. Open once per process: a file lock refuses a
-/// second process.
+/// A data directory of collections. Open once per process for writing: a file lock
+/// refuses a second writer. Any number of readers may open it read-only beside it
+/// ([`Database::open_read_only`]); each sees a snapshot as of its open.
 #[derive(Debug)]
 pub struct Database {
     storage: Arc<dyn Storage>,
     root: PathBuf,
     opts: Options,
     collections: RwLock<BTreeMap<String, Collection>>,
+    /// Collections that could not be opened, with the reason.
+    unavailable: RwLock<BTreeMap<String, String>>,
+    read_only: bool,
     _lock: Option<std::fs::File>,
+}
+
+/// A backend wrapper that refuses every change: what a read-only open runs on, so that
+/// no code path can write by accident.
+#[derive(Debug)]
+struct ReadOnlyStorage(Arc<dyn Storage>);
+
+fn refuse(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ReadOnlyFilesystem,
+        format!("{}: the data directory is open read-only", path.display()),
+    )
+}
+
+impl Storage for ReadOnlyStorage {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        Err(refuse(path))
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.0.list_dir(path)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        self.0.exists(path)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+        Err(refuse(path))
+    }
+    fn append(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+        Err(refuse(path))
+    }
+    fn file_len(&self, path: &Path) -> std::io::Result<u64> {
+        self.0.file_len(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.0.read(path)
+    }
+    fn map(&self, path: &Path) -> std::io::Result<Mapped> {
+        self.0.map(path)
+    }
+    fn truncate(&self, path: &Path, _len: u64) -> std::io::Result<()> {
+        Err(refuse(path))
+    }
+    fn rename(&self, from: &Path, _to: &Path) -> std::io::Result<()> {
+        Err(refuse(from))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        Err(refuse(path))
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        Err(refuse(path))
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        Err(refuse(path))
+    }
 }
 
 /// Checks a collection name: 1–64 of `[A-Za-z0-9_-]`, not starting with `-`.
@@ -54,7 +112,9 @@ impl Database {
             .into_file();
         if let Err(e) = lock.try_lock() {
             let msg = match e {
-                std::fs::TryLockError::WouldBlock => "another kernelize process has this data directory open".into(),
+                std::fs::TryLockError::WouldBlock => "another kernelize process has this data directory open \
+                     (read beside it with a read-only open: `kernelize --read-only …`)"
+                    .into(),
                 std::fs::TryLockError::Error(e) => e.to_string(),
             };
             return Err(Error::io(&lock_path, std::io::Error::new(std::io::ErrorKind::WouldBlock, msg)));
@@ -64,29 +124,135 @@ impl Database {
         Ok(db)
     }
 
-    /// Opens a data directory on any storage backend (no process lock).
+    /// Opens a data directory read-only, beside a running writer or on a read-only
+    /// mount: no lock is taken, nothing is written (no recovery cut, no orphan removal,
+    /// no WAL file); each collection's WAL is replayed in memory as far as it is clean.
+    /// What it sees is a snapshot as of this call; writes are refused.
+    pub fn open_read_only(root: &Path, opts: Options) -> Result<Database> {
+        Database::open_read_only_with(Arc::new(FileStorage), root, opts)
+    }
+
+    /// [`Database::open_read_only`] on any storage backend.
+    pub fn open_read_only_with(storage: Arc<dyn Storage>, root: &Path, opts: Options) -> Result<Database> {
+        let storage: Arc<dyn Storage> = Arc::new(ReadOnlyStorage(storage));
+        let marker = root.join(MARKER);
+        if !storage.exists(&marker).at(&marker)? {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a kernelize data directory (no {MARKER} file)",
+                root.display()
+            )));
+        }
+        Database::open_mode(storage, root, opts, true)
+    }
+
+    /// Opens a data directory on any storage backend (no process lock). A collection that
+    /// cannot be opened (damaged files) does not stop the others: it is listed by
+    /// [`Database::unavailable`] and answers [`Error::Unavailable`].
     pub fn open_with(storage: Arc<dyn Storage>, root: &Path, opts: Options) -> Result<Database> {
         let cdir = root.join(COLLECTIONS);
-        storage.create_dir_all(&cdir).at(&cdir)?;
+        if !storage.exists(&cdir).at(&cdir)? {
+            storage.create_dir_all(&cdir).at(&cdir)?;
+        }
         let marker = root.join(MARKER);
         if !storage.exists(&marker).at(&marker)? {
             crate::storage::write_atomic(&*storage, &marker, MARKER_TEXT).at(&marker)?;
         }
+        Database::open_mode(storage, root, opts, false)
+    }
+
+    fn open_mode(storage: Arc<dyn Storage>, root: &Path, opts: Options, read_only: bool) -> Result<Database> {
+        let cdir = root.join(COLLECTIONS);
+        let names = if storage.exists(&cdir).at(&cdir)? { storage.list_dir(&cdir).at(&cdir)? } else { Vec::new() };
         let mut collections = BTreeMap::new();
-        for name in storage.list_dir(&cdir).at(&cdir)? {
+        let mut unavailable = BTreeMap::new();
+        for name in names {
             let dir = cdir.join(&name);
             if name.starts_with('.') {
                 // An interrupted create or drop: never visible, remove.
-                storage.remove_dir_all(&dir).at(&dir)?;
+                if !read_only {
+                    storage.remove_dir_all(&dir).at(&dir)?;
+                }
                 continue;
             }
             if validate_name(&name).is_err() {
                 continue;
             }
-            let c = Collection::open(storage.clone(), &dir, &name, opts)?;
-            collections.insert(name, c);
+            let mode = if read_only { OpenMode::ReadOnly } else { OpenMode::Write };
+            match Collection::open_mode(storage.clone(), &dir, &name, opts, mode) {
+                Ok(c) => {
+                    collections.insert(name, c);
+                }
+                // A collection dropped by a writer while a reader opened the directory.
+                Err(_) if read_only && !storage.exists(&dir).unwrap_or(true) => {}
+                Err(e) => {
+                    unavailable.insert(name, e.to_string());
+                }
+            }
         }
-        Ok(Database { storage, root: root.to_path_buf(), opts, collections: RwLock::new(collections), _lock: None })
+        Ok(Database {
+            storage,
+            root: root.to_path_buf(),
+            opts,
+            collections: RwLock::new(collections),
+            unavailable: RwLock::new(unavailable),
+            read_only,
+            _lock: None,
+        })
+    }
+
+    /// True when opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Collections that could not be opened, with the reason (e.g. a damaged WAL: see
+    /// [`Database::recover`]). They answer [`Error::Unavailable`] until then.
+    pub fn unavailable(&self) -> Vec<(String, String)> {
+        self.unavailable.read().iter().map(|(n, r)| (n.clone(), r.clone())).collect()
+    }
+
+    /// Every collection with its [`Health`], unavailable ones included, sorted by name.
+    pub fn health(&self) -> Vec<(String, Health)> {
+        let mut out: Vec<(String, Health)> =
+            self.collections.read().iter().map(|(n, c)| (n.clone(), c.health())).collect();
+        out.extend(self.unavailable.read().iter().map(|(n, r)| (n.clone(), Health::Unavailable(r.clone()))));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Recovers an unavailable collection whose WAL is damaged. Returns what the cut drops
+    /// (None: nothing to recover). Without `accept_loss` it only reports and changes
+    /// nothing; with it, the WAL is cut before the bad frame (the dropped bytes and later
+    /// WAL files are kept in `wal/quarantine/`) and the collection is opened.
+    pub fn recover(&self, name: &str, accept_loss: bool) -> Result<Option<WalLoss>> {
+        validate_name(name)?;
+        if self.read_only {
+            return Err(Error::ReadOnly("recovery writes; open the data directory for writing".into()));
+        }
+        let mut map = self.collections.write();
+        if map.contains_key(name) {
+            return Ok(None);
+        }
+        if !self.unavailable.read().contains_key(name) {
+            return Err(Error::NotFound(format!("collection {name:?}")));
+        }
+        let dir = self.collection_dir(name);
+        let loss = Collection::inspect_wal(&*self.storage, &dir)?;
+        if loss.is_none() {
+            return Err(Error::Unavailable {
+                collection: name.to_owned(),
+                reason: format!(
+                    "its WAL is intact, so recover cannot help: {}",
+                    self.unavailable.read().get(name).cloned().unwrap_or_default()
+                ),
+            });
+        }
+        if accept_loss {
+            let c = Collection::open_mode(self.storage.clone(), &dir, name, self.opts, OpenMode::AcceptLoss)?;
+            map.insert(name.to_owned(), c);
+            self.unavailable.write().remove(name);
+        }
+        Ok(loss)
     }
 
     /// The data directory.
@@ -114,8 +280,9 @@ impl Database {
                 crate::record::MAX_DIM
             )));
         }
+        self.refuse_if_read_only()?;
         let mut map = self.collections.write();
-        if map.contains_key(name) {
+        if map.contains_key(name) || self.unavailable.read().contains_key(name) {
             return Err(Error::AlreadyExists(format!("collection {name:?}")));
         }
         let cdir = self.root.join(COLLECTIONS);
@@ -132,9 +299,25 @@ impl Database {
         Ok(c)
     }
 
-    /// An open collection by name.
+    /// An open collection by name ([`Error::Unavailable`] for one that could not be opened).
     pub fn collection(&self, name: &str) -> Result<Collection> {
-        self.collections.read().get(name).cloned().ok_or_else(|| Error::NotFound(format!("collection {name:?}")))
+        if let Some(c) = self.collections.read().get(name) {
+            return Ok(c.clone());
+        }
+        match self.unavailable.read().get(name) {
+            Some(reason) => Err(Error::Unavailable { collection: name.to_owned(), reason: reason.clone() }),
+            None => Err(Error::NotFound(format!("collection {name:?}"))),
+        }
+    }
+
+    fn refuse_if_read_only(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!(
+                "{} was opened read-only; open it for writing (without --read-only, with no other writer)",
+                self.root.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Names of all collections, sorted.
@@ -149,8 +332,9 @@ impl Database {
 
     /// Drops a collection and its files, atomically (renamed away, then removed).
     pub fn drop_collection(&self, name: &str) -> Result<()> {
+        self.refuse_if_read_only()?;
         let mut map = self.collections.write();
-        if map.remove(name).is_none() {
+        if map.remove(name).is_none() && self.unavailable.write().remove(name).is_none() {
             return Err(Error::NotFound(format!("collection {name:?}")));
         }
         let cdir = self.root.join(COLLECTIONS);
@@ -173,8 +357,9 @@ impl Database {
         files: &[(String, Vec<u8>)],
     ) -> Result<Collection> {
         validate_name(name)?;
+        self.refuse_if_read_only()?;
         let mut map = self.collections.write();
-        if map.contains_key(name) {
+        if map.contains_key(name) || self.unavailable.read().contains_key(name) {
             return Err(Error::AlreadyExists(format!("collection {name:?}")));
         }
         let cdir = self.root.join(COLLECTIONS);

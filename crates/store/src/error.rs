@@ -19,6 +19,9 @@ pub enum ErrorClass {
     Transient,
     /// The collection refuses writes until it is reopened (after a failed fsync).
     Fatal,
+    /// The collection is not open: its files are damaged, and it serves nothing until an
+    /// operator restores it or accepts the loss (`kernelize recover`).
+    Unavailable,
 }
 
 /// Errors of the durable engine.
@@ -62,6 +65,18 @@ pub enum Error {
         /// The first failure.
         cause: String,
     },
+    /// The collection could not be opened (its files are damaged); the rest of the data
+    /// directory works. [`crate::Database::unavailable`] lists such collections.
+    #[error("collection {collection} is unavailable: {reason}")]
+    Unavailable {
+        /// The collection.
+        collection: String,
+        /// Why (the error that kept it from opening).
+        reason: String,
+    },
+    /// The data directory was opened read-only; nothing can be written.
+    #[error("read-only: {0}")]
+    ReadOnly(String),
 }
 
 impl Error {
@@ -74,6 +89,8 @@ impl Error {
             Error::Corruption { .. } => ErrorClass::Corruption,
             Error::Io { .. } => ErrorClass::Transient,
             Error::Poisoned { .. } => ErrorClass::Fatal,
+            Error::Unavailable { .. } => ErrorClass::Unavailable,
+            Error::ReadOnly(_) => ErrorClass::User,
         }
     }
 
@@ -82,8 +99,25 @@ impl Error {
         matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
     }
 
+    /// True when the error is another process holding the data directory's lock (a
+    /// read-only open works beside it).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::WouldBlock)
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io { path: path.into(), source }
+    }
+
+    /// The error for a collection directory without its MANIFEST, the same on open and
+    /// in `verify`.
+    pub(crate) fn missing_manifest(path: impl Into<PathBuf>) -> Error {
+        Error::corrupt(
+            path,
+            0,
+            "missing manifest: the collection directory has no MANIFEST (deleted or never written); \
+             restore the collection from a backup",
+        )
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {

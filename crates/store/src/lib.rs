@@ -34,8 +34,8 @@ mod wal;
 
 pub use backup::{BackupFormat, BackupReport, Problem, RestoreReport, VerifyReport, backup, restore, verify};
 pub use collection::{
-    Collection, CompactReport, Durability, Options, RecoveryReport, Stats, segment_companion, segment_companions,
-    wal_path,
+    Collection, CompactReport, Durability, Health, Options, RecoveryReport, Stats, WalLoss, segment_companion,
+    segment_companions, wal_path,
 };
 pub use database::{Database, validate_name};
 pub use error::{Error, ErrorClass, Result};

@@ -216,12 +216,32 @@ impl Manifest {
 
     /// Reads and validates the manifest at `path`.
     pub fn load(storage: &dyn Storage, path: &Path) -> Result<Manifest> {
-        let bytes = storage.read(path).at(path)?;
+        let bytes = match storage.read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::missing_manifest(path)),
+            Err(e) => return Err(Error::io(path, e)),
+        };
         Manifest::decode(&bytes, path)
     }
 
     /// Writes the manifest atomically (temp file, fsync, rename, directory fsync).
     pub fn store(&self, storage: &dyn Storage, path: &Path) -> Result<()> {
         write_atomic(storage, path, &self.encode()).at(path)
+    }
+
+    /// Like [`Manifest::store`], and when it fails says whether the new manifest is in
+    /// place anyway (the rename happened, only the directory fsync failed) and removes the
+    /// temporary file when it is not. `Err((error, true))`: the new manifest is live.
+    pub(crate) fn store_or_clean(&self, storage: &dyn Storage, path: &Path) -> Result<(), (Error, bool)> {
+        let bytes = self.encode();
+        match write_atomic(storage, path, &bytes) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let tmp = path.with_extension("tmp");
+                let _ = storage.remove_file(&tmp);
+                let live = storage.read(path).is_ok_and(|b| b == bytes);
+                Err((Error::io(path, e), live))
+            }
+        }
     }
 }

@@ -65,14 +65,18 @@ pub struct Scan<'a> {
     pub valid_len: u64,
     /// Where and why the scan stopped early; None if the whole file is clean.
     pub problem: Option<(u64, String)>,
+    /// The problem is an incomplete header or frame running into the end of the bytes
+    /// (what an interrupted append leaves), not bad bytes.
+    pub torn: bool,
 }
 
 /// Scans WAL bytes. `expected_seq` is the sequence number the first frame must carry
 /// (None: take the header's). Never panics on any input.
 pub fn scan(bytes: &[u8]) -> Scan<'_> {
-    let mut out = Scan { first_seq: None, frames: Vec::new(), valid_len: 0, problem: None };
+    let mut out = Scan { first_seq: None, frames: Vec::new(), valid_len: 0, problem: None, torn: false };
     if bytes.len() < WAL_HEADER_LEN {
         out.problem = Some((0, format!("file header torn: {} of {WAL_HEADER_LEN} bytes", bytes.len())));
+        out.torn = true;
         return out;
     }
     if bytes[..8] != WAL_MAGIC {
@@ -92,6 +96,7 @@ pub fn scan(bytes: &[u8]) -> Scan<'_> {
         let rest = &bytes[pos..];
         if rest.len() < FRAME_HEADER_LEN {
             out.problem = Some((at, format!("torn frame header: {} of {FRAME_HEADER_LEN} bytes", rest.len())));
+            out.torn = true;
             break;
         }
         let mut r = Reader::new(rest, at);
@@ -106,6 +111,7 @@ pub fn scan(bytes: &[u8]) -> Scan<'_> {
         if rest.len() - FRAME_HEADER_LEN < len {
             out.problem =
                 Some((at, format!("torn frame: payload needs {len} bytes, {} present", rest.len() - FRAME_HEADER_LEN)));
+            out.torn = true;
             break;
         }
         let payload = &rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
@@ -128,6 +134,45 @@ pub fn scan(bytes: &[u8]) -> Scan<'_> {
     out
 }
 
+/// Finds the first intact frame starting at or after byte `from` whose sequence number
+/// is plausible (at least `min_seq`, and no more frames than bytes could hold): how
+/// recovery tells damage (intact frames after a bad one) from a torn tail (nothing intact
+/// after it). Returns its offset, sequence number and total length. Never panics.
+pub(crate) fn find_frame(bytes: &[u8], from: usize, min_seq: u64) -> Option<(u64, u64, usize)> {
+    let max_seq = min_seq.saturating_add(bytes.len() as u64 / FRAME_HEADER_LEN as u64 + 1);
+    let mut pos = from;
+    while pos + FRAME_HEADER_LEN <= bytes.len() {
+        let h = &bytes[pos..pos + FRAME_HEADER_LEN];
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let seq = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+        if len <= MAX_RECORD_LEN && (min_seq..=max_seq).contains(&seq) && bytes.len() - pos - FRAME_HEADER_LEN >= len {
+            let payload = &bytes[pos + FRAME_HEADER_LEN..pos + FRAME_HEADER_LEN + len];
+            let mut digest = crc32c::crc32c(&h[..4]);
+            digest = crc32c::crc32c_append(digest, &h[8..16]);
+            digest = crc32c::crc32c_append(digest, payload);
+            if crate::codec::mask(digest) == crc {
+                return Some((pos as u64, seq, FRAME_HEADER_LEN + len));
+            }
+        }
+        pos += 1;
+    }
+    None
+}
+
+/// Intact frames at or after byte `from` (resynchronizing past damage): how many, and
+/// their lowest and highest sequence numbers.
+pub(crate) fn intact_frames_from(bytes: &[u8], from: usize, min_seq: u64) -> (u64, Option<(u64, u64)>) {
+    let (mut n, mut range) = (0u64, None::<(u64, u64)>);
+    let mut pos = from;
+    while let Some((at, seq, len)) = find_frame(bytes, pos, min_seq) {
+        n += 1;
+        range = Some(range.map_or((seq, seq), |(lo, hi)| (lo.min(seq), hi.max(seq))));
+        pos = at as usize + len;
+    }
+    (n, range)
+}
+
 /// Appends frames to the current WAL file.
 pub(crate) struct WalWriter {
     file: Box<dyn WritableFile>,
@@ -140,14 +185,24 @@ impl WalWriter {
     /// directory synced) before returning.
     pub fn create(storage: &dyn Storage, dir: &Path, first_seq: u64) -> Result<WalWriter> {
         let path = dir.join(wal_file_name(first_seq));
-        let mut file = storage.create(&path).at(&path)?;
-        let mut header = Vec::with_capacity(WAL_HEADER_LEN);
-        header.extend_from_slice(&WAL_MAGIC);
-        put_u64(&mut header, first_seq);
-        file.write_all(&header).at(&path)?;
-        file.sync().at(&path)?;
-        storage.sync_dir(dir).at(dir)?;
-        Ok(WalWriter { file, path, buf: Vec::new() })
+        let created = (|| {
+            let mut file = storage.create(&path).at(&path)?;
+            let mut header = Vec::with_capacity(WAL_HEADER_LEN);
+            header.extend_from_slice(&WAL_MAGIC);
+            put_u64(&mut header, first_seq);
+            file.write_all(&header).at(&path)?;
+            file.sync().at(&path)?;
+            storage.sync_dir(dir).at(dir)?;
+            Ok(file)
+        })();
+        match created {
+            Ok(file) => Ok(WalWriter { file, path, buf: Vec::new() }),
+            Err(e) => {
+                // No frame was ever written to it: leave no half-made file behind.
+                let _ = storage.remove_file(&path);
+                Err(e)
+            }
+        }
     }
 
     /// Writes a group of encoded batches as consecutive frames starting at `first_seq`,
@@ -224,6 +279,17 @@ mod tests {
         assert_eq!(s.frames.len(), 1, "the third frame must not be replayed");
         assert_eq!(s.problem.as_ref().map(|p| p.0), Some(second as u64));
         assert_eq!(s.valid_len, second as u64);
+    }
+
+    #[test]
+    fn intact_frames_are_found_after_a_flipped_byte() {
+        let mut bytes = file(&[b"one", b"two", b"three"]);
+        let second = WAL_HEADER_LEN + FRAME_HEADER_LEN + 3;
+        bytes[second + 2] ^= 0x40; // the length field of the second frame
+        let (n, range) = intact_frames_from(&bytes, second, 8);
+        assert_eq!((n, range), (1, Some((9, 9))));
+        let torn = file(&[b"one", b"two"]);
+        assert_eq!(intact_frames_from(&torn[..torn.len() - 1], second, 8), (0, None));
     }
 
     #[test]

@@ -146,3 +146,112 @@ fn search_by_vector_filter_keyword_and_hybrid_with_clear_errors() {
     bad(&["search", "-c", "s", "--vector-file", q3.to_str().unwrap()], "dimension 3");
     bad(&["search", "-c", "s"], "--text");
 }
+
+/// Flips a byte inside the third frame of collection `c`'s first WAL file.
+fn damage_third_frame(d: &std::path::Path) -> u64 {
+    let wal = kernelize_store::wal_path(&d.join("collections/c"), 1);
+    let mut bytes = fs_err::read(&wal).unwrap();
+    let third = kernelize_store::wal_format::scan(&bytes).frames[2].offset;
+    bytes[third as usize + 20] ^= 0xff;
+    fs_err::write(&wal, &bytes).unwrap();
+    third
+}
+
+#[test]
+fn recover_reports_mid_log_damage_then_cuts_it_with_accept_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    ok(&d, &["collection", "create", "c", "--dim", "2"]);
+    let file = tmp.path().join("in.jsonl");
+    write_jsonl(&file, &(0..5).map(|i| format!(r#"{{"id":"r{i}","vector":[1,{i}]}}"#)).collect::<Vec<_>>());
+    ok(&d, &["upsert", "-c", "c", file.to_str().unwrap(), "--batch", "1"]);
+    let third = damage_third_frame(&d);
+    let out = kz(&d, &["stats", "-c", "c"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unavailable") && err.contains(&format!("offset {third}")), "{err}");
+    let out = kz(&d, &["recover", "-c", "c"]);
+    assert!(!out.status.success(), "without --accept-loss recover only reports");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("2 intact frames") && report.contains("sequence numbers 4..=5"), "{report}");
+    assert!(report.contains("nothing was changed"), "{report}");
+    assert!(!kz(&d, &["stats", "-c", "c"]).status.success(), "still unavailable");
+    let out = ok(&d, &["recover", "-c", "c", "--accept-loss"]);
+    assert!(out.contains("recovered") && out.contains("2 records"), "{out}");
+    let stats: serde_json::Value = serde_json::from_str(&ok(&d, &["stats", "-c", "c"])).unwrap();
+    assert_eq!(stats["records"], 2);
+}
+
+#[test]
+fn verify_reports_a_torn_wal_tail_as_a_note_not_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    ok(&d, &["collection", "create", "c", "--dim", "2"]);
+    let file = tmp.path().join("in.jsonl");
+    write_jsonl(&file, &[r#"{"id":"a","vector":[1,2]}"#.to_owned()]);
+    ok(&d, &["upsert", "-c", "c", file.to_str().unwrap()]);
+    let wal = kernelize_store::wal_path(&d.join("collections/c"), 1);
+    let mut bytes = fs_err::read(&wal).unwrap();
+    bytes.extend_from_slice(&kernelize_store::wal_format::frame_bytes(2, b"interrupted")[..19]);
+    fs_err::write(&wal, &bytes).unwrap();
+    let out = kz(&d, &["verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("torn WAL tail"));
+}
+
+#[test]
+fn reads_work_beside_a_process_holding_the_data_directory() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_kernelize"))
+        .arg("--data-dir")
+        .arg(&d)
+        .args(["--memtable-mb", "1", "debug", "write-loop", "-c", "c", "--prefix", "w", "--batch", "50"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(writer.stdout.take().unwrap()).lines();
+    // Enough batches for a flush (segments to search) while it keeps writing.
+    let segs = d.join("collections/c/seg");
+    while let Some(Ok(_)) = lines.next() {
+        if fs_err::read_dir(&segs)
+            .is_ok_and(|mut r| r.any(|e| e.unwrap().path().extension().is_some_and(|x| x == "seg")))
+        {
+            break;
+        }
+    }
+    let before: Vec<String> = {
+        let mut v: Vec<String> =
+            fs_err::read_dir(&segs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    // The writer holds the lock: reads fall back to read-only by themselves.
+    let out = kz(&d, &["stats", "-c", "c"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stats["records"].as_u64().unwrap() >= 50);
+    assert!(ok(&d, &["--read-only", "get", "-c", "c", "w-0-0"]).contains("w-0-0"));
+    assert_eq!(ok(&d, &["--read-only", "scan", "-c", "c", "--limit", "3"]).lines().count(), 3);
+    let q = tmp.path().join("q.json");
+    fs_err::write(&q, "[0,0,0,0,0,0,0,1]").unwrap();
+    assert_eq!(ok(&d, &["search", "-c", "c", "--vector-file", q.to_str().unwrap(), "--k", "3"]).lines().count(), 3);
+    let out = ok(&d, &["verify"]);
+    assert!(out.starts_with("ok"), "{out}");
+    let pq = tmp.path().join("c.parquet");
+    assert!(ok(&d, &["--read-only", "export", "-c", "c", "--out", pq.to_str().unwrap()]).contains("exported"));
+    // A read-only search builds its indexes in memory: no .idx (or temporary) file.
+    let idx: Vec<String> = fs_err::read_dir(&segs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| before.iter().any(|b| b.ends_with(".seg") && n.starts_with(&b[..8]) && !n.ends_with(".seg")))
+        .collect();
+    assert!(idx.is_empty(), "a read-only search wrote {idx:?}");
+    let out = kz(&d, &["--read-only", "delete", "-c", "c", "w-0-0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--read-only"));
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+}

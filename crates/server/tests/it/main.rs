@@ -5,6 +5,7 @@
 mod common;
 mod functional;
 mod hardening;
+mod health;
 mod kernels;
 mod matrix;
 mod security;

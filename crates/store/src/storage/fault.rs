@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 
 /// Which error the injected failures report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +21,21 @@ pub enum FaultKind {
 struct Countdown {
     remaining: AtomicI64,
     kind: AtomicU8,
+    /// Only operations that take space count and fail (a full disk: unlink, truncate,
+    /// rename and fsync still work).
+    allocations_only: AtomicBool,
     failures: Mutex<u64>,
 }
 
 impl Countdown {
+    /// An operation that frees or moves space rather than taking it.
+    fn tick_free(&self, what: &str) -> io::Result<()> {
+        if self.allocations_only.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.tick(what)
+    }
+
     fn tick(&self, what: &str) -> io::Result<()> {
         if self.remaining.fetch_sub(1, Ordering::SeqCst) > 0 {
             return Ok(());
@@ -48,14 +59,28 @@ pub struct FaultStorage {
 impl FaultStorage {
     /// Wraps `inner`, disarmed.
     pub fn new(inner: Arc<dyn Storage>) -> FaultStorage {
-        let countdown =
-            Countdown { remaining: AtomicI64::new(i64::MAX), kind: AtomicU8::new(0), failures: Mutex::new(0) };
+        let countdown = Countdown {
+            remaining: AtomicI64::new(i64::MAX),
+            kind: AtomicU8::new(0),
+            allocations_only: AtomicBool::new(false),
+            failures: Mutex::new(0),
+        };
         FaultStorage { inner, countdown: Arc::new(countdown) }
     }
 
     /// After `ops` more successful mutating operations, every further one fails with `kind`.
     pub fn fail_after(&self, ops: i64, kind: FaultKind) {
+        self.countdown.allocations_only.store(false, Ordering::SeqCst);
         self.countdown.kind.store(if kind == FaultKind::DiskFull { 1 } else { 0 }, Ordering::SeqCst);
+        self.countdown.remaining.store(ops, Ordering::SeqCst);
+    }
+
+    /// A disk that fills up: after `ops` more operations that take space (create, write,
+    /// mkdir), each of them fails with ENOSPC; removing, truncating, renaming and fsync
+    /// still work, as on a real full disk.
+    pub fn fill_disk_after(&self, ops: i64) {
+        self.countdown.allocations_only.store(true, Ordering::SeqCst);
+        self.countdown.kind.store(1, Ordering::SeqCst);
         self.countdown.remaining.store(ops, Ordering::SeqCst);
     }
 
@@ -81,7 +106,7 @@ impl WritableFile for FaultWriter {
         self.inner.write_all(buf)
     }
     fn sync(&mut self) -> io::Result<()> {
-        self.countdown.tick("fsync")?;
+        self.countdown.tick_free("fsync")?;
         self.inner.sync()
     }
 }
@@ -116,23 +141,23 @@ impl Storage for FaultStorage {
         self.inner.map(path)
     }
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.countdown.tick("truncate")?;
+        self.countdown.tick_free("truncate")?;
         self.inner.truncate(path, len)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.countdown.tick("rename")?;
+        self.countdown.tick_free("rename")?;
         self.inner.rename(from, to)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.countdown.tick("unlink")?;
+        self.countdown.tick_free("unlink")?;
         self.inner.remove_file(path)
     }
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.countdown.tick("rmdir")?;
+        self.countdown.tick_free("rmdir")?;
         self.inner.remove_dir_all(path)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.countdown.tick("fsync dir")?;
+        self.countdown.tick_free("fsync dir")?;
         self.inner.sync_dir(path)
     }
 }

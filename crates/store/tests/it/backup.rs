@@ -130,3 +130,87 @@ fn parquet_export_round_trips() {
     assert_eq!(meta.value(0), r#"{"lang":"en","n":3}"#);
     assert!(!b.column(2).is_null(0));
 }
+
+#[test]
+fn verify_reports_a_torn_wal_tail_as_torn_not_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("src");
+    let wal = {
+        let db = Database::open(&root, opts()).unwrap();
+        let c = db.create_collection("c", cfg()).unwrap();
+        c.upsert(vec![rec("a", 1.0, 0.0)]).unwrap();
+        kernelize_store::wal_path(c.dir(), 1)
+    };
+    let mut f = fs_err::OpenOptions::new().append(true).open(&wal).unwrap();
+    std::io::Write::write_all(&mut f, &kernelize_store::wal_format::frame_bytes(2, b"cut off")[..19]).unwrap();
+    let r = verify(&root).unwrap();
+    assert!(r.problems.is_empty(), "a torn tail is no problem: {:?}", r.problems);
+    assert_eq!(r.torn_tails.len(), 1);
+    assert_eq!(r.torn_tails[0].path, wal);
+}
+
+#[test]
+fn cut_off_backup_tar_is_reported_as_truncated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Database::open(&tmp.path().join("src"), opts()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    for i in 0..100 {
+        c.upsert(vec![rec(&format!("p{i}"), i as f32, 0.0)]).unwrap();
+    }
+    let dest = tmp.path().join("b.tar");
+    backup(&db, &dest, BackupFormat::Tar, &[], &mut |_, _| {}).unwrap();
+    let bytes = fs_err::read(&dest).unwrap();
+    for cut in [bytes.len() / 2, bytes.len() - 512, 700] {
+        let cut_path = tmp.path().join(format!("cut-{cut}.tar"));
+        fs_err::write(&cut_path, &bytes[..cut]).unwrap();
+        let e = verify(&cut_path).unwrap_err().to_string();
+        assert!(e.contains("truncated") && !e.contains("offset 0:"), "{e}");
+        let target = Database::open(&tmp.path().join(format!("r-{cut}")), opts()).unwrap();
+        assert!(restore(&target, &cut_path, None, None).unwrap_err().to_string().contains("truncated"));
+    }
+}
+
+#[test]
+fn backup_is_written_under_a_temporary_name_until_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Database::open(&tmp.path().join("src"), opts()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    for i in 0..300 {
+        c.upsert(vec![rec(&format!("p{i}"), i as f32, 0.0)]).unwrap();
+    }
+    for name in ["b", "b.tar"] {
+        let dest = tmp.path().join(name);
+        let fmt = if name.ends_with(".tar") { BackupFormat::Tar } else { BackupFormat::Dir };
+        let mut calls = 0;
+        backup(&db, &dest, fmt, &[], &mut |_, _| {
+            calls += 1;
+            assert!(!dest.exists(), "a partial backup is visible under its final name");
+        })
+        .unwrap();
+        assert!(calls > 0);
+        assert!(verify(&dest).unwrap().problems.is_empty());
+    }
+    // A failing backup leaves nothing behind.
+    let e = backup(&db, &tmp.path().join("x"), BackupFormat::Dir, &["c".into(), "missing".into()], &mut |_, _| {});
+    assert!(e.is_err());
+    let left: Vec<String> =
+        fs_err::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.contains("partial") && n != "x"), "{left:?}");
+}
+
+#[test]
+fn deleted_manifest_gives_the_same_message_on_open_and_in_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("src");
+    {
+        let db = Database::open(&root, opts()).unwrap();
+        db.create_collection("c", cfg()).unwrap().upsert(vec![rec("a", 1.0, 0.0)]).unwrap();
+    }
+    let manifest = root.join("collections/c/MANIFEST");
+    fs_err::remove_file(&manifest).unwrap();
+    let from_verify = verify(&root).unwrap().problems[0].to_string();
+    let db = Database::open(&root, opts()).unwrap();
+    let from_open = db.unavailable()[0].1.clone();
+    assert!(from_verify.contains("missing manifest"), "{from_verify}");
+    assert!(from_open.ends_with(&from_verify), "open: {from_open}\nverify: {from_verify}");
+}

@@ -171,3 +171,68 @@ fn file_backend_end_to_end_with_real_fsync() {
     let r = kernelize_store::verify(dir.path()).unwrap();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
 }
+
+#[test]
+fn read_only_open_beside_a_writer_sees_a_snapshot_as_of_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), small()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    for i in 0..100 {
+        c.upsert(vec![rec(&format!("f{i}"), i as f32, 2.0)]).unwrap();
+    }
+    let listing = |p: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = walk(p);
+        v.sort();
+        v
+    };
+    let before = listing(dir.path());
+    let e = Database::open(dir.path(), small()).unwrap_err();
+    assert!(e.is_locked() && e.to_string().contains("read-only"), "{e}");
+    let ro = Database::open_read_only(dir.path(), small()).unwrap();
+    let rc = ro.collection("c").unwrap();
+    assert_eq!(rc.snapshot().count().unwrap(), 100);
+    assert_eq!(listing(dir.path()), before, "a read-only open changed the data directory");
+    c.upsert(vec![rec("later", 1.0, 1.0)]).unwrap();
+    assert!(rc.get("later").unwrap().is_none(), "a reader sees the state as of its open");
+    assert!(rc.upsert(vec![rec("x", 1.0, 1.0)]).is_err());
+    // Readers beside a writer that flushes and compacts never see damage.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.upsert(vec![rec(&format!("w{i}"), i as f32, 0.0)]).unwrap();
+                if i % 97 == 0 {
+                    c.compact().unwrap();
+                }
+                i += 1;
+            }
+        });
+        let mut last = 0;
+        for _ in 0..60 {
+            let ro = Database::open_read_only(dir.path(), small()).unwrap();
+            assert!(ro.unavailable().is_empty(), "{:?}", ro.unavailable());
+            let n = ro.collection("c").unwrap().snapshot().count().unwrap();
+            assert!(n >= last, "{n} < {last}");
+            last = n;
+            let v = kernelize_store::verify(dir.path()).unwrap();
+            assert!(v.problems.is_empty(), "{:?}", v.problems);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+    });
+}
+
+fn walk(p: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs_err::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(format!("{} {}", path.display(), e.metadata().unwrap().len()));
+        }
+    }
+    out
+}

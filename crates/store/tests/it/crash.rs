@@ -155,37 +155,137 @@ proptest! {
     }
 }
 
-#[test]
-fn torn_tail_is_cut_and_reported_and_later_frames_never_replayed() {
-    let mem = MemStorage::new();
+/// A data directory with collection `c` holding five one-record batches a0..a4 (seqs
+/// 1..=5) in one WAL file, and an untouched collection `other`.
+fn five_batches(mem: &MemStorage) -> std::path::PathBuf {
     let storage: Arc<dyn Storage> = Arc::new(mem.clone());
-    let root = Path::new("data");
-    let db = Database::open_with(storage.clone(), root, Options::default()).unwrap();
+    let db = Database::open_with(storage, Path::new("data"), Options::default()).unwrap();
     let c = db.create_collection("c", cfg()).unwrap();
     for i in 0..5 {
         c.upsert(vec![rec(&format!("a{i}"), i as f32, 0.0)]).unwrap();
     }
-    let wal = kernelize_store::wal_path(c.dir(), 1);
-    drop(c);
-    drop(db);
-    // Flip a byte inside the third frame's payload: frames 3.. must be dropped.
-    let mut bytes = mem.read(&wal).unwrap();
-    let scan = kernelize_store::wal_format::scan(&bytes);
-    let third = scan.frames[2].offset as usize;
-    bytes[third + 20] ^= 0xff;
-    let mut f = mem.create(&wal).unwrap();
-    f.write_all(&bytes).unwrap();
+    db.create_collection("other", cfg()).unwrap().upsert(vec![rec("o", 1.0, 1.0)]).unwrap();
+    kernelize_store::wal_path(c.dir(), 1)
+}
+
+fn rewrite(mem: &MemStorage, path: &Path, bytes: &[u8]) {
+    let mut f = mem.create(path).unwrap();
+    f.write_all(bytes).unwrap();
     f.sync().unwrap();
-    drop(f);
-    let db = Database::open_with(storage, root, Options::default()).unwrap();
+}
+
+/// Every file of collection `c` with its bytes.
+fn files(mem: &MemStorage) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    fn walk(mem: &MemStorage, dir: &Path, out: &mut BTreeMap<std::path::PathBuf, Vec<u8>>) {
+        for name in mem.list_dir(dir).unwrap_or_default() {
+            let p = dir.join(name);
+            match mem.read(&p) {
+                Ok(b) => {
+                    out.insert(p, b);
+                }
+                Err(_) => walk(mem, &p, out),
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(mem, Path::new("data/collections/c"), &mut out);
+    out
+}
+
+#[test]
+fn torn_tail_is_cut_and_reported() {
+    let mem = MemStorage::new();
+    let wal = five_batches(&mem);
+    // The last frame is cut short: an interrupted write.
+    let bytes = mem.read(&wal).unwrap();
+    let scan = kernelize_store::wal_format::scan(&bytes);
+    let last = scan.frames[4].offset as usize;
+    rewrite(&mem, &wal, &bytes[..last + 20]);
+    let db = Database::open_with(Arc::new(mem.clone()), Path::new("data"), Options::default()).unwrap();
+    assert!(db.unavailable().is_empty(), "{:?}", db.unavailable());
     let c = db.collection("c").unwrap();
     let r = c.recovery_report();
-    let (path, offset, reason, _) = r.truncated.clone().expect("reported");
-    assert_eq!(path, wal);
-    assert_eq!(offset, third as u64);
-    assert!(reason.contains("checksum"), "{reason}");
-    let ids: Vec<String> = c.snapshot().scan(None).map(|r| r.unwrap().id.clone()).collect();
-    assert_eq!(ids.len(), 2, "{ids:?}");
+    let (path, offset, reason, cut) = r.truncated.clone().expect("reported");
+    assert_eq!((path, offset, cut), (wal.clone(), last as u64, 20));
+    assert!(reason.contains("torn"), "{reason}");
+    assert!(!r.loss.as_ref().unwrap().is_damage());
+    assert_eq!(c.snapshot().count().unwrap(), 4);
     // The store keeps working after the cut, with fresh sequence numbers.
+    assert_eq!(c.upsert(vec![rec("b", 1.0, 1.0)]).unwrap(), 5);
+}
+
+#[test]
+fn mid_log_corruption_refuses_the_collection_and_changes_nothing() {
+    let mem = MemStorage::new();
+    let wal = five_batches(&mem);
+    // Flip a byte inside the third frame's payload: frames 4 and 5 after it are intact.
+    let mut bytes = mem.read(&wal).unwrap();
+    let scan = kernelize_store::wal_format::scan(&bytes);
+    let third = scan.frames[2].offset;
+    bytes[third as usize + 20] ^= 0xff;
+    rewrite(&mem, &wal, &bytes);
+    let before = files(&mem);
+    let storage: Arc<dyn Storage> = Arc::new(mem.clone());
+    let db = Database::open_with(storage.clone(), Path::new("data"), Options::default()).unwrap();
+    assert_eq!(files(&mem), before, "opening must not change anything of the damaged collection");
+    // The other collection works; the damaged one is listed with file and offset.
+    assert_eq!(db.collection("other").unwrap().snapshot().count().unwrap(), 1);
+    let unavailable = db.unavailable();
+    assert_eq!(unavailable.len(), 1);
+    assert_eq!(unavailable[0].0, "c");
+    let reason = &unavailable[0].1;
+    assert!(reason.contains(&wal.display().to_string()) && reason.contains(&format!("offset {third}")), "{reason}");
+    assert!(reason.contains("recover --collection c --accept-loss"), "{reason}");
+    let e = db.collection("c").unwrap_err();
+    assert_eq!(e.class(), kernelize_store::ErrorClass::Unavailable, "{e}");
+    assert!(matches!(db.health().iter().find(|(n, _)| n == "c"), Some((_, kernelize_store::Health::Unavailable(_)))));
+
+    // Without accepting the loss, recover only reports.
+    let loss = db.recover("c", false).unwrap().expect("a loss");
+    assert_eq!((loss.file.clone(), loss.offset, loss.cut_at), (wal.clone(), third, third));
+    assert_eq!((loss.intact_frames, loss.seqs), (2, Some((4, 5))));
+    assert_eq!(loss.bytes, bytes.len() as u64 - third);
+    assert_eq!(files(&mem), before);
+    assert!(db.collection("c").is_err());
+
+    // Accepting it cuts (keeping the bytes in quarantine) and opens the collection.
+    db.recover("c", true).unwrap();
+    let c = db.collection("c").unwrap();
+    assert!(db.unavailable().is_empty());
+    assert_eq!(c.snapshot().count().unwrap(), 2);
+    let kept = files(&mem)
+        .into_iter()
+        .find(|(p, _)| p.to_string_lossy().contains("quarantine"))
+        .expect("the dropped bytes are kept");
+    assert_eq!(kept.1, bytes[third as usize..].to_vec());
     assert_eq!(c.upsert(vec![rec("b", 1.0, 1.0)]).unwrap(), 3);
+    drop((c, db));
+    let db = Database::open_with(storage, Path::new("data"), Options::default()).unwrap();
+    assert_eq!(db.collection("c").unwrap().snapshot().count().unwrap(), 3);
+}
+
+#[test]
+fn corrupt_frame_followed_by_a_later_wal_file_is_damage() {
+    let mem = MemStorage::new();
+    let storage: Arc<dyn Storage> = Arc::new(mem.clone());
+    let db = Database::open_with(storage.clone(), Path::new("data"), Options::default()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    for i in 0..3 {
+        c.upsert(vec![rec(&format!("a{i}"), i as f32, 0.0)]).unwrap();
+    }
+    let first = kernelize_store::wal_path(c.dir(), 1);
+    drop((c, db));
+    // Reopening starts a second WAL file at seq 4.
+    let db = Database::open_with(storage.clone(), Path::new("data"), Options::default()).unwrap();
+    db.collection("c").unwrap().upsert(vec![rec("b", 1.0, 1.0)]).unwrap();
+    drop(db);
+    // The last frame of the first file is damaged; the second file is intact.
+    let mut bytes = mem.read(&first).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    rewrite(&mem, &first, &bytes);
+    let db = Database::open_with(storage, Path::new("data"), Options::default()).unwrap();
+    let (name, reason) = db.unavailable().pop().expect("unavailable");
+    assert_eq!(name, "c");
+    assert!(reason.contains("sequence numbers 4..=4"), "{reason}");
 }
