@@ -7,6 +7,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Manifest, SegmentRef, segment_file_name};
 use crate::record::decode_batch;
 use crate::segment::{Segment, write_segment};
+use crate::storage::file::{create_private, create_private_dir_all};
 use crate::storage::{Mapped, MemStorage, Storage};
 use crate::wal::{self, parse_wal_file_name};
 use serde::{Deserialize, Serialize};
@@ -60,8 +61,8 @@ impl Sink {
             Sink::Dir(root, dirs) => {
                 let path = root.join(rel);
                 let parent = crate::storage::parent_of(&path).to_path_buf();
-                fs_err::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-                let mut f = fs_err::File::create(&path).map_err(|e| Error::io(&path, e))?;
+                create_private_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+                let mut f = create_private(&path).map_err(|e| Error::io(&path, e))?;
                 std::io::Write::write_all(&mut f, bytes).map_err(|e| Error::io(&path, e))?;
                 f.sync_all().map_err(|e| Error::io(&path, e))?;
                 if !dirs.contains(&parent) {
@@ -147,10 +148,10 @@ fn write_backup(
 ) -> Result<BackupReport> {
     let mut sink = match format {
         BackupFormat::Dir => {
-            fs_err::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+            create_private_dir_all(dest).map_err(|e| Error::io(dest, e))?;
             Sink::Dir(dest.to_path_buf(), Vec::new())
         }
-        BackupFormat::Tar => Sink::Tar(tar::Builder::new(fs_err::File::create(dest).map_err(|e| Error::io(dest, e))?)),
+        BackupFormat::Tar => Sink::Tar(tar::Builder::new(create_private(dest).map_err(|e| Error::io(dest, e))?)),
     };
     let snaps: Vec<_> = collections.iter().map(|c| (c, c.snapshot())).collect();
     let total: u64 = snaps.iter().flat_map(|(_, s)| s.segments()).map(|s| s.file_bytes() as u64).sum();

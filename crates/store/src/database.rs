@@ -101,15 +101,13 @@ impl Database {
     /// Opens (creating if needed) a data directory on the local filesystem, taking an
     /// exclusive lock on it, and recovers every collection.
     pub fn open(root: &Path, opts: Options) -> Result<Database> {
-        fs_err::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        FileStorage.create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let lock_path = root.join("LOCK");
-        let lock = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?
-            .into_file();
+        let mut lock_opts = fs_err::OpenOptions::new();
+        lock_opts.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        fs_err::os::unix::fs::OpenOptionsExt::mode(&mut lock_opts, 0o600);
+        let lock = lock_opts.open(&lock_path).map_err(|e| Error::io(&lock_path, e))?.into_file();
         if let Err(e) = lock.try_lock() {
             let msg = match e {
                 std::fs::TryLockError::WouldBlock => "another kernelize process has this data directory open \

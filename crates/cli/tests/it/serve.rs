@@ -239,23 +239,19 @@ fn admin_key_reset_recovers_a_locked_out_server() {
     let key = "kz_clitest00000_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
     let (child, _) = start_serve(dir.path(), key, &[]);
     stop(child);
-    // Locked out: the only admin key revoked (as older servers allowed).
-    let db = dir.path().join("control.db");
-    let edit = Command::new("python3")
-        .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE api_keys SET revoked_ms = 1\"); c.commit()"])
-        .arg(&db)
-        .status()
-        .unwrap();
-    assert!(edit.success());
+    // Locked out: the operator lost the only admin key (revoking it is refused now, and
+    // editing the table by hand would be caught by `audit verify`).
     let out = kz(dir.path(), &["admin-key", "reset"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let fresh = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(fresh.starts_with("kz_") && !fresh.contains('\n'), "the key alone on stdout: {fresh}");
-    // The server starts with the revoked key configured (it is not brought back, and an
-    // active admin exists now), and the new key administers it.
+    // The new key administers the server, and can revoke the lost one.
     let (child, addr) = start_serve(dir.path(), key, &[]);
-    assert!(http(&addr, "GET", "/v1/keys", key, "").starts_with("HTTP/1.1 401"));
     assert!(http(&addr, "GET", "/v1/keys", &fresh, "").starts_with("HTTP/1.1 200"));
+    let lost = key[3..].split_once('_').unwrap().0;
+    let r = http(&addr, "DELETE", &format!("/v1/keys/{lost}"), &fresh, "");
+    assert!(r.starts_with("HTTP/1.1 204") || r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(http(&addr, "GET", "/v1/keys", key, "").starts_with("HTTP/1.1 401"));
     let r = http(&addr, "GET", "/v1/audit?action=keys.reset", &fresh, "");
     assert!(r.contains("\"actor\":\"system\""), "{r}");
     stop(child);

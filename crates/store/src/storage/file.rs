@@ -23,7 +23,7 @@ impl WritableFile for FileWriter {
 
 impl Storage for FileStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs_err::create_dir_all(path)
+        create_private_dir_all(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -40,7 +40,7 @@ impl Storage for FileStorage {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        Ok(Box::new(FileWriter(fs_err::File::create(path)?)))
+        Ok(Box::new(FileWriter(create_private(path)?)))
     }
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
@@ -89,4 +89,29 @@ impl Storage for FileStorage {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         fs_err::File::open(path)?.sync_all()
     }
+}
+
+/// Creates (or truncates) a file for writing, owner-only (0600) whatever the umask:
+/// records, keys and backups are nobody else's.
+pub(crate) fn create_private(path: &Path) -> io::Result<fs_err::File> {
+    let mut o = fs_err::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use fs_err::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+/// Creates a directory and its missing parents, owner-only (0700).
+pub(crate) fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(path).map_err(|e| io::Error::new(e.kind(), format!("{e} when creating directory {}", path.display())))
 }

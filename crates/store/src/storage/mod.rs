@@ -5,7 +5,7 @@
 //! [`FaultStorage`] (wraps another backend and fails after a countdown, e.g. ENOSPC).
 
 mod fault;
-mod file;
+pub(crate) mod file;
 mod mem;
 
 pub use fault::{FaultKind, FaultStorage};

@@ -236,3 +236,41 @@ fn walk(p: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// Regression (issue 19, item 7): collection files were created 0644 (the umask's
+/// default); every file the store writes is 0600 and every directory 0700.
+#[cfg(unix)]
+#[test]
+fn data_directory_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let db = Database::open(&root, small()).unwrap();
+    let c = db.create_collection("c", cfg()).unwrap();
+    for i in 0..200 {
+        c.upsert(vec![rec(&format!("id{i}"), i as f32, 0.0)]).unwrap();
+    }
+    c.flush().unwrap();
+    c.upsert(vec![rec("tail", 1.0, 0.0)]).unwrap();
+    kernelize_store::backup(&db, &tmp.path().join("b.tar"), kernelize_store::BackupFormat::Tar).unwrap();
+    let mut seen = 0;
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in fs_err::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            if e.file_type().unwrap().is_dir() {
+                assert_eq!(mode, 0o700, "{}", e.path().display());
+                stack.push(e.path());
+            } else {
+                assert_eq!(mode, 0o600, "{}", e.path().display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 5, "lock, marker, manifest, segment, WAL");
+    let root_mode = fs_err::metadata(&root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(root_mode, 0o700);
+    let tar_mode = fs_err::metadata(tmp.path().join("b.tar")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(tar_mode, 0o600, "backups too");
+}
