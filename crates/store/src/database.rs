@@ -3,7 +3,7 @@
 use crate::collection::{Collection, Options, create_files};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::CollectionConfig;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,8 +41,15 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 impl Database {
     /// Opens (creating if needed) a data directory on the local filesystem, taking an
-    /// exclusive lock on it, and recovers every collection.
+    /// exclusive lock on it, and recovers every collection. An encrypted data directory
+    /// needs [`Database::open_keyed`].
     pub fn open(root: &Path, opts: Options) -> Result<Database> {
+        Database::open_keyed(root, opts, None)
+    }
+
+    /// As [`Database::open`]; with `master`, the data directory must be encrypted
+    /// ([`crate::init_encrypted`]) and its files are sealed and opened with its keyring.
+    pub fn open_keyed(root: &Path, opts: Options, master: Option<&crate::MasterKey>) -> Result<Database> {
         fs_err::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let lock_path = root.join("LOCK");
         let lock = fs_err::OpenOptions::new()
@@ -59,13 +66,14 @@ impl Database {
             };
             return Err(Error::io(&lock_path, std::io::Error::new(std::io::ErrorKind::WouldBlock, msg)));
         }
-        let mut db = Database::open_with(Arc::new(FileStorage), root, opts)?;
+        let mut db = Database::open_with(crate::keys::file_storage(root, master)?, root, opts)?;
         db._lock = Some(lock);
         Ok(db)
     }
 
     /// Opens a data directory on any storage backend (no process lock).
     pub fn open_with(storage: Arc<dyn Storage>, root: &Path, opts: Options) -> Result<Database> {
+        crate::keys::check_access(&*storage, root)?;
         let cdir = root.join(COLLECTIONS);
         storage.create_dir_all(&cdir).at(&cdir)?;
         let marker = root.join(MARKER);
@@ -78,6 +86,11 @@ impl Database {
             if name.starts_with('.') {
                 // An interrupted create or drop: never visible, remove.
                 storage.remove_dir_all(&dir).at(&dir)?;
+                if let (Some(enc), Some(gone)) = (storage.encryption(), name.strip_prefix(".dropped-"))
+                    && !storage.exists(&cdir.join(gone)).at(&cdir)?
+                {
+                    enc.destroy_key(gone)?; // finish the crypto-shredding of a drop
+                }
                 continue;
             }
             if validate_name(&name).is_err() {
@@ -124,6 +137,9 @@ impl Database {
         if self.storage.exists(&tmp).at(&tmp)? {
             self.storage.remove_dir_all(&tmp).at(&tmp)?;
         }
+        if let Some(enc) = self.storage.encryption() {
+            enc.renew_key(name)?;
+        }
         create_files(&*self.storage, &tmp, &config)?;
         self.storage.rename(&tmp, &dir).at(&dir)?;
         self.storage.sync_dir(&cdir).at(&cdir)?;
@@ -161,6 +177,10 @@ impl Database {
         }
         self.storage.rename(&dir, &gone).at(&dir)?;
         self.storage.sync_dir(&cdir).at(&cdir)?;
+        if let Some(enc) = self.storage.encryption() {
+            // Crypto-shredding: every copy of the collection's files becomes unreadable.
+            enc.destroy_key(name)?;
+        }
         self.storage.remove_dir_all(&gone).at(&gone)
     }
 
@@ -182,6 +202,9 @@ impl Database {
         let dir = cdir.join(name);
         if self.storage.exists(&tmp).at(&tmp)? {
             self.storage.remove_dir_all(&tmp).at(&tmp)?;
+        }
+        if let Some(enc) = self.storage.encryption() {
+            enc.renew_key(name)?;
         }
         for sub in ["wal", "seg"] {
             self.storage.create_dir_all(&tmp.join(sub)).at(&tmp)?;

@@ -135,4 +135,8 @@ impl Storage for FaultStorage {
         self.countdown.tick("fsync dir")?;
         self.inner.sync_dir(path)
     }
+
+    fn encryption(&self) -> Option<&super::EncryptedStorage> {
+        self.inner.encryption()
+    }
 }
