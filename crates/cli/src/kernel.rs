@@ -25,6 +25,26 @@ pub enum KeysCmd {
         #[arg(long, default_value = "kernel-signing")]
         out: PathBuf,
     },
+    /// Make a random master key for an encrypted data directory: a file of 64 hex digits,
+    /// mode 0600 (keep it outside the data directory and its backups).
+    GenerateMaster {
+        /// The key file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-wrap every data key of the encrypted data directory under a new master key
+    /// (only `KEYRING` is rewritten; data files are not touched). The current key comes
+    /// from the usual flags, the new one from --new-key-file or --new-key-command.
+    RotateMaster {
+        /// File with the new master key.
+        #[arg(long, required_unless_present = "new_key_command")]
+        new_key_file: Option<PathBuf>,
+        /// Command that prints the new master key.
+        #[arg(long, conflicts_with = "new_key_file")]
+        new_key_command: Option<String>,
+    },
+    /// List the data keys of the encrypted data directory (ids and collections; never the keys).
+    ListData,
 }
 
 /// How to build (shared by `build` and `merge`).
@@ -186,8 +206,40 @@ pub enum KernelCmd {
     },
 }
 
-pub fn keys(cmd: &KeysCmd) -> Result<ExitCode> {
+pub fn keys(cli: &crate::Cli, cmd: &KeysCmd) -> Result<ExitCode> {
+    let current = || {
+        crate::commands::master_key(cli)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "give the current master key: --master-key-file, --master-key-command or $KERNELIZE_MASTER_KEY"
+            )
+        })
+    };
     match cmd {
+        KeysCmd::GenerateMaster { out } => {
+            let key = kernelize_store::MasterKey::generate()?;
+            let mut opts = fs_err::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            fs_err::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(out)?;
+            std::io::Write::write_all(&mut f, format!("{}\n", key.to_hex()).as_bytes())?;
+            f.sync_all()?;
+            println!("master key {} (mode 0600; keep it outside the data directory and its backups)", out.display());
+        }
+        KeysCmd::RotateMaster { new_key_file, new_key_command } => {
+            let new = match (new_key_file, new_key_command) {
+                (Some(f), _) => kernelize_store::MasterKey::from_file(f)?,
+                (None, Some(c)) => kernelize_store::MasterKey::from_command(c)?,
+                (None, None) => anyhow::bail!("give --new-key-file or --new-key-command"),
+            };
+            let n = kernelize_store::rotate_master(&cli.data_dir, &current()?, &new)?;
+            println!("{n} data keys re-wrapped under the new master key; data files unchanged");
+        }
+        KeysCmd::ListData => {
+            for k in kernelize_store::list_keys(&cli.data_dir, &current()?)? {
+                println!("{} {} created {}", k.id, k.collection, k.created_unix);
+            }
+        }
         KeysCmd::Generate { out } => {
             let (private, public, pk) = SigningKey::generate_files(out)?;
             println!("key id {}", pk.key_id());

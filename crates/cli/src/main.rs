@@ -35,6 +35,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "KERNELIZE_MEMTABLE_MB", default_value_t = 64)]
     pub memtable_mb: usize,
 
+    /// File holding the master key of an encrypted data directory (64 hex digits, base64,
+    /// or 32 raw bytes). The key may also come from $KERNELIZE_MASTER_KEY.
+    #[arg(long, global = true, env = "KERNELIZE_MASTER_KEY_FILE", conflicts_with = "master_key_command")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Command that prints the master key (e.g. a KMS client unwrapping it), run with
+    /// `sh -c` whenever the data directory is opened.
+    #[arg(long, global = true, env = "KERNELIZE_MASTER_KEY_COMMAND")]
+    pub master_key_command: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -44,7 +54,13 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the data directory (other commands create it too).
-    Init,
+    Init {
+        /// Encrypt everything the engine writes (WAL, segments, indexes, backups) under
+        /// per-collection data keys wrapped by the master key (--master-key-file,
+        /// --master-key-command or $KERNELIZE_MASTER_KEY). Only for a new data directory.
+        #[arg(long)]
+        encrypt: bool,
+    },
     /// Create, list or drop collections.
     #[command(subcommand)]
     Collection(commands::CollectionCmd),
@@ -94,7 +110,7 @@ pub enum Command {
     /// verify, query offline, merge and compare kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
-    /// Signing keys for kernels.
+    /// Signing keys for kernels; master keys of encrypted data directories.
     #[command(subcommand)]
     Keys(kernel::KeysCmd),
     /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
@@ -128,7 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve::serve(&cli, a),
         Command::Audit(cmd) => serve::audit(&cli, cmd),
         Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
-        Command::Keys(cmd) => kernel::keys(cmd),
+        Command::Keys(cmd) => kernel::keys(&cli, cmd),
         _ => commands::run(&cli),
     }
 }

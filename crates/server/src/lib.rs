@@ -204,9 +204,11 @@ pub async fn start(config: Config) -> Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data_dir = config.data_dir.clone();
     let opts = kernelize_store::Options { durability: config.durability.parse()?, ..Default::default() };
-    let db = tokio::task::spawn_blocking(move || kernelize_store::Database::open(&data_dir, opts))
-        .await?
-        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let master = config.master_key()?;
+    let db =
+        tokio::task::spawn_blocking(move || kernelize_store::Database::open_keyed(&data_dir, opts, master.as_ref()))
+            .await?
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let model_dir = config.model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);
     let embedder = tokio::task::spawn_blocking(move || {
         kernelize_embed::Embedder::load(&model_dir).map(Arc::new).map_err(|e| format!("embedder unavailable: {e}"))
