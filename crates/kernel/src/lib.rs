@@ -12,6 +12,7 @@
 
 mod blocks;
 pub mod build;
+pub mod device;
 mod error;
 pub mod format;
 mod ivf;

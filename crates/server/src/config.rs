@@ -43,6 +43,14 @@ pub struct Config {
     /// OTLP/HTTP endpoint for request spans, e.g. `http://127.0.0.1:4318/v1/traces`;
     /// none (the default) exports nothing.
     pub otlp_endpoint: Option<String>,
+    /// File holding the master key of an encrypted data directory.
+    pub master_key_file: Option<PathBuf>,
+    /// Command that prints the master key (a KMS hook), run once at start.
+    pub master_key_command: Option<String>,
+    /// The master key itself (from `KERNELIZE_MASTER_KEY`; never read from or written to
+    /// a config file).
+    #[serde(skip)]
+    pub master_key: Option<kernelize_store::MasterKey>,
 }
 
 /// Request limits.
@@ -127,6 +135,9 @@ impl Default for Config {
             cors_origins: Vec::new(),
             log_format: "json".into(),
             otlp_endpoint: None,
+            master_key_file: None,
+            master_key_command: None,
+            master_key: None,
         }
     }
 }
@@ -144,6 +155,16 @@ impl Config {
             Some(u) => u.clone(),
             None => format!("sqlite://{}?mode=rwc", self.data_dir.join("control.db").display()),
         }
+    }
+
+    /// The master key of an encrypted data directory, if one is configured.
+    pub fn master_key(&self) -> Result<Option<kernelize_store::MasterKey>> {
+        Ok(match (&self.master_key, &self.master_key_file, &self.master_key_command) {
+            (Some(k), _, _) => Some(k.clone()),
+            (None, Some(f), _) => Some(kernelize_store::MasterKey::from_file(f)?),
+            (None, None, Some(c)) => Some(kernelize_store::MasterKey::from_command(c)?),
+            (None, None, None) => None,
+        })
     }
 
     /// Where backups go.

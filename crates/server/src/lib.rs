@@ -221,9 +221,11 @@ pub async fn start(config: Config) -> Result<Running> {
         memtable_bytes: config.memtable_mb.saturating_mul(1 << 20),
         ..Default::default()
     };
-    let db = tokio::task::spawn_blocking(move || kernelize_store::Database::open(&data_dir, opts))
-        .await?
-        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let master = config.master_key()?;
+    let db =
+        tokio::task::spawn_blocking(move || kernelize_store::Database::open_keyed(&data_dir, opts, master.as_ref()))
+            .await?
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     for (collection, reason) in db.unavailable() {
         tracing::error!(collection, reason, "collection unavailable: /readyz fails until it is recovered");
     }

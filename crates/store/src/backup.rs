@@ -8,7 +8,7 @@ use crate::manifest::{Manifest, SegmentRef, segment_file_name};
 use crate::record::decode_batch;
 use crate::segment::{Segment, write_segment};
 use crate::storage::file::{create_private, create_private_dir_all};
-use crate::storage::{Mapped, MemStorage, Storage};
+use crate::storage::{EncryptedStorage, Mapped, MemStorage, Storage, is_sealed};
 use crate::wal::{self, parse_wal_file_name};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -124,7 +124,7 @@ pub fn backup(
     // so the destination never holds a partial backup.
     let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "backup".into());
     let partial = dest.with_file_name(format!(".{file_name}.partial-{}", std::process::id()));
-    let result = write_backup(&collections, &partial, format, progress);
+    let result = write_backup(db.storage().encryption(), &collections, &partial, format, progress);
     let result = result.and_then(|report| {
         fs_err::rename(&partial, dest).map_err(|e| Error::io(dest, e))?;
         let parent = crate::storage::parent_of(dest);
@@ -141,6 +141,7 @@ pub fn backup(
 }
 
 fn write_backup(
+    enc: Option<&EncryptedStorage>,
     collections: &[Collection],
     dest: &Path,
     format: BackupFormat,
@@ -157,6 +158,14 @@ fn write_backup(
     let total: u64 = snaps.iter().flat_map(|(_, s)| s.segments()).map(|s| s.file_bytes() as u64).sum();
     let mut done = 0u64;
     let mut report = BackupReport { format: 1, created_unix: now_unix(), collections: Vec::new(), bytes: 0 };
+    // An encrypted data directory writes sealed backups under the collections' data keys
+    // (the keys stay in the data directory: see docs/format/encryption.md).
+    let seal = |name: &str, bytes: &[u8]| -> Result<std::borrow::Cow<'_, [u8]>> {
+        Ok(match enc {
+            Some(e) => e.seal(name, bytes)?.into(),
+            None => bytes.to_vec().into(),
+        })
+    };
     for (c, snap) in &snaps {
         let base = format!("collections/{}", c.name());
         let n = snap.segments().len() as u64;
@@ -170,7 +179,7 @@ fn write_backup(
         if info.count > 0 {
             let bytes = mem.read(tmp).at(tmp)?;
             let id = n + 1;
-            sink.put(&format!("{base}/seg/{}", segment_file_name(id)), &bytes)?;
+            sink.put(&format!("{base}/seg/{}", segment_file_name(id)), &seal(c.name(), &bytes)?)?;
             report.bytes += bytes.len() as u64;
             manifest.segments.push(SegmentRef {
                 id,
@@ -182,7 +191,7 @@ fn write_backup(
         }
         for (i, seg) in snap.segments().iter().enumerate() {
             let id = n - i as u64;
-            sink.put(&format!("{base}/seg/{}", segment_file_name(id)), seg.bytes())?;
+            sink.put(&format!("{base}/seg/{}", segment_file_name(id)), &seal(c.name(), seg.bytes())?)?;
             let (min_seq, max_seq) = seg.seq_range();
             manifest.segments.push(SegmentRef {
                 id,
@@ -197,7 +206,7 @@ fn write_backup(
         }
         manifest.next_segment_id = n + 2;
         let mbytes = manifest.encode();
-        sink.put(&format!("{base}/MANIFEST"), &mbytes)?;
+        sink.put(&format!("{base}/MANIFEST"), &seal(c.name(), &mbytes)?)?;
         report.bytes += mbytes.len() as u64;
         report.collections.push(BackupEntry {
             name: c.name().to_owned(),
@@ -244,6 +253,8 @@ pub struct VerifyReport {
     /// file, with nothing intact after it. An interrupted (never acknowledged) write, or
     /// one a live writer is making: not a problem; the next open cuts it.
     pub torn_tails: Vec<Problem>,
+    /// Sealed (encrypted) files counted but not opened (no keys were given).
+    pub sealed: u64,
 }
 
 impl VerifyReport {
@@ -255,6 +266,12 @@ impl VerifyReport {
         };
         self.problems.push(p);
     }
+}
+
+/// A file of a [`Tree`]: readable bytes, or sealed bytes and no keys to open them.
+enum Got {
+    Clear(Mapped),
+    Sealed(u64),
 }
 
 /// A tree of files read either from a directory or from a tar (loaded into memory).
@@ -292,6 +309,19 @@ impl Tree {
         match self {
             Tree::Dir(root) => root.join(rel),
             Tree::Tar(p, _) => PathBuf::from(format!("{}!{rel}", p.display())),
+        }
+    }
+
+    /// A file's bytes, opened with `keys` when it is sealed; `Sealed` when it is sealed
+    /// and there are no keys.
+    fn get_open(&self, rel: &str, keys: Option<&EncryptedStorage>) -> Result<Option<Got>> {
+        let Some(b) = self.get(rel)? else { return Ok(None) };
+        if !is_sealed(&b) {
+            return Ok(Some(Got::Clear(b)));
+        }
+        match keys {
+            Some(k) => Ok(Some(Got::Clear(Mapped::new(k.unseal(&self.display(rel), b.to_vec())?)))),
+            None => Ok(Some(Got::Sealed(b.len() as u64))),
         }
     }
 
@@ -342,7 +372,14 @@ impl Tree {
 
 /// Checks every checksum of a data directory, a backup directory or a backup `.tar`:
 /// manifests, every segment section, WAL frames. Reports each problem with file and offset.
+/// Sealed (encrypted) files are counted in [`VerifyReport::sealed`] and not opened; use
+/// [`verify_keyed`] to check them too.
 pub fn verify(path: &Path) -> Result<VerifyReport> {
+    verify_keyed(path, None)
+}
+
+/// As [`verify`], opening sealed files with `keys` (an encrypted data directory's storage).
+pub fn verify_keyed(path: &Path, keys: Option<&EncryptedStorage>) -> Result<VerifyReport> {
     let tree = Tree::open(path)?;
     let mut report = VerifyReport::default();
     let is_backup = tree.get(BACKUP_FILE)?;
@@ -375,7 +412,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
             attempt += 1;
             let mpath = format!("collections/{name}/MANIFEST");
             let before = tree.get(&mpath)?.map(|m| m.to_vec());
-            let sub = check_collection(&tree, &name)?;
+            let sub = check_collection(&tree, &name, keys)?;
             let changed = tree.get(&mpath)?.map(|m| m.to_vec()) != before;
             if !tree.is_dir() || sub.problems.is_empty() || !changed || attempt >= 20 {
                 break sub;
@@ -387,6 +424,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
         }
         report.files += sub.files;
         report.bytes += sub.bytes;
+        report.sealed += sub.sealed;
         report.problems.extend(sub.problems);
         report.torn_tails.extend(sub.torn_tails);
     }
@@ -417,14 +455,38 @@ fn check_tar_end(f: &fs_err::File, path: &Path, len: u64) -> Result<()> {
     Ok(())
 }
 
-/// Checks one collection's manifest, segments and WAL files.
-fn check_collection(tree: &Tree, name: &str) -> Result<VerifyReport> {
+/// Checks one collection's manifest, segments and WAL files; sealed files are opened
+/// with `keys`, or only counted without them.
+fn check_collection(tree: &Tree, name: &str, keys: Option<&EncryptedStorage>) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let base = format!("collections/{name}");
     let mpath = format!("{base}/MANIFEST");
-    let Some(mbytes) = tree.get(&mpath)? else {
-        report.add(Error::missing_manifest(tree.display(&mpath)));
-        return Ok(report);
+    let mbytes = match tree.get_open(&mpath, keys) {
+        Ok(Some(Got::Clear(b))) => b,
+        Ok(Some(Got::Sealed(n))) => {
+            // Without keys only the container's presence is checked.
+            report.sealed += 1;
+            report.files += 1;
+            report.bytes += n;
+            for dir in ["seg", "wal", "wal-archive"] {
+                for file in tree.list(&format!("{base}/{dir}")) {
+                    if let Some(b) = tree.get(&format!("{base}/{dir}/{file}"))? {
+                        report.sealed += 1;
+                        report.files += 1;
+                        report.bytes += b.len() as u64;
+                    }
+                }
+            }
+            return Ok(report);
+        }
+        Ok(None) => {
+            report.add(Error::missing_manifest(tree.display(&mpath)));
+            return Ok(report);
+        }
+        Err(e) => {
+            report.add(e);
+            return Ok(report);
+        }
     };
     report.files += 1;
     report.bytes += mbytes.len() as u64;
@@ -437,9 +499,13 @@ fn check_collection(tree: &Tree, name: &str) -> Result<VerifyReport> {
     };
     for s in &manifest.segments {
         let rel = format!("{base}/seg/{}", segment_file_name(s.id));
-        match tree.get(&rel)? {
-            None => report.add(Error::corrupt(tree.display(&rel), 0, "segment named by the manifest is missing")),
-            Some(bytes) => {
+        match tree.get_open(&rel, keys) {
+            Err(e) => report.add(e),
+            Ok(Some(Got::Sealed(_))) => {
+                report.add(Error::corrupt(tree.display(&rel), 0, "sealed segment, clear manifest"))
+            }
+            Ok(None) => report.add(Error::corrupt(tree.display(&rel), 0, "segment named by the manifest is missing")),
+            Ok(Some(Got::Clear(bytes))) => {
                 report.files += 1;
                 report.bytes += bytes.len() as u64;
                 if let Err(e) = Segment::from_mapped(&tree.display(&rel), bytes) {
@@ -453,7 +519,18 @@ fn check_collection(tree: &Tree, name: &str) -> Result<VerifyReport> {
             tree.list(&format!("{base}/{dir}")).into_iter().filter(|f| parse_wal_file_name(f).is_some()).collect();
         for (i, file) in files.iter().enumerate() {
             let rel = format!("{base}/{dir}/{file}");
-            let Some(bytes) = tree.get(&rel)? else { continue };
+            let bytes = match tree.get_open(&rel, keys) {
+                Ok(Some(Got::Clear(b))) => b,
+                Ok(Some(Got::Sealed(_))) => {
+                    report.add(Error::corrupt(tree.display(&rel), 0, "sealed WAL file, clear manifest"));
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    report.add(e);
+                    continue;
+                }
+            };
             report.files += 1;
             report.bytes += bytes.len() as u64;
             let scan = wal::scan(&bytes);
@@ -493,7 +570,8 @@ pub struct RestoreReport {
 /// archived and live WAL on top of each collection's backup point, in sequence order,
 /// up to `until_seq` (inclusive; all available when None) — point-in-time recovery.
 pub fn restore(db: &Database, src: &Path, wal_source: Option<&Path>, until_seq: Option<u64>) -> Result<RestoreReport> {
-    let check = verify(src)?;
+    let keys = db.storage().encryption();
+    let check = verify_keyed(src, keys)?;
     if let Some(p) = check.problems.first() {
         return Err(Error::corrupt(&p.path, p.offset, format!("backup failed verification: {}", p.reason)));
     }
@@ -511,22 +589,40 @@ pub fn restore(db: &Database, src: &Path, wal_source: Option<&Path>, until_seq: 
     for entry in &index.collections {
         let base = format!("collections/{}", entry.name);
         let mut files = Vec::new();
-        let manifest = tree.get(&format!("{base}/MANIFEST"))?.map(|b| b.to_vec()).unwrap_or_default();
+        let sealed_without_keys = || {
+            Error::InvalidInput(format!(
+                "{} is encrypted: restore it into an encrypted data directory that holds its keyring",
+                src.display()
+            ))
+        };
+        let manifest = match tree.get_open(&format!("{base}/MANIFEST"), keys)? {
+            Some(Got::Clear(b)) => b.to_vec(),
+            Some(Got::Sealed(_)) => return Err(sealed_without_keys()),
+            None => Vec::new(),
+        };
         for seg in tree.list(&format!("{base}/seg")) {
-            if let Some(b) = tree.get(&format!("{base}/seg/{seg}"))? {
-                files.push((format!("seg/{seg}"), b.to_vec()));
+            match tree.get_open(&format!("{base}/seg/{seg}"), keys)? {
+                Some(Got::Clear(b)) => files.push((format!("seg/{seg}"), b.to_vec())),
+                Some(Got::Sealed(_)) => return Err(sealed_without_keys()),
+                None => {}
             }
         }
         let c = db.adopt_collection(&entry.name, &manifest, &files)?;
         if let Some(src_root) = wal_source {
-            replay_archive(&c, src_root, until_seq, &mut report)?;
+            replay_archive(&c, keys, src_root, until_seq, &mut report)?;
         }
         report.collections.push((entry.name.clone(), c.snapshot().seq()));
     }
     Ok(report)
 }
 
-fn replay_archive(c: &Collection, src_root: &Path, until: Option<u64>, report: &mut RestoreReport) -> Result<()> {
+fn replay_archive(
+    c: &Collection,
+    keys: Option<&EncryptedStorage>,
+    src_root: &Path,
+    until: Option<u64>,
+    report: &mut RestoreReport,
+) -> Result<()> {
     let cdir = src_root.join("collections").join(c.name());
     let mut files: Vec<(u64, PathBuf)> = Vec::new();
     for dir in ["wal-archive", "wal"] {
@@ -542,7 +638,16 @@ fn replay_archive(c: &Collection, src_root: &Path, until: Option<u64>, report: &
     let mut next = c.snapshot().seq() + 1;
     let until = until.unwrap_or(u64::MAX);
     'files: for (_, path) in files {
-        let bytes = fs_err::read(&path).map_err(|e| Error::io(&path, e))?;
+        let mut bytes = fs_err::read(&path).map_err(|e| Error::io(&path, e))?;
+        if is_sealed(&bytes) {
+            let Some(keys) = keys else {
+                return Err(Error::InvalidInput(format!(
+                    "{} is encrypted: replay it into an encrypted data directory",
+                    path.display()
+                )));
+            };
+            bytes = keys.unseal(&path, bytes)?;
+        }
         let scan = wal::scan(&bytes);
         for f in &scan.frames {
             if f.seq < next {

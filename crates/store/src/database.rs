@@ -99,8 +99,15 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 impl Database {
     /// Opens (creating if needed) a data directory on the local filesystem, taking an
-    /// exclusive lock on it, and recovers every collection.
+    /// exclusive lock on it, and recovers every collection. An encrypted data directory
+    /// needs [`Database::open_keyed`].
     pub fn open(root: &Path, opts: Options) -> Result<Database> {
+        Database::open_keyed(root, opts, None)
+    }
+
+    /// As [`Database::open`]; with `master`, the data directory must be encrypted
+    /// ([`crate::init_encrypted`]) and its files are sealed and opened with its keyring.
+    pub fn open_keyed(root: &Path, opts: Options, master: Option<&crate::MasterKey>) -> Result<Database> {
         FileStorage.create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let lock_path = root.join("LOCK");
         let mut lock_opts = fs_err::OpenOptions::new();
@@ -117,7 +124,7 @@ impl Database {
             };
             return Err(Error::io(&lock_path, std::io::Error::new(std::io::ErrorKind::WouldBlock, msg)));
         }
-        let mut db = Database::open_with(Arc::new(FileStorage), root, opts)?;
+        let mut db = Database::open_with(crate::keys::file_storage(root, master)?, root, opts)?;
         db._lock = Some(lock);
         Ok(db)
     }
@@ -127,11 +134,17 @@ impl Database {
     /// no WAL file); each collection's WAL is replayed in memory as far as it is clean.
     /// What it sees is a snapshot as of this call; writes are refused.
     pub fn open_read_only(root: &Path, opts: Options) -> Result<Database> {
-        Database::open_read_only_with(Arc::new(FileStorage), root, opts)
+        Database::open_read_only_keyed(root, opts, None)
+    }
+
+    /// [`Database::open_read_only`] of a data directory that may be encrypted.
+    pub fn open_read_only_keyed(root: &Path, opts: Options, master: Option<&crate::MasterKey>) -> Result<Database> {
+        Database::open_read_only_with(crate::keys::file_storage(root, master)?, root, opts)
     }
 
     /// [`Database::open_read_only`] on any storage backend.
     pub fn open_read_only_with(storage: Arc<dyn Storage>, root: &Path, opts: Options) -> Result<Database> {
+        crate::keys::check_access(&*storage, root)?;
         let storage: Arc<dyn Storage> = Arc::new(ReadOnlyStorage(storage));
         let marker = root.join(MARKER);
         if !storage.exists(&marker).at(&marker)? {
@@ -147,6 +160,7 @@ impl Database {
     /// cannot be opened (damaged files) does not stop the others: it is listed by
     /// [`Database::unavailable`] and answers [`Error::Unavailable`].
     pub fn open_with(storage: Arc<dyn Storage>, root: &Path, opts: Options) -> Result<Database> {
+        crate::keys::check_access(&*storage, root)?;
         let cdir = root.join(COLLECTIONS);
         if !storage.exists(&cdir).at(&cdir)? {
             storage.create_dir_all(&cdir).at(&cdir)?;
@@ -169,6 +183,11 @@ impl Database {
                 // An interrupted create or drop: never visible, remove.
                 if !read_only {
                     storage.remove_dir_all(&dir).at(&dir)?;
+                    if let (Some(enc), Some(gone)) = (storage.encryption(), name.strip_prefix(".dropped-"))
+                        && !storage.exists(&cdir.join(gone)).at(&cdir)?
+                    {
+                        enc.destroy_key(gone)?; // finish the crypto-shredding of a drop
+                    }
                 }
                 continue;
             }
@@ -289,6 +308,9 @@ impl Database {
         if self.storage.exists(&tmp).at(&tmp)? {
             self.storage.remove_dir_all(&tmp).at(&tmp)?;
         }
+        if let Some(enc) = self.storage.encryption() {
+            enc.renew_key(name)?;
+        }
         create_files(&*self.storage, &tmp, &config)?;
         self.storage.rename(&tmp, &dir).at(&dir)?;
         self.storage.sync_dir(&cdir).at(&cdir)?;
@@ -343,6 +365,10 @@ impl Database {
         }
         self.storage.rename(&dir, &gone).at(&dir)?;
         self.storage.sync_dir(&cdir).at(&cdir)?;
+        if let Some(enc) = self.storage.encryption() {
+            // Crypto-shredding: every copy of the collection's files becomes unreadable.
+            enc.destroy_key(name)?;
+        }
         self.storage.remove_dir_all(&gone).at(&gone)
     }
 
@@ -365,6 +391,9 @@ impl Database {
         let dir = cdir.join(name);
         if self.storage.exists(&tmp).at(&tmp)? {
             self.storage.remove_dir_all(&tmp).at(&tmp)?;
+        }
+        if let Some(enc) = self.storage.encryption() {
+            enc.renew_key(name)?;
         }
         for sub in ["wal", "seg"] {
             self.storage.create_dir_all(&tmp.join(sub)).at(&tmp)?;

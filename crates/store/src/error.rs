@@ -106,6 +106,11 @@ impl Error {
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        // A sealed file that does not open is corruption (or a destroyed key), not an
+        // I/O failure to retry.
+        if let Some(e) = source.get_ref().and_then(|e| e.downcast_ref::<crate::storage::SealError>()) {
+            return Error::corrupt(path, e.offset, e.reason.clone());
+        }
         Error::Io { path: path.into(), source }
     }
 

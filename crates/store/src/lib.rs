@@ -24,6 +24,7 @@ mod database;
 mod error;
 #[cfg(feature = "parquet")]
 mod export;
+mod keys;
 mod manifest;
 mod memtable;
 mod record;
@@ -32,7 +33,9 @@ mod snapshot;
 mod storage;
 mod wal;
 
-pub use backup::{BackupFormat, BackupReport, Problem, RestoreReport, VerifyReport, backup, restore, verify};
+pub use backup::{
+    BackupFormat, BackupReport, Problem, RestoreReport, VerifyReport, backup, restore, verify, verify_keyed,
+};
 pub use collection::{
     Collection, CompactReport, Durability, Health, Options, RecoveryReport, Stats, WalLoss, segment_companion,
     segment_companions, wal_path,
@@ -41,6 +44,9 @@ pub use database::{Database, validate_name};
 pub use error::{Error, ErrorClass, Result};
 #[cfg(feature = "parquet")]
 pub use export::export_parquet;
+pub use keys::{
+    KEY_LEN, KEYRING_FILE, KeyInfo, MASTER_KEY_ENV, MasterKey, init_encrypted, is_encrypted, list_keys, rotate_master,
+};
 pub use manifest::{CollectionConfig, IndexSettings, Manifest, Metric, Quantization, SegmentRef};
 pub use memtable::{Entry, Key};
 pub use record::{
@@ -50,7 +56,8 @@ pub use record::{
 pub use segment::{Segment, SegmentOptions};
 pub use snapshot::Snapshot;
 pub use storage::{
-    CrashMode, FaultKind, FaultStorage, FileStorage, Mapped, MemStorage, Storage, WritableFile, write_atomic,
+    CrashMode, EncryptedStorage, FaultKind, FaultStorage, FileStorage, Mapped, MemStorage, RECORD_MAX,
+    SEALED_HEADER_LEN, SEALED_MAGIC, SEALED_VERSION, Storage, WritableFile, is_sealed, write_atomic,
 };
 
 /// WAL format helpers for tools, tests and fuzzing.

@@ -163,3 +163,66 @@ fn kernel_commands_end_to_end() {
     let hit: serde_json::Value = serde_json::from_str(q.lines().next().unwrap()).unwrap();
     assert_eq!(hit["text"], "second 3", "replace keeps the newer version: {q}");
 }
+
+#[test]
+fn kernel_encrypted_to_a_device_key_opens_only_with_its_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, data) = (tmp.path(), tmp.path().join("data"));
+    let stem = dir.join("k");
+    ok(&data, &["keys", "generate", "--out", stem.to_str().unwrap()]);
+    load(dir, "a", 0..150, "device");
+    let k = dir.join("a.kernel");
+    ok(
+        &data,
+        &[
+            "kernel",
+            "build",
+            "--collection",
+            "a",
+            "--out",
+            k.to_str().unwrap(),
+            "--key",
+            dir.join("k.key").to_str().unwrap(),
+        ],
+    );
+    let (dev, other) = (dir.join("device.key"), dir.join("other.key"));
+    let out = ok(&data, &["keys", "generate-device", "--out", dev.to_str().unwrap()]);
+    let recipient = out.lines().find_map(|l| l.strip_prefix("recipient ")).unwrap().to_owned();
+    ok(&data, &["keys", "generate-device", "--out", other.to_str().unwrap()]);
+    let sealed = dir.join("a.kernel.age");
+    ok(&data, &["kernel", "encrypt", k.to_str().unwrap(), "--recipient", &recipient]);
+    let plain = fs_err::read(&k).unwrap();
+    let bytes = fs_err::read(&sealed).unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1\n"));
+    assert!(!bytes.windows(32).any(|w| w == &plain[plain.len() / 2..plain.len() / 2 + 32]), "kernel bytes leak");
+    let qfile = dir.join("q.json");
+    fs_err::write(&qfile, serde_json::to_string(&vector(17)).unwrap()).unwrap();
+    let query = |extra: &[&str]| {
+        let mut args = vec!["kernel", "query", sealed.to_str().unwrap(), "--vector-file", qfile.to_str().unwrap()];
+        args.extend(extra);
+        kz(&data, &args)
+    };
+    let q = query(&["--identity", dev.to_str().unwrap()]);
+    assert!(
+        q.status.success() && String::from_utf8_lossy(&q.stdout).contains("d17"),
+        "{}",
+        String::from_utf8_lossy(&q.stderr)
+    );
+    let no = query(&[]);
+    assert!(!no.status.success() && String::from_utf8_lossy(&no.stderr).contains("--identity"));
+    assert!(!query(&["--identity", other.to_str().unwrap()]).status.success(), "another device's key opens it");
+    let back = dir.join("back.kernel");
+    ok(
+        &data,
+        &[
+            "kernel",
+            "decrypt",
+            sealed.to_str().unwrap(),
+            "--identity",
+            dev.to_str().unwrap(),
+            "--out",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(fs_err::read(&back).unwrap(), plain);
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod encryption;
 mod kernel;
 mod models;
 mod serve;

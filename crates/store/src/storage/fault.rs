@@ -160,4 +160,8 @@ impl Storage for FaultStorage {
         self.countdown.tick_free("fsync dir")?;
         self.inner.sync_dir(path)
     }
+
+    fn encryption(&self) -> Option<&super::EncryptedStorage> {
+        self.inner.encryption()
+    }
 }

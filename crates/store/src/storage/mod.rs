@@ -1,13 +1,16 @@
 //! The storage boundary: every byte the engine reads or writes goes through [`Storage`].
 //!
-//! Four backends implement it: [`FileStorage`] (the real one), [`MemStorage`] (in memory,
+//! Four backends implement it, and [`EncryptedStorage`] seals files on top of any of them: [`FileStorage`] (the real one), [`MemStorage`] (in memory,
 //! which also simulates crashes by keeping "live" and "durable" bytes apart) and
 //! [`FaultStorage`] (wraps another backend and fails after a countdown, e.g. ENOSPC).
 
+mod crypt;
 mod fault;
 pub(crate) mod file;
 mod mem;
 
+pub(crate) use crypt::SealError;
+pub use crypt::{EncryptedStorage, RECORD_MAX, SEALED_HEADER_LEN, SEALED_MAGIC, SEALED_VERSION, is_sealed};
 pub use fault::{FaultKind, FaultStorage};
 pub use file::FileStorage;
 pub use mem::{CrashMode, MemStorage};
@@ -79,6 +82,11 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Makes the entries of a directory (creations, renames, removals) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// The encryption layer, when this backend is (or wraps) an [`EncryptedStorage`]: the
+    /// engine asks it for fresh data keys on create and destroys them on drop.
+    fn encryption(&self) -> Option<&EncryptedStorage> {
+        None
+    }
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.

@@ -252,7 +252,8 @@ fn data_directory_files_are_owner_only() {
     }
     c.flush().unwrap();
     c.upsert(vec![rec("tail", 1.0, 0.0)]).unwrap();
-    kernelize_store::backup(&db, &tmp.path().join("b.tar"), kernelize_store::BackupFormat::Tar).unwrap();
+    kernelize_store::backup(&db, &tmp.path().join("b.tar"), kernelize_store::BackupFormat::Tar, &[], &mut |_, _| {})
+        .unwrap();
     let mut seen = 0;
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {

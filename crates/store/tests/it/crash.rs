@@ -4,7 +4,8 @@
 
 use super::{cfg, rec};
 use kernelize_store::{
-    CrashMode, Database, Durability, FaultKind, FaultStorage, MemStorage, Op, Options, SegmentOptions, Storage,
+    CrashMode, Database, Durability, EncryptedStorage, FaultKind, FaultStorage, MasterKey, MemStorage, Op, Options,
+    SegmentOptions, Storage,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -46,11 +47,25 @@ fn read_all(db: &Database) -> Model {
 }
 
 fn run(steps: Vec<Step>, durability: Durability, seed: u64) {
+    run_on(steps, durability, seed, false);
+}
+
+/// `encrypted`: the engine runs on an [`EncryptedStorage`] over the fault-injecting,
+/// crash-simulating backend, so crashes tear and drop ciphertext.
+fn run_on(steps: Vec<Step>, durability: Durability, seed: u64, encrypted: bool) {
     let mem = MemStorage::new();
     let fault = FaultStorage::new(Arc::new(mem.clone()));
-    let storage: Arc<dyn Storage> = Arc::new(fault.clone());
     let root = Path::new("data");
-    let mut db = Database::open_with(storage.clone(), root, opts(durability)).unwrap();
+    let master = MasterKey::from_bytes([9; 32]);
+    let plain: Arc<dyn Storage> = Arc::new(fault.clone());
+    if encrypted {
+        EncryptedStorage::create(plain.clone(), root, &master).unwrap();
+    }
+    // After a crash the keyring is read again from its durable bytes, as a new process would.
+    let storage = || -> Arc<dyn Storage> {
+        if encrypted { Arc::new(EncryptedStorage::open(plain.clone(), root, &master).unwrap()) } else { plain.clone() }
+    };
+    let mut db = Database::open_with(storage(), root, opts(durability)).unwrap();
     db.create_collection("c", cfg()).unwrap();
     // history[i] = state after the i-th attempted batch; acked = index of the last
     // acknowledged one. Recovered state must be history[j] for some j >= acked (Always).
@@ -124,7 +139,7 @@ fn run(steps: Vec<Step>, durability: Durability, seed: u64) {
             // A crashed process runs no destructors.
             std::mem::forget(std::mem::replace(
                 &mut db,
-                Database::open_with(storage.clone(), root, opts(durability)).unwrap_or_else(|e| panic!("reopen: {e}")),
+                Database::open_with(storage(), root, opts(durability)).unwrap_or_else(|e| panic!("reopen: {e}")),
             ));
             let got = read_all(&db);
             let from = if durability == Durability::Always || mode == CrashMode::KeepAll { acked } else { 0 };
@@ -147,6 +162,11 @@ proptest! {
     #[test]
     fn crashes_never_lose_acknowledged_writes(steps in proptest::collection::vec(step(), 1..60), seed in any::<u64>()) {
         run(steps, Durability::Always, seed);
+    }
+
+    #[test]
+    fn crashes_never_lose_acknowledged_writes_when_encrypted(steps in proptest::collection::vec(step(), 1..60), seed in any::<u64>()) {
+        run_on(steps, Durability::Always, seed, true);
     }
 
     #[test]

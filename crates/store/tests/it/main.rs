@@ -4,6 +4,7 @@
 mod backup;
 mod basic;
 mod crash;
+mod encryption;
 mod fault;
 mod formats;
 
