@@ -207,7 +207,11 @@ fn sealed_files_name_the_file_and_offset_when_damaged() {
     let mut b = fs_err::read(&seg).unwrap();
     b[200] ^= 0x10;
     fs_err::write(&seg, &b).unwrap();
-    let e = Database::open_keyed(dir.path(), Options::default(), Some(&master)).unwrap_err();
-    assert_eq!(e.class(), kernelize_store::ErrorClass::Corruption, "{e}");
-    assert!(e.to_string().contains(&seg.display().to_string()), "{e}");
+    // The data directory opens; the damaged collection is unavailable, and says where.
+    let db = Database::open_keyed(dir.path(), Options::default(), Some(&master)).unwrap();
+    let e = db.collection("c").unwrap_err();
+    assert_eq!(e.class(), kernelize_store::ErrorClass::Unavailable, "{e}");
+    let (name, reason) = db.unavailable().pop().unwrap();
+    assert_eq!(name, "c");
+    assert!(reason.starts_with("corruption in ") && reason.contains(&seg.display().to_string()), "{reason}");
 }
