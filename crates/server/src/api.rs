@@ -635,6 +635,7 @@ pub struct ApiDoc;
 /// The generated document, with the crate version.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(crate::fleet::FleetApiDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }
@@ -709,6 +710,6 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("DELETE", "/v1/keys/{id}") => "keys.revoke",
         ("POST", "/v1/tokens") => "tokens.mint",
         ("GET", "/v1/audit") => "audit.read",
-        _ => return None,
+        _ => return crate::fleet::audit_action(method, route),
     })
 }

@@ -51,6 +51,38 @@ pub struct Config {
     /// a config file).
     #[serde(skip)]
     pub master_key: Option<kernelize_store::MasterKey>,
+    /// The fleet control plane.
+    pub fleet: FleetSettings,
+}
+
+/// Settings of the fleet control plane (`[fleet]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetSettings {
+    /// Heartbeat interval devices are told to keep (±20% jitter), ms; three missed is offline.
+    pub heartbeat_ms: u64,
+    /// Lifetime of a device token, seconds.
+    pub device_token_ttl_secs: u64,
+    /// Deployments need approval by a principal other than their creator.
+    pub require_approval: bool,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings { heartbeat_ms: 60_000, device_token_ttl_secs: 3600, require_approval: true }
+    }
+}
+
+impl FleetSettings {
+    /// The control plane's configuration.
+    pub fn to_fleet_config(&self) -> kernelize_fleet::FleetConfig {
+        kernelize_fleet::FleetConfig {
+            heartbeat_ms: self.heartbeat_ms,
+            device_token_ttl_ms: self.device_token_ttl_secs.saturating_mul(1000),
+            require_approval: self.require_approval,
+            ..kernelize_fleet::FleetConfig::default()
+        }
+    }
 }
 
 /// Request limits.
@@ -138,6 +170,7 @@ impl Default for Config {
             master_key_file: None,
             master_key_command: None,
             master_key: None,
+            fleet: FleetSettings::default(),
         }
     }
 }
@@ -205,6 +238,17 @@ impl Config {
             self.log_format
         );
         self.durability.parse::<kernelize_store::Durability>()?;
+        let f = &self.fleet;
+        anyhow::ensure!(
+            (100..=86_400_000).contains(&f.heartbeat_ms),
+            "fleet.heartbeat_ms must be in [100, 86400000], got {}",
+            f.heartbeat_ms
+        );
+        anyhow::ensure!(
+            (10..=7 * 86_400).contains(&f.device_token_ttl_secs),
+            "fleet.device_token_ttl_secs must be in [10, 604800], got {}",
+            f.device_token_ttl_secs
+        );
         Ok(())
     }
 }

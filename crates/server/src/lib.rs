@@ -16,6 +16,7 @@ pub mod docs;
 pub mod engine;
 pub mod error;
 mod files;
+pub mod fleet;
 pub mod http;
 pub mod kernels;
 pub mod meta;
@@ -182,8 +183,10 @@ pub fn init_telemetry(format: &str, otlp_endpoint: Option<&str>) -> Result<Telem
 pub fn router(state: Arc<AppState>) -> axum::Router {
     let limits = &state.config.limits;
     let mut app = api::protected_routes()
+        .merge(fleet::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard))
         .merge(api::public_routes())
+        .merge(fleet::device_routes(state.clone()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -244,7 +247,9 @@ pub async fn start(config: Config) -> Result<Running> {
     files::private_dir(&config.data_dir.join("kernels"))?;
     let audit_keys = Arc::new(audit::AuditKeys::load_or_create(&config.data_dir)?);
     meta.ensure_keyed(&audit_keys).await?;
-    let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels, audit_keys));
+    let fleet = kernelize_fleet::Fleet::new(meta.pool().clone(), config.fleet.to_fleet_config());
+    fleet.load().await.context("loading the fleet's device liveness")?;
+    let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels, audit_keys, fleet));
     let admin_key = state.bootstrap_admin().await?;
     state.adopt_legacy_kernels().await?;
     audit::spawn_checkpointer(&state).await?;
@@ -257,6 +262,19 @@ pub async fn start(config: Config) -> Result<Running> {
             let Some(st) = flusher.upgrade() else { break };
             if let Err(e) = st.flush_usage().await {
                 tracing::warn!(error = %e, "usage flush failed; will retry");
+            }
+        }
+    });
+
+    let ticker = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(st) = ticker.upgrade() else { break };
+            if let Err(e) = st.fleet.tick(state::now_ms()).await {
+                tracing::warn!(error = %e, "fleet tick failed; will retry");
             }
         }
     });

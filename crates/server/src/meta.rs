@@ -230,6 +230,11 @@ impl MetaStore {
         Ok(MetaStore { pool, backend })
     }
 
+    /// The connection pool (the fleet control plane keeps its tables here too).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -42,6 +42,8 @@ pub struct AppState {
     pub kernels: crate::kernels::Kernels,
     /// The audit chain's HMAC key and checkpoint signing key.
     pub audit_keys: Arc<crate::audit::AuditKeys>,
+    /// The fleet control plane (devices, releases, deployments).
+    pub fleet: kernelize_fleet::Fleet,
     /// Authenticated requests being served (load shedding beyond `limits.concurrency`).
     pub inflight: Arc<tokio::sync::Semaphore>,
     /// Slots of `inflight` held by each key (at most [`AppState::per_key_slots`]).
@@ -95,6 +97,7 @@ pub struct UsageDelta {
 
 impl AppState {
     /// Assembles the state.
+    #[expect(clippy::too_many_arguments, reason = "built once, at start")]
     pub fn new(
         config: Config,
         db: Arc<Database>,
@@ -103,6 +106,7 @@ impl AppState {
         secrets: Secrets,
         kernels: crate::kernels::Kernels,
         audit_keys: Arc<crate::audit::AuditKeys>,
+        fleet: kernelize_fleet::Fleet,
     ) -> AppState {
         let l = &config.limits;
         let quota = Quota::per_second(NonZeroU32::new(l.rate_per_sec).unwrap_or(NonZeroU32::MIN))
@@ -120,6 +124,7 @@ impl AppState {
             metrics: Metrics::new(),
             kernels,
             audit_keys,
+            fleet,
             inflight,
             slots_by_key: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),

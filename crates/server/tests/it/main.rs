@@ -4,9 +4,11 @@
 
 mod common;
 mod encryption;
+mod fleet;
 mod functional;
 mod hardening;
 mod health;
 mod kernels;
 mod matrix;
+mod matrix_fleet;
 mod security;

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Who {
+pub enum Who {
     Anonymous,
     Reader,
     Writer,
@@ -23,16 +23,17 @@ const EVERYONE: [Who; 5] = [Who::Anonymous, Who::Reader, Who::Writer, Who::Admin
 struct Ids {
     backup: String,
     kernel: String,
+    fleet: crate::matrix_fleet::FleetIds,
 }
 
-struct Keys {
-    reader: String,
-    writer: String,
-    outsider: String,
+pub struct Keys {
+    pub reader: String,
+    pub writer: String,
+    pub outsider: String,
 }
 
 impl Keys {
-    fn of(&self, who: Who) -> Option<&str> {
+    pub fn of(&self, who: Who) -> Option<&str> {
         match who {
             Who::Anonymous => None,
             Who::Reader => Some(&self.reader),
@@ -45,7 +46,7 @@ impl Keys {
 
 /// The status `who` must get from a route that needs `need` on collection `docs` (or
 /// server-wide when `collection` is false).
-fn expected(who: Who, need: Who, collection: bool, ok: StatusCode) -> StatusCode {
+pub fn expected(who: Who, need: Who, collection: bool, ok: StatusCode) -> StatusCode {
     let rank = |w: Who| match w {
         Who::Anonymous => 0,
         Who::Reader => 1,
@@ -296,6 +297,9 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             let r = ts.client.get(format!("{}{template}", ts.base)).send().await.unwrap();
             (r.status(), Value::Null, StatusCode::OK)
         }
+        _ if template.starts_with("/v1/fleet/") => {
+            crate::matrix_fleet::exercise(ts, keys, &ids.fleet, method, template, who).await
+        }
         _ => panic!("route {method} {template} has no case in the role matrix"),
     };
     assert_eq!(status, want, "{method} {template} as {who:?}: {body}");
@@ -322,7 +326,8 @@ async fn route_role_matrix(backend: Backend) {
     };
     let (s, b) = ts.post(ADMIN_KEY, "/v1/backups", json!({"format": "tar"})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-    let ids = Ids { backup: b["id"].as_str().unwrap().to_owned(), kernel: built_kernel(&ts).await };
+    let fleet = crate::matrix_fleet::fixtures(&ts, &keys).await;
+    let ids = Ids { backup: b["id"].as_str().unwrap().to_owned(), kernel: built_kernel(&ts).await, fleet };
 
     let doc: Value = ts.client.get(format!("{}/openapi.json", ts.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["openapi"].as_str().unwrap().get(..3), Some("3.1"));
@@ -338,7 +343,7 @@ async fn route_role_matrix(backend: Backend) {
             }
         }
     }
-    assert!(tested >= 33 * 5, "only {tested} route x role pairs");
+    assert!(tested >= 66 * 5, "only {tested} route x role pairs");
     // Every refusal above is in the audit log, and the chain holds.
     let v = ts.running().state().verify_audit().await.unwrap();
     assert_eq!(v.problem, None);
