@@ -103,9 +103,9 @@ fn malformed_manifests_name_the_field() {
         ("golden_queries[0].min_overlap", Box::new(|v| v["golden_queries"][0]["min_overlap"] = 3.into())),
         ("golden_queries[0].max_latency_ms", Box::new(|v| v["golden_queries"][0]["max_latency_ms"] = 0.into())),
         ("golden_queries[0]", Box::new(|v| v["golden_queries"][0]["vector"] = serde_json::json!([1, 2, 3, 4]))),
-        ("golden_queries[0]", Box::new(|v| v["golden_queries"][0]["script"] = "rm -rf /".into())),
+        ("golden_queries[0].script", Box::new(|v| v["golden_queries"][0]["script"] = "rm -rf /".into())),
         ("sha256", Box::new(|v| v["sha256"] = "00".into())),
-        ("-", Box::new(|v| v["hooks"] = serde_json::json!({"post_install": "sh"}))),
+        ("hooks", Box::new(|v| v["hooks"] = serde_json::json!({"post_install": "sh"}))),
         (
             "golden_queries",
             Box::new(|v| v["golden_queries"] = serde_json::json!(vec![v["golden_queries"][0].clone(); 65])),
@@ -310,7 +310,7 @@ proptest! {
 
     #[test]
     fn envelope_like_text_never_verifies(
-        kind in prop_oneof![Just("release"), Just("root"), Just("offer"), "[a-z]{0,8}"],
+        kind in prop_oneof![Just("release".to_owned()), Just("root".to_owned()), Just("offer".to_owned()), "[a-z]{0,8}"],
         key_id in "[0-9a-f]{14,18}",
         payload in "[A-Za-z0-9+/=]{0,64}",
         sig in "[A-Za-z0-9+/=]{0,100}",
