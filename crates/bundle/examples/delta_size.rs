@@ -66,6 +66,30 @@ fn sections(bytes: &[u8]) -> Vec<(String, std::ops::Range<usize>)> {
     out
 }
 
+type ById = std::collections::HashMap<String, usize>;
+
+/// Row number and IVF list of each representative's own id.
+fn placement(bytes: &[u8]) -> (ById, ById, Vec<u8>) {
+    let k = kernelize_kernel::Kernel::from_bytes(bytes, "kernel", &Trust { allow_expired: true, ..Default::default() })
+        .expect("open");
+    let rows = k.rows_decoded().expect("rows");
+    let offsets: Vec<usize> = sections(bytes)
+        .into_iter()
+        .find(|(n, _)| n == "ivf.offsets")
+        .map(|(_, r)| bytes[r].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect())
+        .unwrap_or_default();
+    let mut pos = ById::new();
+    let mut list = ById::new();
+    let mut text = Vec::new();
+    for (r, u) in rows.iter().enumerate() {
+        pos.insert(u.ids[0].clone(), r);
+        list.insert(u.ids[0].clone(), offsets.partition_point(|&o| o <= r).saturating_sub(1));
+        text.extend_from_slice(u.text.as_deref().unwrap_or("").as_bytes());
+        text.push(b'\n');
+    }
+    (pos, list, text)
+}
+
 /// zstd of `new` with `old` as its reference (raw frame, no header).
 fn patch(old: &[u8], new: &[u8], level: i32) -> usize {
     let mut d = make_delta_with(old, new, &DeltaOptions { level }).expect("delta");
@@ -162,6 +186,36 @@ fn main() {
         });
         println!("{name:<22} {len:>12} {d:>12} {:>7.1}% {same_pos:>13.1}%", 100.0 * *d as f64 / (*len).max(1) as f64);
     }
+    // Why: where each record's row went (row number, IVF list) between the two builds.
+    let (pos_old, list_old, text_old) = placement(&old);
+    let (pos_new, list_new, text_new) = placement(&new);
+    let changed_ids: std::collections::HashSet<&str> =
+        changed.iter().step_by(step).map(|u| u.ids[0].as_str()).collect();
+    let (mut same_pos, mut same_list, mut kept) = (0usize, 0usize, 0usize);
+    for (id, p) in &pos_new {
+        if changed_ids.contains(id.as_str()) {
+            continue;
+        }
+        kept += 1;
+        same_pos += usize::from(pos_old.get(id) == Some(p));
+        same_list += usize::from(list_old.get(id) == list_new.get(id));
+    }
+    let pct = |x: usize| 100.0 * x as f64 / kept.max(1) as f64;
+    println!(
+        "\nunchanged records ({kept} representative rows): {:.1}% keep their row number, {:.1}% keep their IVF list",
+        pct(same_pos),
+        pct(same_list)
+    );
+    json.push(format!(r#""same_row_pct":{:.1},"same_list_pct":{:.1}"#, pct(same_pos), pct(same_list)));
+    // What the text could cost if the kernel kept it delta-friendly: the decoded texts in
+    // row order, uncompressed, patched against the old ones.
+    let text_patch = patch(&text_old, &text_new, 19);
+    println!(
+        "text decoded in row order ({} bytes raw): patch-from level 19 = {text_patch} bytes, vs {} for the compressed text section",
+        text_new.len(),
+        per_section.iter().find(|(n, _, _)| n == "text").map_or(0, |(_, _, d)| *d)
+    );
+    json.push(format!(r#""raw_text_patch_l19":{text_patch}"#));
     println!(
         "\n{{\"bench\":\"fleet_delta\",\"records\":{records},\"dim\":{dim},\"changed\":{n_changed},\"full\":{},\"zstd_alone\":{plain},{}}}",
         new.len(),
