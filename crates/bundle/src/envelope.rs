@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 /// The envelope format tag.
 pub const ENVELOPE_FORMAT: &str = "kernelize-signed/1";
-/// The largest envelope accepted, in bytes (a manifest of [`crate::MAX_CHUNKS`] chunk
-/// hashes fits with room to spare).
+/// The largest envelope accepted, in bytes (an offer carrying a manifest of
+/// [`crate::MAX_MANIFEST_BYTES`] fits).
 pub const MAX_ENVELOPE_BYTES: usize = 4 << 20;
 
 /// What a signed payload is.

@@ -70,8 +70,8 @@ pub use error::{BundleError, Result};
 pub use keys::{PublicKey, Sha256, SigningKey, hex};
 pub use manifest::{
     Compatibility, DEFAULT_CHUNK_SIZE, GoldenQuery, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_DIM, MAX_EXPECTED_IDS,
-    MAX_GOLDEN_K, MAX_GOLDEN_QUERIES, MAX_LATENCY_MS, MAX_LENGTH, MAX_QUERY_TEXT_BYTES, MIN_CHUNK_SIZE,
-    ReleaseManifest, chunk_count, now_ms, parse_version,
+    MAX_GOLDEN_K, MAX_GOLDEN_QUERIES, MAX_LATENCY_MS, MAX_LENGTH, MAX_MANIFEST_BYTES, MAX_QUERY_TEXT_BYTES,
+    MIN_CHUNK_SIZE, ReleaseManifest, chunk_count, now_ms, parse_version,
 };
 pub use offer::{DeltaOffer, Offer, OfferKind, VerifiedOffer, new_nonce};
 pub use root::{MAX_ROOT_CHAIN, RootDocument, TrustRoot, verify_root_chain};

@@ -6,8 +6,11 @@ use crate::error::{BundleError, Result};
 use crate::keys::{PublicKey, Sha256, SigningKey};
 use serde::{Deserialize, Serialize};
 
-/// Most chunks a manifest may list.
-pub const MAX_CHUNKS: u64 = 32_768;
+/// Most chunks a manifest may list (16 GiB in 1 MiB chunks, 1 TiB in 64 MiB chunks).
+pub const MAX_CHUNKS: u64 = 16_384;
+/// Largest manifest payload, bytes: small enough that an offer carrying the manifest's
+/// envelope (base64 inside base64) stays within [`crate::MAX_ENVELOPE_BYTES`].
+pub const MAX_MANIFEST_BYTES: usize = 3 << 19;
 /// Smallest chunk size (a power of two).
 pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
 /// Largest chunk size (a power of two).
@@ -321,6 +324,7 @@ impl ReleaseManifest {
     pub fn sign(&self, key: &SigningKey) -> Result<Envelope> {
         self.check()?;
         let payload = serde_json::to_vec(self).map_err(|e| BundleError::Invalid(format!("release manifest: {e}")))?;
+        check_size(payload.len())?;
         Ok(Envelope::sign(DocKind::Release, payload, key))
     }
 
@@ -333,6 +337,7 @@ impl ReleaseManifest {
     /// [`ReleaseManifest::verify`] for an envelope already decoded.
     pub fn verify_envelope(env: &Envelope, key: &PublicKey, now_ms: u64) -> Result<ReleaseManifest> {
         let payload = env.open(DocKind::Release, key)?;
+        check_size(payload.len())?;
         let m: ReleaseManifest = parse_json(WHAT, payload)?;
         m.check()?;
         if now_ms >= m.expires_ms {
@@ -340,6 +345,19 @@ impl ReleaseManifest {
         }
         Ok(m)
     }
+}
+
+fn check_size(len: usize) -> Result<()> {
+    if len > MAX_MANIFEST_BYTES {
+        return Err(BundleError::malformed(
+            WHAT,
+            "-",
+            format!(
+                "{len} bytes of JSON, more than the limit of {MAX_MANIFEST_BYTES} (fewer golden queries or larger chunks)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Now, Unix milliseconds.

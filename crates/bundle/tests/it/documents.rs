@@ -86,7 +86,8 @@ fn raw_signed(kind: DocKind, value: &serde_json::Value, key: &SigningKey) -> Vec
 fn malformed_manifests_name_the_field() {
     let (k, p) = keys();
     let good = serde_json::to_value(manifest_for(&file(10_000, 5), 2)).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("chunk_hashes", Box::new(|v| v["chunk_hashes"].as_array_mut().unwrap().pop().map(drop).unwrap_or(()))),
         ("chunk_size", Box::new(|v| v["chunk_size"] = 5000.into())),
         ("chunk_size", Box::new(|v| v["chunk_size"] = (1u64 << 30).into())),
@@ -345,4 +346,42 @@ fn ring_doc() -> Vec<u8> {
         ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref().to_vec()
     })
     .clone()
+}
+
+#[test]
+fn the_largest_manifest_fits_in_an_offer() {
+    let (k, p) = keys();
+    let mut m = manifest_for(&file(100, 12), 1);
+    m.chunk_size = MAX_CHUNK_SIZE;
+    m.length = MAX_CHUNKS * MAX_CHUNK_SIZE;
+    m.chunk_hashes = (0..MAX_CHUNKS).map(|i| Sha256::of(&i.to_le_bytes())).collect();
+    m.compatibility.dim = 384;
+    m.golden_queries = (0..MAX_GOLDEN_QUERIES)
+        .map(|i| GoldenQuery {
+            text: None,
+            vector: Some((0..384).map(|j| ((i * 384 + j) as f32 * 0.618).sin()).collect()),
+            k: 10,
+            expected_ids: (0..10).map(|j| format!("doc-{i}-{j}")).collect(),
+            min_overlap: 5,
+            max_latency_ms: 100,
+        })
+        .collect();
+    let env = m.sign(&k).unwrap();
+    let offer = offer_for(&env, OfferKind::Install).sign(&k).unwrap().to_bytes();
+    assert!(offer.len() <= MAX_ENVELOPE_BYTES, "{} bytes", offer.len());
+    let v = Offer::verify(&offer, &p, "device-7", NOW).unwrap();
+    assert_eq!(v.manifest, m);
+    // One chunk more is refused, and so is a manifest whose JSON is too large.
+    let mut more = m.clone();
+    more.chunk_size = MIN_CHUNK_SIZE;
+    more.length = MAX_CHUNKS * MIN_CHUNK_SIZE + 1;
+    more.chunk_hashes.push(Sha256::of(b"x"));
+    let err = more.sign(&k).unwrap_err();
+    assert!(matches!(&err, BundleError::Malformed { field, .. } if field == "chunk_size"), "{err}");
+    m.compatibility.dim = 4096;
+    for q in &mut m.golden_queries {
+        q.vector = Some(vec![0.123_456_79; 4096]);
+    }
+    let err = m.sign(&k).unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
 }
