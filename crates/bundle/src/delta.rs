@@ -178,7 +178,8 @@ pub fn apply_delta(old: &[u8], delta: &[u8], max_len: u64) -> Result<Vec<u8>> {
     let mut dec =
         zstd::stream::read::Decoder::with_ref_prefix(frame, old).map_err(|e| corrupt(format!("zstd: {e}")))?;
     dec.window_log_max(window_log(h.base_length + h.result_length)).map_err(|e| corrupt(format!("zstd: {e}")))?;
-    let mut out = Vec::with_capacity(h.result_length as usize);
+    // Grows with what actually decodes: a forged header's length reserves at most 64 MiB.
+    let mut out = Vec::with_capacity(h.result_length.min(64 << 20) as usize);
     // One byte more than promised tells a long result from an exact one.
     let mut limited = dec.take(h.result_length + 1);
     limited.read_to_end(&mut out).map_err(|e| corrupt(format!("zstd frame at byte {DELTA_HEADER_BYTES}: {e}")))?;
