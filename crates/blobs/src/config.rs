@@ -15,7 +15,7 @@ use serde::Deserialize;
 /// prefix = "prod"
 /// endpoint = "https://minio.internal:9000"
 /// ```
-#[derive(Clone, Deserialize)]
+#[derive(Clone, serde::Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BlobConfig {
     /// A directory on the local filesystem (created if missing).
@@ -41,8 +41,8 @@ pub enum BlobConfig {
         /// from the environment (`AWS_ACCESS_KEY_ID`, ..., instance metadata).
         #[serde(default)]
         access_key_id: Option<String>,
-        /// Secret access key (never printed by `Debug`).
-        #[serde(default)]
+        /// Secret access key (never printed by `Debug`, never serialized).
+        #[serde(default, skip_serializing)]
         secret_access_key: Option<String>,
         /// Allow plain `http://` endpoints (test servers only).
         #[serde(default)]
@@ -73,7 +73,7 @@ impl fmt::Debug for BlobConfig {
 }
 
 /// Limits and tuning. Every field has a default (`#[serde(default)]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BlobOptions {
     /// Largest blob accepted by a put or fetched by `get_to_file`, in bytes (16 GiB).

@@ -42,3 +42,6 @@ pub use config::{BlobConfig, BlobOptions};
 pub use digest::Digest;
 pub use error::{Error, ErrorClass, Result};
 pub use store::{BlobInfo, BlobStore, BlobStream, GcReport};
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -217,6 +217,13 @@ pub struct Offer {
     pub delta: Option<DeltaInfo>,
     /// The offer is void after this (unix ms).
     pub expires_ms: i64,
+    /// SHA-256 of the kernel the delta applies to (the device's current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_sha256: Option<String>,
+    /// The offer as the device must verify it: a signed envelope (kind `offer`, under the
+    /// release key) binding device, deployment, kind, the signed release manifest, the
+    /// delta, expiry and a nonce. Everything else here is a convenience copy.
+    pub signed: String,
 }
 
 /// The result of a status report.
@@ -983,7 +990,7 @@ impl Fleet {
                 }
                 version += 1;
             }
-            return Ok(Some(self.offer(OfferKind::Revert, &e, version, release, None, now, 3_600_000)));
+            return Ok(Some(self.offer(OfferKind::Revert, &e, version, release, None, now, 3_600_000).await?));
         }
         // 2. An offer already made (the device restarted or lost the answer).
         let rows = sqlx::query(
@@ -1001,7 +1008,9 @@ impl Fleet {
             let release = self.release(&r.try_get::<String, _>("release_id")?).await?;
             let delta = self.delta_for(&release, e.from_release.as_deref());
             let version = e.version;
-            return Ok(Some(self.offer(OfferKind::Install, &e, version, release, delta, now, timeout_ms(&plan))));
+            return Ok(Some(
+                self.offer(OfferKind::Install, &e, version, release, delta, now, timeout_ms(&plan)).await?,
+            ));
         }
         // 3. A new offer.
         let rows = sqlx::query(
@@ -1046,13 +1055,13 @@ impl Fleet {
             let e = self.execution(&dep, device).await?;
             let delta = self.delta_for(&release, e.from_release.as_deref());
             let v = e.version;
-            return Ok(Some(self.offer(OfferKind::Install, &e, v, release, delta, now, timeout_ms(&plan))));
+            return Ok(Some(self.offer(OfferKind::Install, &e, v, release, delta, now, timeout_ms(&plan)).await?));
         }
         Ok(None)
     }
 
     #[expect(clippy::too_many_arguments, reason = "one private constructor")]
-    fn offer(
+    async fn offer(
         &self,
         kind: OfferKind,
         e: &ExecutionInfo,
@@ -1061,8 +1070,12 @@ impl Fleet {
         delta: Option<DeltaInfo>,
         now: i64,
         ttl_ms: i64,
-    ) -> Offer {
-        Offer {
+    ) -> Result<Offer> {
+        let from_sha256 = match &delta {
+            Some(d) => Some(self.release(&d.from_release).await?.sha256),
+            None => None,
+        };
+        let mut o = Offer {
             offer_id: format!("{}.{}.{}.{}", e.deployment_id, e.device_id, e.attempts.max(1), version),
             device_id: e.device_id.clone(),
             deployment_id: e.deployment_id.clone(),
@@ -1072,7 +1085,11 @@ impl Fleet {
             release,
             delta,
             expires_ms: now + ttl_ms,
-        }
+            from_sha256,
+            signed: String::new(),
+        };
+        o.signed = self.sign_offer(&o)?;
+        Ok(o)
     }
 
     fn delta_for(&self, release: &ReleaseInfo, from: Option<&str>) -> Option<DeltaInfo> {

@@ -18,6 +18,7 @@
 pub mod client;
 mod deploy;
 mod devices;
+mod distribution;
 mod error;
 mod events;
 pub mod model;
@@ -32,6 +33,7 @@ pub use devices::{
     BulkAction, BulkOutcome, DeviceToken, EnrollOutcome, EnrollPayload, EnrollRequest, EnrollmentToken, GroupInfo,
     HeartbeatReply, NewEnrollmentToken, NewGroup,
 };
+pub use distribution::{Distribution, KernelFile, PublishRequest, ReleaseKeys, blob_error};
 pub use error::{FleetError, Result};
 pub use events::{Event, EventKind, Events};
 pub use model::*;
@@ -85,6 +87,7 @@ pub struct Fleet {
     config: Arc<FleetConfig>,
     live: Arc<Mutex<HashMap<String, Liveness>>>,
     events: Events,
+    dist: Option<Distribution>,
 }
 
 /// Now, unix ms.
@@ -95,7 +98,13 @@ pub fn now_ms() -> i64 {
 impl Fleet {
     /// A control plane over `pool` (migrated by the server's migrator).
     pub fn new(pool: sqlx::AnyPool, config: FleetConfig) -> Fleet {
-        Fleet { pool, config: Arc::new(config), live: Arc::default(), events: Events::new(4096) }
+        Fleet { pool, config: Arc::new(config), live: Arc::default(), events: Events::new(4096), dist: None }
+    }
+
+    /// With a blob store and release key: releases can be published, offers are signed.
+    pub fn with_distribution(mut self, dist: Distribution) -> Fleet {
+        self.dist = Some(dist);
+        self
     }
 
     /// The settings.

@@ -65,11 +65,35 @@ pub struct FleetSettings {
     pub device_token_ttl_secs: u64,
     /// Deployments need approval by a principal other than their creator.
     pub require_approval: bool,
+    /// Where kernel files and deltas go: `{ kind = "local", dir = "..." }` (the default is
+    /// `<data_dir>/blobs`) or `{ kind = "s3", bucket = "...", endpoint = "...", ... }`.
+    pub blobs: Option<kernelize_blobs::BlobConfig>,
+    /// Blob store limits, part size, timeouts and retries.
+    pub blob_options: kernelize_blobs::BlobOptions,
+    /// Chunk size of release manifests, bytes (a power of two, 4 KiB – 64 MiB).
+    pub chunk_size: u64,
+    /// zstd level of deltas (1–22; 19 is small and slow to make, 9 fast).
+    pub delta_level: i32,
+    /// Largest kernel a release may publish, MiB.
+    pub max_kernel_mb: u64,
+    /// Blob GC keeps unreferenced blobs younger than this, seconds (an upload racing with
+    /// it survives); must exceed `blob_options.refresh_after_secs`.
+    pub blob_gc_min_age_secs: u64,
 }
 
 impl Default for FleetSettings {
     fn default() -> Self {
-        FleetSettings { heartbeat_ms: 60_000, device_token_ttl_secs: 3600, require_approval: true }
+        FleetSettings {
+            heartbeat_ms: 60_000,
+            device_token_ttl_secs: 3600,
+            require_approval: true,
+            blobs: None,
+            blob_options: kernelize_blobs::BlobOptions::default(),
+            chunk_size: 1 << 20,
+            delta_level: 19,
+            max_kernel_mb: 2048,
+            blob_gc_min_age_secs: 7200,
+        }
     }
 }
 
@@ -249,6 +273,13 @@ impl Config {
             "fleet.device_token_ttl_secs must be in [10, 604800], got {}",
             f.device_token_ttl_secs
         );
+        anyhow::ensure!(
+            f.chunk_size.is_power_of_two() && (4096..=64 << 20).contains(&f.chunk_size),
+            "fleet.chunk_size must be a power of two in [4096, 67108864], got {}",
+            f.chunk_size
+        );
+        anyhow::ensure!((1..=22).contains(&f.delta_level), "fleet.delta_level must be in [1, 22]");
+        anyhow::ensure!((1..=1 << 20).contains(&f.max_kernel_mb), "fleet.max_kernel_mb must be in [1, 1048576]");
         Ok(())
     }
 }

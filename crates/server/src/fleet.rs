@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kernelize_fleet::{
     BulkAction, CreateDeployment, DeviceStatus, EditDeployment, EnrollRequest, ExecState, FleetError, Inventory,
-    NewEnrollmentToken, NewGroup, Selector, StatusReport,
+    KernelFile, NewEnrollmentToken, NewGroup, PublishRequest, Selector, StatusReport,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -246,6 +246,83 @@ async fn get_release(
 ) -> Result<Json<Value>, ApiError> {
     p.require(Role::Reader, None)?;
     Ok(to_value(&st.fleet.release(&id).await?))
+}
+
+/// Publish a built kernel to a channel at a new version: the file goes to the blob store,
+/// the manifest (chunk hashes, compatibility, golden queries) is signed with the release
+/// key, and a delta from the channel's previous release is kept when smaller (writer).
+#[utoipa::path(post, path = "/v1/fleet/releases", tag = "fleet", security(("bearer" = [])),
+    request_body = Object,
+    responses((status = 201, description = "The release", body = Object), Errors))]
+async fn publish_release(State(st): St, Auth(p): Auth, Body(r): Body<PublishRequest>) -> Result<Response, ApiError> {
+    p.require(Role::Writer, None)?;
+    let (path, _) = st.kernel_file(&p, &r.kernel_id).await.map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND { ApiError::invalid(format!("kernel_id: {}", e.message)) } else { e }
+    })?;
+    let id = r.kernel_id.clone();
+    let max = st.config.fleet.max_kernel_mb.saturating_mul(1 << 20);
+    let kernel = tokio::task::spawn_blocking(move || -> Result<KernelFile, ApiError> {
+        let len = fs_err::metadata(&path).map_err(ApiError::internal)?.len();
+        if len > max {
+            return Err(ApiError::invalid(format!(
+                "kernel_id: the kernel has {len} bytes, more than fleet.max_kernel_mb"
+            )));
+        }
+        let bytes = fs_err::read(&path).map_err(ApiError::internal)?;
+        let k = kernelize_kernel::Kernel::from_bytes(&bytes, &id, &kernelize_kernel::Trust::default())
+            .map_err(ApiError::internal)?;
+        let dim = u32::try_from(k.manifest().dim).map_err(ApiError::internal)?;
+        Ok(KernelFile { bytes: bytes.into(), dim })
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let rel = st.fleet.publish(&r, kernel, &who(&p), now_ms()).await?;
+    let detail = format!("release={} channel={} version={} kernel={}", rel.id, rel.channel, rel.version, rel.kernel_id);
+    Ok(audited(detail, StatusCode::CREATED, to_value(&rel)))
+}
+
+/// The release signing key (devices pin the version-0 key at provisioning) and the root
+/// documents that rotated it (reader).
+#[utoipa::path(get, path = "/v1/fleet/keys", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, description = "Current key and root documents", body = Object), Errors))]
+async fn release_keys(State(st): St, Auth(p): Auth) -> Result<Json<Value>, ApiError> {
+    p.require(Role::Reader, None)?;
+    Ok(Json(keys_doc(&st)?))
+}
+
+fn keys_doc(st: &AppState) -> Result<Value, ApiError> {
+    let keys = &st.fleet.distribution()?.keys;
+    let (version, key) = keys.current();
+    let roots: Vec<Value> = keys.roots().iter().map(|r| serde_json::from_slice(r).unwrap_or(Value::Null)).collect();
+    Ok(
+        json!({"version": version, "public_key": key.public().to_hex(), "key_id": key.public().key_id(), "roots": roots}),
+    )
+}
+
+/// Rotate the release signing key: a root document signed by the current key announces the
+/// new one; devices learn it only that way (admin).
+#[utoipa::path(post, path = "/v1/fleet/keys/rotate", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, description = "The new key and root documents", body = Object), Errors))]
+async fn rotate_release_key(State(st): St, Auth(p): Auth) -> Result<Response, ApiError> {
+    p.require(Role::Admin, None)?;
+    let keys = st.fleet.distribution()?.keys.clone();
+    let version = tokio::task::spawn_blocking(move || keys.rotate(now_ms())).await.map_err(ApiError::internal)??;
+    Ok(audited(format!("root_version={version}"), StatusCode::OK, Json(keys_doc(&st)?)))
+}
+
+/// Delete blobs no release references, older than `fleet.blob_gc_min_age_secs` (admin).
+#[utoipa::path(post, path = "/v1/fleet/blobs:gc", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, description = "Kept and deleted counts", body = Object), Errors))]
+async fn gc_blobs(State(st): St, Auth(p): Auth) -> Result<Response, ApiError> {
+    p.require(Role::Admin, None)?;
+    let age = std::time::Duration::from_secs(st.config.fleet.blob_gc_min_age_secs);
+    let r = st.fleet.gc_blobs(age).await?;
+    let detail = format!("deleted={} bytes={}", r.deleted, r.deleted_bytes);
+    let body = json!({
+        "referenced": r.referenced, "referenced_bytes": r.referenced_bytes, "young": r.young,
+        "deleted": r.deleted, "deleted_bytes": r.deleted_bytes, "missing": r.missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    });
+    Ok(audited(detail, StatusCode::OK, Json(body)))
 }
 
 // ---------------------------------------------------------------- deployments
@@ -561,6 +638,133 @@ async fn device_status(
     Ok(to_value(&st.fleet.report(&id, &dep, &r, now_ms()).await?))
 }
 
+/// The root documents that rotated the release key, oldest first (device).
+#[utoipa::path(get, path = "/v1/fleet/device/root", tag = "fleet-device", security(("device" = [])),
+    responses((status = 200, description = "Root documents", body = Object), Errors))]
+async fn device_root(State(st): St, DeviceId(_): DeviceId) -> Result<Json<Value>, ApiError> {
+    let roots: Vec<Value> = st
+        .fleet
+        .distribution()?
+        .keys
+        .roots()
+        .iter()
+        .map(|r| serde_json::from_slice(r).unwrap_or(Value::Null))
+        .collect();
+    Ok(Json(json!({ "roots": roots })))
+}
+
+/// Download a release's kernel file or delta by SHA-256, with `Range` (one range) and
+/// `If-Range` (the strong ETag is the SHA-256) so a device resumes where it stopped (device).
+#[utoipa::path(get, path = "/v1/fleet/device/blobs/{sha256}", tag = "fleet-device", security(("device" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the file, hex")),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 416, description = "Range not satisfiable"),
+        Errors))]
+async fn device_blob(
+    State(st): St,
+    DeviceId(_): DeviceId,
+    PathParams(sha): PathParams<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::http::HeaderValue;
+    let digest: kernelize_blobs::Digest =
+        sha.parse().map_err(|e: kernelize_blobs::Error| ApiError::invalid(format!("sha256: {e}")))?;
+    if !st.fleet.blob_is_published(&digest.to_string()).await? {
+        return Err(ApiError::not_found(format!("no release file {digest}")));
+    }
+    let blobs = &st.fleet.distribution()?.blobs;
+    let info = blobs
+        .head(&digest)
+        .await
+        .map_err(kernelize_fleet::blob_error)?
+        .ok_or_else(|| ApiError::not_found(format!("release file {digest} is missing from the blob store")))?;
+    let etag = format!("\"{digest}\"");
+    let if_range_ok = headers.get(header::IF_RANGE).is_none_or(|v| v.as_bytes() == etag.as_bytes());
+    let range = match headers.get(header::RANGE).filter(|_| if_range_ok) {
+        None => None,
+        Some(v) => match parse_range(v.to_str().unwrap_or_default(), info.len) {
+            Ok(r) => Some(r),
+            Err(()) => {
+                let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", info.len)) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(r);
+            }
+        },
+    };
+    let stream = blobs.get(&digest, range.clone()).await.map_err(kernelize_fleet::blob_error)?;
+    let total = stream.info.len;
+    let served = stream.range.clone();
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(served.end - served.start));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{total}", served.start, served.end.saturating_sub(1)))
+        {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// One `bytes=` range of a file of `len` bytes (`a-b`, `a-`, `-n`); `Err` when it cannot
+/// be served (several ranges, out of bounds, malformed).
+fn parse_range(v: &str, len: u64) -> Result<std::ops::Range<u64>, ()> {
+    let spec = v.strip_prefix("bytes=").ok_or(())?.trim();
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            (len.saturating_sub(n), len)
+        }
+        (a, "") => (a.parse().map_err(|_| ())?, len),
+        (a, b) => {
+            let a: u64 = a.parse().map_err(|_| ())?;
+            let b: u64 = b.parse().map_err(|_| ())?;
+            (a, b.saturating_add(1).min(len))
+        }
+    };
+    if start >= end || start >= len {
+        return Err(());
+    }
+    Ok(start..end)
+}
+
+/// The blob store and release key the configuration names (a local directory in the data
+/// directory by default; the release key in `<data_dir>/fleet-keys`).
+pub async fn distribution(config: &crate::Config) -> anyhow::Result<kernelize_fleet::Distribution> {
+    use anyhow::Context as _;
+    let f = &config.fleet;
+    let cfg =
+        f.blobs.clone().unwrap_or_else(|| kernelize_blobs::BlobConfig::Local { dir: config.data_dir.join("blobs") });
+    let blobs = kernelize_blobs::BlobStore::open_with(&cfg, f.blob_options.clone()).context("fleet blob store")?;
+    blobs.check().await.context("fleet blob store")?;
+    let dir = config.data_dir.join("fleet-keys");
+    let keys = tokio::task::spawn_blocking(move || kernelize_fleet::ReleaseKeys::load_or_create(&dir))
+        .await?
+        .context("fleet release key")?;
+    Ok(kernelize_fleet::Distribution {
+        blobs,
+        keys: Arc::new(keys),
+        chunk_size: f.chunk_size,
+        delta_level: f.delta_level,
+        max_kernel_bytes: f.max_kernel_mb.saturating_mul(1 << 20),
+    })
+}
+
 /// Operator routes (behind the API-key guard).
 pub fn protected_routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -574,7 +778,10 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/fleet/enrollment-tokens/{id}", axum::routing::delete(revoke_enrollment_token))
         .route("/v1/fleet/groups", get(list_groups).post(create_group))
         .route("/v1/fleet/groups/{name}", get(get_group).delete(delete_group))
-        .route("/v1/fleet/releases", get(list_releases))
+        .route("/v1/fleet/releases", get(list_releases).post(publish_release))
+        .route("/v1/fleet/keys", get(release_keys))
+        .route("/v1/fleet/keys/rotate", post(rotate_release_key))
+        .route("/v1/fleet/blobs:gc", post(gc_blobs))
         .route("/v1/fleet/releases/{id}", get(get_release))
         .route("/v1/fleet/deployments", get(list_deployments).post(create_deployment))
         .route("/v1/fleet/deployments/{id}", get(get_deployment).patch(edit_deployment))
@@ -594,6 +801,8 @@ pub fn device_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/fleet/device/heartbeat", post(device_heartbeat))
         .route("/v1/fleet/device/offer", get(device_offer))
         .route("/v1/fleet/device/executions/{deployment}/status", post(device_status))
+        .route("/v1/fleet/device/root", get(device_root))
+        .route("/v1/fleet/device/blobs/{sha256}", get(device_blob))
         .route_layer(axum::middleware::from_fn_with_state(state, device_auth));
     Router::new()
         .route("/v1/fleet/enroll", post(enroll))
@@ -615,6 +824,8 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("POST", "/v1/fleet/groups") => "fleet.groups.create",
         ("DELETE", "/v1/fleet/groups/{name}") => "fleet.groups.delete",
         ("POST", "/v1/fleet/releases") => "fleet.releases.publish",
+        ("POST", "/v1/fleet/keys/rotate") => "fleet.keys.rotate",
+        ("POST", "/v1/fleet/blobs:gc") => "fleet.blobs.gc",
         ("POST", "/v1/fleet/deployments") => "fleet.deployments.create",
         ("PATCH", "/v1/fleet/deployments/{id}") => "fleet.deployments.edit",
         ("POST", "/v1/fleet/deployments/{id}/approve") => "fleet.deployments.approve",
@@ -652,11 +863,11 @@ impl utoipa::Modify for DeviceSecurity {
         list_devices, get_device, accept_device, reject_device, revoke_device, bulk_devices,
         create_enrollment_token, list_enrollment_tokens, revoke_enrollment_token,
         create_group, list_groups, get_group, delete_group,
-        list_releases, get_release,
+        list_releases, get_release, publish_release, release_keys, rotate_release_key, gc_blobs,
         create_deployment, list_deployments, get_deployment, edit_deployment, approve_deployment,
         pause_deployment, resume_deployment, promote_deployment, abort_deployment,
         list_executions, get_execution, events,
-        enroll, device_challenge, device_token, device_heartbeat, device_offer, device_status
+        enroll, device_challenge, device_token, device_heartbeat, device_offer, device_status, device_root, device_blob
     ),
     tags(
         (name = "fleet", description = "Fleet control plane: devices, groups, releases, deployments"),

@@ -247,7 +247,8 @@ pub async fn start(config: Config) -> Result<Running> {
     files::private_dir(&config.data_dir.join("kernels"))?;
     let audit_keys = Arc::new(audit::AuditKeys::load_or_create(&config.data_dir)?);
     meta.ensure_keyed(&audit_keys).await?;
-    let fleet = kernelize_fleet::Fleet::new(meta.pool().clone(), config.fleet.to_fleet_config());
+    let fleet = kernelize_fleet::Fleet::new(meta.pool().clone(), config.fleet.to_fleet_config())
+        .with_distribution(fleet::distribution(&config).await?);
     fleet.load().await.context("loading the fleet's device liveness")?;
     let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels, audit_keys, fleet));
     let admin_key = state.bootstrap_admin().await?;

@@ -2,6 +2,7 @@
 //! moto server (started by `moto.rs`; the S3 tests fail, never skip, without it).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
+#[path = "../../src/testing.rs"]
 mod moto;
 mod suite;
 

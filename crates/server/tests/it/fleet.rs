@@ -44,22 +44,43 @@ pub async fn devices(ts: &TestServer, n: usize, labels: Value, inv: &Inventory) 
     out
 }
 
-/// Publishes release `version` on `channel` (recorded straight in the control plane).
-pub async fn release(ts: &TestServer, channel: &str, version: u64) -> String {
-    let id = format!("rel-{channel}-{version}");
-    let r = kernelize_fleet::NewRelease {
-        id: id.clone(),
-        channel: channel.into(),
-        version,
-        kernel_id: format!("k{version}"),
-        sha256: format!("{version:064x}"),
-        length: 1000 + version,
-        manifest: "{}".into(),
-        created_by: "key:test".into(),
-        delta: None,
+/// A kernel of collection `fleetsrc-<channel>` (created with 300 records on first use;
+/// each later call overwrites `changed` of them, so kernels differ), built and waited for.
+pub async fn kernel(ts: &TestServer, channel: &str, changed: u64) -> String {
+    let name = format!("fleetsrc-{channel}");
+    let (s, _) = ts.get(ADMIN_KEY, &format!("/v1/collections/{name}")).await;
+    let (n, salt) = if s == StatusCode::NOT_FOUND {
+        ts.create_collection(&name, 16).await;
+        (300, 0)
+    } else {
+        (changed, kernelize_fleet::now_ms() as u64)
     };
-    ts.running().state().fleet.insert_release(&r, kernelize_fleet::now_ms()).await.unwrap();
-    id
+    let recs: Vec<Value> = (0..n)
+        .map(|i| json!({"id": format!("r{i}"), "vector": crate::common::vector(i + salt, 16), "text": format!("record {i} {salt}")}))
+        .collect();
+    let (s, v) = ts.post(ADMIN_KEY, &format!("/v1/collections/{name}/records"), json!({"records": recs})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, b) = ts.post(ADMIN_KEY, "/v1/kernels", json!({"collection": name})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    for _ in 0..1200 {
+        let (_, v) = ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await;
+        match v["state"].as_str() {
+            Some("succeeded") => return id,
+            Some("running") => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => panic!("kernel build failed: {v}"),
+        }
+    }
+    panic!("kernel {id} did not finish in 60 s");
+}
+
+/// Publishes a freshly built kernel as release `version` on `channel` through the API.
+pub async fn release(ts: &TestServer, channel: &str, version: u64) -> String {
+    let k = kernel(ts, channel, 3).await;
+    let (s, r) =
+        ts.post(ADMIN_KEY, "/v1/fleet/releases", json!({"kernel_id": k, "channel": channel, "version": version})).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    r["id"].as_str().unwrap().to_owned()
 }
 
 fn report(v: i64, state: ExecState) -> StatusReport {
@@ -540,3 +561,189 @@ async fn groups_and_bulk_operations(backend: Backend) {
 }
 
 both_backends!(groups_and_bulk_operations_both, groups_and_bulk_operations);
+
+/// Downloads `sha` as a device would: whole, then again in two ranges with `If-Range`
+/// (a resume), checking status codes and `Content-Range`.
+async fn download(ts: &TestServer, d: &DeviceClient, sha: &str, len: u64) -> Vec<u8> {
+    let url = format!("{}/v1/fleet/device/blobs/{sha}", ts.base);
+    let token = d.token().unwrap();
+    let whole = ts.client.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(whole.status(), StatusCode::OK);
+    let etag = whole.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{sha}\""));
+    let whole = whole.bytes().await.unwrap().to_vec();
+    assert_eq!(whole.len() as u64, len);
+    let cut = len / 3;
+    let head =
+        ts.client.get(&url).bearer_auth(token).header("range", format!("bytes=0-{}", cut - 1)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::PARTIAL_CONTENT);
+    let head = head.bytes().await.unwrap();
+    let tail = ts
+        .client
+        .get(&url)
+        .bearer_auth(token)
+        .header("range", format!("bytes={cut}-"))
+        .header("if-range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(tail.headers()["content-range"].to_str().unwrap(), format!("bytes {cut}-{}/{len}", len - 1));
+    let mut joined = head.to_vec();
+    joined.extend_from_slice(&tail.bytes().await.unwrap());
+    assert_eq!(joined, whole, "a resumed download is the same file");
+    // A stale validator gets the whole file; a range past the end is 416.
+    let stale = ts
+        .client
+        .get(&url)
+        .bearer_auth(token)
+        .header("range", "bytes=5-")
+        .header("if-range", "\"old\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+    let past = ts.client.get(&url).bearer_auth(token).header("range", format!("bytes={len}-")).send().await.unwrap();
+    assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    whole
+}
+
+/// Releases go to the blob store with a signed manifest; a device verifies the signed
+/// offer with the pinned key, downloads with Range, checks every chunk and the whole
+/// hash, and a device on the previous release gets a delta that rebuilds the new file.
+async fn releases_offers_and_downloads_verify(ts: TestServer) {
+    let writer = ts.key("writer", None).await;
+    let (_, keys) = ts.get(ADMIN_KEY, "/v1/fleet/keys").await;
+    let pinned = kernelize_bundle::PublicKey::from_hex(keys["public_key"].as_str().unwrap()).unwrap();
+    let v1 = release(&ts, "stable", 1).await;
+    // Versions only go up on a channel.
+    let k = kernel(&ts, "stable", 3).await;
+    let (s, v) =
+        ts.post(&writer, "/v1/fleet/releases", json!({"kernel_id": k, "channel": "stable", "version": 1})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) =
+        ts.post(&writer, "/v1/fleet/releases", json!({"kernel_id": "nope", "channel": "stable", "version": 9})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, r2) =
+        ts.post(&writer, "/v1/fleet/releases", json!({"kernel_id": k, "channel": "stable", "version": 2})).await;
+    assert_eq!(s, StatusCode::CREATED, "{r2}");
+    let v2 = r2["id"].as_str().unwrap().to_owned();
+    let delta = r2["deltas"][0].clone();
+    assert_eq!(delta["from_release"], v1.as_str(), "{r2}");
+    let (_, r1) = ts.get(ADMIN_KEY, &format!("/v1/fleet/releases/{v1}")).await;
+    let old_sha = r1["sha256"].as_str().unwrap().to_owned();
+
+    // A device running v1 (its inventory says so) and one with nothing.
+    let on_v1 = devices(&ts, 1, json!({"d": "1"}), &inventory("stable", 1)).await;
+    let fresh = devices(&ts, 1, json!({"d": "1"}), &inventory("stable", 0)).await;
+    let plan = json!({"phases": [{"percent": 100}]});
+    let d = create_and_approve(
+        &ts,
+        &writer,
+        json!({"name": "v2", "release_id": v2, "target": {"filter": "labels.d = \"1\""}, "plan": plan}),
+    )
+    .await;
+    let dep = d["id"].as_str().unwrap().to_owned();
+
+    for (dev, expect_delta) in [(&on_v1[0], true), (&fresh[0], false)] {
+        let o = dev.offer().await.unwrap().unwrap();
+        let verified =
+            kernelize_bundle::Offer::verify(o.signed.as_bytes(), &pinned, &dev.device_id, kernelize_bundle::now_ms())
+                .unwrap();
+        assert_eq!(verified.manifest.version, 2);
+        assert_eq!(verified.offer.deployment_id, dep);
+        // Bound to this device: another device cannot use it.
+        assert!(
+            kernelize_bundle::Offer::verify(o.signed.as_bytes(), &pinned, "d000", kernelize_bundle::now_ms()).is_err()
+        );
+        let m = &verified.manifest;
+        let bytes = download(&ts, dev, &m.sha256.to_hex(), m.length).await;
+        kernelize_bundle::ChunkVerifier::new(m).check_file(&bytes[..]).unwrap();
+        assert_eq!(verified.offer.delta.is_some(), expect_delta, "{o:?}");
+        if let Some(dl) = &verified.offer.delta {
+            assert_eq!(dl.from_sha256.to_hex(), old_sha);
+            assert!(dl.length < m.length, "a delta is offered only when smaller");
+            let patch = download(&ts, dev, &dl.sha256.to_hex(), dl.length).await;
+            let old = download(&ts, dev, &old_sha, r1["length"].as_u64().unwrap()).await;
+            let rebuilt = kernelize_bundle::apply_delta(&old, &patch, m.length).unwrap();
+            assert_eq!(kernelize_bundle::Sha256::of(&rebuilt), m.sha256);
+        }
+        walk(dev, &dep, o.execution_version, ExecState::Succeeded).await;
+    }
+    // Only published files can be downloaded, and only by a device.
+    let stranger = format!("{}/v1/fleet/device/blobs/{}", ts.base, "0".repeat(64));
+    let r = ts.client.get(&stranger).bearer_auth(on_v1[0].token().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = ts
+        .client
+        .get(format!("{}/v1/fleet/device/blobs/{old_sha}", ts.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Key rotation: devices follow the root chain from the pinned key; new offers are
+    // signed by the new key only.
+    let (s, k2) = ts.post(ADMIN_KEY, "/v1/fleet/keys/rotate", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{k2}");
+    let (_, roots) = ts.call(None, reqwest::Method::GET, "/v1/fleet/device/root", None).await;
+    assert_eq!(roots["code"], "unauthenticated");
+    let roots = ts
+        .client
+        .get(format!("{}/v1/fleet/device/root", ts.base))
+        .bearer_auth(fresh[0].token().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let roots: Value = roots.json().await.unwrap();
+    let docs: Vec<Vec<u8>> =
+        roots["roots"].as_array().unwrap().iter().map(|d| serde_json::to_vec(d).unwrap()).collect();
+    let now = kernelize_bundle::verify_root_chain(&kernelize_bundle::TrustRoot::pinned(pinned.clone()), &docs).unwrap();
+    assert_eq!(now.version, 1);
+    assert_eq!(now.key.to_hex(), k2["public_key"].as_str().unwrap());
+    let v3 = release(&ts, "stable", 3).await;
+    let d = create_and_approve(&ts, &writer, json!({"name": "v3", "release_id": v3, "target": {"filter": "labels.d = \"1\""}, "plan": {"phases": [{"percent": 100}]}})).await;
+    let _ = d;
+    let o = fresh[0].offer().await.unwrap().unwrap();
+    assert!(
+        kernelize_bundle::Offer::verify(o.signed.as_bytes(), &pinned, &fresh[0].device_id, kernelize_bundle::now_ms())
+            .is_err()
+    );
+    kernelize_bundle::Offer::verify(o.signed.as_bytes(), &now.key, &fresh[0].device_id, kernelize_bundle::now_ms())
+        .unwrap();
+
+    // Blob GC keeps every referenced file (nothing here is unreferenced and old enough).
+    let (s, g) = ts.post(ADMIN_KEY, "/v1/fleet/blobs:gc", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{g}");
+    assert_eq!(g["deleted"], 0, "{g}");
+    assert!(g["referenced"].as_u64().unwrap() >= 5, "{g}");
+    ts.shutdown().await;
+}
+
+async fn releases_on_local_blobs(backend: Backend) {
+    releases_offers_and_downloads_verify(TestServer::start(backend).await).await;
+}
+
+both_backends!(releases_on_local_blobs_both, releases_on_local_blobs);
+
+/// The same with the blob store on a real S3-compatible server (moto, on 127.0.0.1).
+async fn releases_on_s3_blobs(backend: Backend) {
+    let moto = kernelize_blobs::testing::server();
+    let bucket = moto.bucket();
+    let ts = TestServer::start_with(backend, |c| {
+        c.fleet.blobs = Some(kernelize_blobs::BlobConfig::S3 {
+            bucket,
+            prefix: "fleet".into(),
+            endpoint: Some(moto.endpoint()),
+            region: "us-east-1".into(),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            allow_http: true,
+        });
+    })
+    .await;
+    releases_offers_and_downloads_verify(ts).await;
+}
+
+both_backends!(releases_on_s3_blobs_both, releases_on_s3_blobs);

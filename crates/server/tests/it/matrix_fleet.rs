@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 /// What the fleet cases read: an accepted device with a running deployment and a release.
 pub struct FleetIds {
     pub device: DeviceClient,
+    pub kernel: String,
     pub release: String,
     pub deployment: String,
     pub group: String,
@@ -45,7 +46,8 @@ pub async fn fixtures(ts: &TestServer, keys: &Keys) -> FleetIds {
     assert!(device.offer().await.unwrap().is_some());
     let (s, _) = ts.post(ADMIN_KEY, "/v1/fleet/groups", json!({"name": "matrix-group"})).await;
     assert_eq!(s, StatusCode::CREATED);
-    FleetIds { device, release, deployment, group: "matrix-group".into() }
+    let kernel = crate::fleet::kernel(ts, "matrix", 3).await;
+    FleetIds { device, kernel, release, deployment, group: "matrix-group".into() }
 }
 
 async fn pending_device(ts: &TestServer) -> String {
@@ -162,6 +164,42 @@ pub async fn exercise(
         ("get", "/v1/fleet/releases") => {
             let (s, v) = call(Method::GET, template.into(), None).await;
             (s, v, reader(StatusCode::OK))
+        }
+        ("post", "/v1/fleet/releases") => {
+            let version = match who {
+                Who::Writer => 100,
+                Who::Admin => 101,
+                _ => 102,
+            };
+            let body = json!({"kernel_id": f.kernel, "channel": "matrix", "version": version});
+            let (s, v) = call(Method::POST, template.into(), Some(body)).await;
+            (s, v, writer(StatusCode::CREATED))
+        }
+        ("get", "/v1/fleet/keys") => {
+            let (s, v) = call(Method::GET, template.into(), None).await;
+            (s, v, reader(StatusCode::OK))
+        }
+        ("post", "/v1/fleet/keys/rotate") => {
+            let before = ts.get(ADMIN_KEY, "/v1/fleet/keys").await.1["version"].as_u64().unwrap();
+            let (s, v) = call(Method::POST, template.into(), None).await;
+            let want = admin(StatusCode::OK);
+            let after = ts.get(ADMIN_KEY, "/v1/fleet/keys").await.1["version"].as_u64().unwrap();
+            assert_eq!(after, before + u64::from(want.is_success()));
+            (s, v, want)
+        }
+        ("post", "/v1/fleet/blobs:gc") => {
+            let (s, v) = call(Method::POST, template.into(), None).await;
+            (s, v, admin(StatusCode::OK))
+        }
+        ("get", "/v1/fleet/device/root") => {
+            let (s, v) = call(Method::GET, template.into(), None).await;
+            (s, v, StatusCode::UNAUTHORIZED)
+        }
+        ("get", "/v1/fleet/device/blobs/{sha256}") => {
+            let (_, r) = ts.get(ADMIN_KEY, &format!("/v1/fleet/releases/{}", f.release)).await;
+            let (s, v) =
+                call(Method::GET, format!("/v1/fleet/device/blobs/{}", r["sha256"].as_str().unwrap()), None).await;
+            (s, v, StatusCode::UNAUTHORIZED)
         }
         ("get", "/v1/fleet/releases/{id}") => {
             let (s, v) = call(Method::GET, format!("/v1/fleet/releases/{}", f.release), None).await;

@@ -1,4 +1,5 @@
-//! A real S3-compatible server for the tests: moto's server (PyPI `moto[server]`), one per
+//! A real S3-compatible server for tests (feature `testing`; the crate's own tests include
+//! this file too): moto's server (PyPI `moto[server]`), one per
 //! test binary, on a port the OS picks on 127.0.0.1.
 //!
 //! It runs inside a small Python wrapper that prints the port and stops the server when
@@ -12,7 +13,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The version `scripts/test.sh` installs.
-pub(crate) const MOTO_PIN: &str = "moto[server]==5.2.1";
+/// The moto version the tests need.
+pub const MOTO_PIN: &str = "moto[server]==5.2.1";
 
 const WRAPPER: &str = r#"
 import logging, sys
@@ -29,10 +31,12 @@ sys.stdin.read()
 server.stop()
 "#;
 
-pub(crate) struct Moto {
+/// A running moto server.
+pub struct Moto {
     /// Held for the life of the binary: its stdin pipe closes at exit, which stops the server.
     child: Child,
-    pub(crate) port: u16,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
 }
 
 impl Drop for Moto {
@@ -75,7 +79,7 @@ fn start() -> Result<Moto, String> {
 
 /// The shared server. Panics (failing the test) with the install command if moto is
 /// missing: the S3 tests never skip silently.
-pub(crate) fn server() -> &'static Moto {
+pub fn server() -> &'static Moto {
     static MOTO: OnceLock<Result<Moto, String>> = OnceLock::new();
     match MOTO.get_or_init(start) {
         Ok(m) => m,
@@ -84,12 +88,13 @@ pub(crate) fn server() -> &'static Moto {
 }
 
 impl Moto {
-    pub(crate) fn endpoint(&self) -> String {
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// A new, empty bucket.
-    pub(crate) fn bucket(&self) -> String {
+    pub fn bucket(&self) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
         let name = format!("kz-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let (status, _) = self.request("PUT", &format!("/{name}"), &[]);
