@@ -179,14 +179,18 @@ impl IndexCache {
             None => {
                 let bytes = segment_index::build(segment, metric, settings)?;
                 let path = segment_index::index_path(segment);
-                if self.in_memory {
+                if !self.in_memory
+                    && let Err(source) = kernelize_store::write_atomic(storage, &path, &bytes)
+                {
+                    // Leave no temporary file behind (it would stay until the next open).
+                    let _ = storage.remove_file(&path.with_extension("tmp"));
+                    return Err(IndexError::Io { path, source });
+                }
+                if self.in_memory || storage.encryption().is_some() {
+                    // In memory only, or a sealed file that opening would decrypt back
+                    // into memory: use the bytes just built.
                     (SegmentIndex::from_mapped(path, kernelize_store::Mapped::new(bytes), segment)?, true)
                 } else {
-                    if let Err(source) = kernelize_store::write_atomic(storage, &path, &bytes) {
-                        // Leave no temporary file behind (it would stay until the next open).
-                        let _ = storage.remove_file(&path.with_extension("tmp"));
-                        return Err(IndexError::Io { path, source });
-                    }
                     let ix = SegmentIndex::open(storage, segment)?.ok_or_else(|| IndexError::Corrupt {
                         path,
                         offset: 0,

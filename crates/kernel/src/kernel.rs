@@ -122,6 +122,12 @@ impl Kernel {
         &self.parsed.manifest
     }
 
+    /// The whole kernel file as opened and checked (mapped, or held in memory): exactly
+    /// the signed bytes a device downloads.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Whether the signature was checked against a public key at open.
     pub fn signature_verified(&self) -> bool {
         self.parsed.signature_verified

@@ -315,10 +315,11 @@ async fn delete_kernel(State(st): St, Auth(p): Auth, PathParams(id): PathParams<
     Ok(audited(format!("kernel={id}"), StatusCode::NO_CONTENT, ()))
 }
 
-/// Download a kernel file. Supports `Range` (a device resumes with `Range: bytes=N-`) and
-/// `If-Range` with the strong `ETag` sent (the file's SHA-256; any other validator gets
-/// the whole file); verify it with the key from GET /v1/kernel-signing-key. An expired
-/// kernel is not served (409).
+/// Download a kernel file (the plain, signed kernel, also when it is sealed at rest).
+/// Supports `Range` (a device resumes with `Range: bytes=N-`) and `If-Range` with the
+/// strong `ETag` sent (the kernel's SHA-256; any other validator gets the whole file);
+/// verify it with the key from GET /v1/kernel-signing-key. An expired kernel is not
+/// served (409).
 #[utoipa::path(get, path = "/v1/kernels/{id}/download", tag = "kernels", security(("bearer" = [])),
     params(("id" = String, Path, description = "Kernel id")),
     responses(
@@ -330,31 +331,70 @@ async fn download_kernel(
     State(st): St,
     Auth(p): Auth,
     PathParams(id): PathParams<String>,
-    req: Request,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    use tower::ServiceExt as _;
-    let (path, sha256) = st.kernel_file(&p, &id).await?;
+    let (kernel, sha256) = st.kernel_file(&p, &id).await?;
     let etag = format!("\"{sha256}\"");
-    let mut req = req;
     // RFC 9110 §13.1.5: a Range is honoured only when If-Range names the current
     // representation (strong comparison with our ETag); otherwise the whole file (200).
     // A date validator never matches: the ETag is the only validator we send.
-    if let Some(v) = req.headers_mut().remove(header::IF_RANGE)
-        && v.as_bytes() != etag.as_bytes()
-    {
-        req.headers_mut().remove(header::RANGE);
+    let if_range_ok = headers.get(header::IF_RANGE).is_none_or(|v| v.as_bytes() == etag.as_bytes());
+    let range = headers.get(header::RANGE).filter(|_| if_range_ok).and_then(|v| v.to_str().ok());
+    // The open kernel's bytes (mapped, or decrypted from its sealed file): the plain,
+    // signed kernel, sent without a copy.
+    let body = axum::body::Bytes::from_owner(KernelBytes(kernel));
+    let (status, body, content_range) = download_range(body, range);
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(v) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::CONTENT_RANGE, v);
     }
-    let mut resp = tower_http::services::ServeFile::new(path).oneshot(req).await.map_err(ApiError::internal)?;
-    resp.headers_mut().remove(header::LAST_MODIFIED);
     if let Ok(v) = HeaderValue::from_str(&etag) {
-        resp.headers_mut().insert(header::ETAG, v);
+        h.insert(header::ETAG, v);
     }
     let disposition = format!("attachment; filename=\"{id}.{}\"", kernelize_kernel::EXT);
     if let Ok(v) = HeaderValue::from_str(&disposition) {
-        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        h.insert(header::CONTENT_DISPOSITION, v);
     }
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    Ok(audited(format!("kernel={id}"), resp.status(), resp.map(axum::body::Body::new)))
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(audited(format!("kernel={id}"), status, resp))
+}
+
+/// An open kernel as the owner of a response body.
+struct KernelBytes(Arc<kernelize_kernel::Kernel>);
+
+impl AsRef<[u8]> for KernelBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+/// The answer to an optional `Range` header over `body` (as tower-http's `ServeFile`
+/// answers): the whole body (200); one satisfiable range (206, with its `Content-Range`);
+/// several ranges (multipart is not served) or none satisfiable (416, `bytes */size`).
+fn download_range(body: axum::body::Bytes, range: Option<&str>) -> (StatusCode, axum::body::Bytes, Option<String>) {
+    let size = body.len() as u64;
+    let Some(range) = range else {
+        return (StatusCode::OK, body, None);
+    };
+    let unsatisfiable = |msg: &'static str| {
+        (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            axum::body::Bytes::from_static(msg.as_bytes()),
+            Some(format!("bytes */{size}")),
+        )
+    };
+    match http_range_header::parse_range_header(range).and_then(|r| r.validate(size)) {
+        Ok(ranges) if ranges.len() == 1 => {
+            let (start, end) = (*ranges[0].start(), *ranges[0].end());
+            // validate() keeps start <= end < size.
+            let part = body.slice(start as usize..=end as usize);
+            (StatusCode::PARTIAL_CONTENT, part, Some(format!("bytes {start}-{end}/{size}")))
+        }
+        Ok(_) => unsatisfiable("Cannot serve multipart range requests"),
+        Err(_) => unsatisfiable(""),
+    }
 }
 
 /// Query a hosted kernel (reader on its collection).

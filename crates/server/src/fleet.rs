@@ -256,26 +256,16 @@ async fn get_release(
     responses((status = 201, description = "The release", body = Object), Errors))]
 async fn publish_release(State(st): St, Auth(p): Auth, Body(r): Body<PublishRequest>) -> Result<Response, ApiError> {
     p.require(Role::Writer, None)?;
-    let (path, _) = st.kernel_file(&p, &r.kernel_id).await.map_err(|e| {
+    let (k, _) = st.kernel_file(&p, &r.kernel_id).await.map_err(|e| {
         if e.status == StatusCode::NOT_FOUND { ApiError::invalid(format!("kernel_id: {}", e.message)) } else { e }
     })?;
-    let id = r.kernel_id.clone();
     let max = st.config.fleet.max_kernel_mb.saturating_mul(1 << 20);
-    let kernel = tokio::task::spawn_blocking(move || -> Result<KernelFile, ApiError> {
-        let len = fs_err::metadata(&path).map_err(ApiError::internal)?.len();
-        if len > max {
-            return Err(ApiError::invalid(format!(
-                "kernel_id: the kernel has {len} bytes, more than fleet.max_kernel_mb"
-            )));
-        }
-        let bytes = fs_err::read(&path).map_err(ApiError::internal)?;
-        let k = kernelize_kernel::Kernel::from_bytes(&bytes, &id, &kernelize_kernel::Trust::default())
-            .map_err(ApiError::internal)?;
-        let dim = u32::try_from(k.manifest().dim).map_err(ApiError::internal)?;
-        Ok(KernelFile { bytes: bytes.into(), dim })
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let len = k.bytes().len() as u64;
+    if len > max {
+        return Err(ApiError::invalid(format!("kernel_id: the kernel has {len} bytes, more than fleet.max_kernel_mb")));
+    }
+    let dim = u32::try_from(k.manifest().dim).map_err(ApiError::internal)?;
+    let kernel = KernelFile { bytes: bytes::Bytes::copy_from_slice(k.bytes()), dim };
     let rel = st.fleet.publish(&r, kernel, &who(&p), now_ms()).await?;
     let detail = format!("release={} channel={} version={} kernel={}", rel.id, rel.channel, rel.version, rel.kernel_id);
     Ok(audited(detail, StatusCode::CREATED, to_value(&rel)))

@@ -12,6 +12,12 @@
 //! one of its collection's name is an orphan: only admins (scoped to every collection)
 //! see it, and they may only describe or delete it. Dropping a collection through the
 //! server deletes its kernels. Expired kernels are neither queried nor downloaded.
+//!
+//! When the data directory is encrypted, a kernel file is sealed at rest like the
+//! collection's own files (`EncryptedStorage::seal_existing`, under the collection's data
+//! key): queries and downloads use the kernel decrypted in memory, the `ETag` is the
+//! SHA-256 of the plain kernel, and dropping the collection (which destroys its key)
+//! leaves any kernel file of it unreadable.
 
 use crate::auth::{Principal, Role, random_id};
 use crate::engine::{blocking, parse_filter};
@@ -26,20 +32,36 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// SHA-256 of a file, hex (read in 1 MiB pieces).
-fn file_sha256(path: &std::path::Path) -> Result<String, ApiError> {
-    use std::io::Read as _;
-    let mut f = fs_err::File::open(path).map_err(ApiError::internal)?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(ApiError::internal)?;
-        if n == 0 {
-            break;
+/// SHA-256 of bytes, hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    crate::auth::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+/// Opens the kernel file at `path`. In an encrypted data directory the file is sealed
+/// (under its collection's data key, `docs/format/encryption.md`) and is decrypted into
+/// memory; an unsealed file there is refused. Returns the kernel and the SHA-256 (hex) of
+/// its plain bytes: the download's `ETag`, the same whether the file is sealed or not.
+fn open_kernel_file(
+    db: &kernelize_store::Database,
+    path: &std::path::Path,
+    trust: &Trust,
+) -> Result<(Kernel, String), ApiError> {
+    let kernel = match db.storage().encryption() {
+        None => Kernel::open(path, trust)?,
+        Some(enc) => {
+            let raw = fs_err::read(path).map_err(ApiError::internal)?;
+            if !kernelize_store::is_sealed(&raw) {
+                return Err(ApiError::internal(format!(
+                    "{} is not sealed, but the data directory is encrypted: delete the kernel and build it again",
+                    path.display()
+                )));
+            }
+            let plain = enc.unseal(path, raw)?;
+            Kernel::from_bytes(&plain, &path.display().to_string(), trust)?
         }
-        ctx.update(&buf[..n]);
-    }
-    Ok(crate::auth::hex(ctx.finish().as_ref()))
+    };
+    let sha = sha256_hex(kernel.bytes());
+    Ok((kernel, sha))
 }
 
 /// The server's kernel signing key, build progress and open kernels.
@@ -198,9 +220,10 @@ impl AppState {
         }
         let path = self.kernel_path(&row.id);
         let trust = Trust { public_key: Some(self.kernels.signing.public()), allow_expired: true, now: None };
+        let db = self.db.clone();
         let opened = blocking(move || {
-            let k = Kernel::open(&path, &trust).map_err(ApiError::from)?;
-            Ok((Arc::new(k), file_sha256(&path)?))
+            let (k, sha) = open_kernel_file(&db, &path, &trust)?;
+            Ok((Arc::new(k), sha))
         })
         .await?;
         self.kernels.open.lock().insert(row.id.clone(), opened.clone());
@@ -226,6 +249,12 @@ impl AppState {
     async fn kernel_info(self: &Arc<Self>, row: KernelRow) -> Result<KernelInfo, ApiError> {
         let orphaned = self.orphaned(&row).await?;
         let manifest = match row.state.as_str() {
+            // An orphan of an encrypted data directory cannot be opened any more: its
+            // collection's data key went with the collection (crypto-shredding).
+            "succeeded" if orphaned => match self.open_kernel(&row).await {
+                Ok((k, _)) => Some(serde_json::to_value(k.manifest()).map_err(ApiError::internal)?),
+                Err(_) => None,
+            },
             "succeeded" => {
                 Some(serde_json::to_value(self.open_kernel(&row).await?.0.manifest()).map_err(ApiError::internal)?)
             }
@@ -345,7 +374,12 @@ impl AppState {
                 if let Some(dir) = path.parent() {
                     fs_err::create_dir_all(dir).map_err(ApiError::internal)?;
                 }
-                kernelize_kernel::write_file(&path, &built.bytes)?;
+                // Sealed at rest under the collection's data key when the data directory
+                // is encrypted: the plain kernel never touches the disk.
+                match st.db.storage().encryption() {
+                    None => kernelize_kernel::write_file(&path, &built.bytes)?,
+                    Some(enc) => kernelize_kernel::write_file(&path, &enc.seal_existing(coll.name(), &built.bytes)?)?,
+                }
                 crate::files::private_file(&path).map_err(ApiError::internal)?;
                 Ok(built.manifest)
             })
@@ -392,11 +426,11 @@ impl AppState {
         self.kernel_info(row).await
     }
 
-    /// The file of a built, unexpired kernel, for download, and its SHA-256 (hex).
-    pub async fn kernel_file(self: &Arc<Self>, p: &Principal, id: &str) -> Result<(PathBuf, String), ApiError> {
+    /// A built, unexpired kernel, for download (its plain, signed bytes: the open kernel's,
+    /// mapped or decrypted), and their SHA-256 (hex).
+    pub async fn kernel_file(self: &Arc<Self>, p: &Principal, id: &str) -> Result<(Arc<Kernel>, String), ApiError> {
         let row = self.kernel_row(p, Role::Reader, id, false).await?;
-        let (_, sha) = self.live_kernel(&row).await?;
-        Ok((self.kernel_path(&row.id), sha))
+        self.live_kernel(&row).await
     }
 
     /// Deletes a kernel (its file and its row); a build still running cannot be deleted.

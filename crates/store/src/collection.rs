@@ -5,9 +5,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{CollectionConfig, Manifest, SegmentRef, segment_file_name};
 use crate::memtable::{Entry, Key, Memtable};
 use crate::record::{Op, Record, decode_batch, encode_batch, validate_id, validate_record};
-use crate::segment::{Segment, SegmentOptions, write_segment};
+use crate::segment::{Segment, SegmentOptions, write_segment_keeping};
 use crate::snapshot::{Snapshot, Version};
-use crate::storage::Storage;
+use crate::storage::{Mapped, Storage};
 use crate::wal::{self, WalWriter, parse_wal_file_name, wal_file_name};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
@@ -788,9 +788,10 @@ impl Collection {
             segments: Vec::new(),
             dim: inner.config.dim,
         }));
-        let seg_ref = self.write_segment_file(&mut maint, merged.entries(), new_wal_seq - 1, &[])?;
+        // Memtables count more bytes per record than a segment takes (+ header, padding).
+        let expected = frozen.iter().map(|m| m.bytes()).sum::<usize>() + (1 << 20);
+        let (_, seg) = self.write_segment_file(&mut maint, merged.entries(), new_wal_seq - 1, &[], expected)?;
         // Publish: the segment replaces the frozen memtables.
-        let seg = Segment::open(storage, &inner.dir.join(SEG_DIR).join(segment_file_name(seg_ref.id)))?;
         {
             let mut v = inner.version.write();
             let mut next = (**v).clone();
@@ -803,28 +804,35 @@ impl Collection {
     }
 
     /// Writes a segment file from sorted entries, then a manifest naming it (newest first)
-    /// and the new `flushed_seq`; returns the manifest entry.
+    /// and the new `flushed_seq`; returns the manifest entry and the opened segment.
+    /// `expected_bytes`: about how large the segment will be (room reserved for it when
+    /// its plaintext is kept).
     fn write_segment_file(
         &self,
         maint: &mut Maintenance,
         entries: impl Iterator<Item = Result<(Key, Entry)>>,
         flushed_seq: u64,
         replaces: &[u64],
-    ) -> Result<SegmentRef> {
+        expected_bytes: usize,
+    ) -> Result<(SegmentRef, Arc<Segment>)> {
         let inner = &*self.inner;
         let storage = &*inner.storage;
         let seg_dir = inner.dir.join(SEG_DIR);
+        // A sealed file would be read back and decrypted to be opened: keep the plaintext
+        // just written instead (every byte on disk is sealed all the same).
+        let keep = storage.encryption().is_some().then_some(expected_bytes);
         let id = maint.manifest.next_segment_id;
         let path = seg_dir.join(segment_file_name(id));
         let tmp = path.with_extension("seg.tmp");
         // A failure leaves nothing behind: the temporary file (up to a whole segment) and
         // a renamed but never named segment are removed at once, not at the next open.
-        let written = write_segment(storage, &tmp, inner.config.dim, entries, inner.opts.segment).and_then(|info| {
-            storage.rename(&tmp, &path).at(&path)?;
-            storage.sync_dir(&seg_dir).at(&seg_dir)?;
-            Ok(info)
-        });
-        let info = match written {
+        let written = write_segment_keeping(storage, &tmp, inner.config.dim, entries, inner.opts.segment, keep)
+            .and_then(|written| {
+                storage.rename(&tmp, &path).at(&path)?;
+                storage.sync_dir(&seg_dir).at(&seg_dir)?;
+                Ok(written)
+            });
+        let (info, plain) = match written {
             Ok(info) => info,
             Err(e) => {
                 let _ = storage.remove_file(&tmp);
@@ -854,7 +862,11 @@ impl Collection {
             }
         }
         maint.manifest = next;
-        Ok(seg_ref)
+        let seg = match plain {
+            Some(bytes) => Arc::new(Segment::from_mapped(&path, Mapped::new(bytes))?),
+            None => Segment::open(storage, &path)?,
+        };
+        Ok((seg_ref, seg))
     }
 
     /// Removes (or archives) WAL files all of whose frames are folded into segments: a
@@ -920,8 +932,8 @@ impl Collection {
         let live = only_segments.entries().filter(|r| !matches!(r, Ok((_, e)) if e.record.is_none()));
         let flushed = maint.manifest.flushed_seq;
         let old_ids: Vec<u64> = maint.manifest.segments.iter().map(|s| s.id).collect();
-        let seg_ref = self.write_segment_file(&mut maint, live, flushed, &old_ids)?;
-        let seg = Segment::open(&*inner.storage, &inner.dir.join(SEG_DIR).join(segment_file_name(seg_ref.id)))?;
+        let expected = bytes_before as usize + (1 << 20);
+        let (seg_ref, seg) = self.write_segment_file(&mut maint, live, flushed, &old_ids, expected)?;
         {
             let mut cur = inner.version.write();
             let mut nv = (**cur).clone();

@@ -320,6 +320,13 @@ impl Keyring {
         Ok((id, key))
     }
 
+    /// The current data key of a collection, if it has one (never creates one).
+    pub(crate) fn existing_key(&self, collection: &str) -> Option<(KeyId, DataKey)> {
+        let st = self.state.read();
+        let id = st.by_name.get(collection)?;
+        st.keys.get(id).map(|e| (*id, e.key.clone()))
+    }
+
     /// A data key by id, if the keyring still holds it.
     pub(crate) fn key_by_id(&self, id: &KeyId) -> Option<DataKey> {
         self.state.read().keys.get(id).map(|e| e.key.clone())

@@ -5,7 +5,7 @@ use crate::codec::{DecodeResult, Reader, masked_crc, put_u32, put_u64};
 use crate::error::{Error, IoContext, Result};
 use crate::memtable::{Entry, Key};
 use crate::record::{MAX_DIM, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES, Record, decode_metadata};
-use crate::storage::{Mapped, Storage, WritableFile};
+use crate::storage::{Mapped, ResidentBuf, Storage, WritableFile};
 use kernelize_learned::PgmIndex;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -80,21 +80,28 @@ struct Sink {
     file: Box<dyn WritableFile>,
     path: PathBuf,
     pos: u64,
-    buf: Vec<u8>,
+    buf: ResidentBuf,
+    /// Keep every byte written in `buf` (only `buf[flushed..]` is still to be written).
+    keep: bool,
+    flushed: usize,
 }
 
 impl Sink {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.buf.extend_from_slice(bytes);
         self.pos += bytes.len() as u64;
-        if self.buf.len() >= 1 << 20 {
+        if self.buf.len() - self.flushed >= 1 << 20 {
             self.flush()?;
         }
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {
-        self.file.write_all(&self.buf).at(&self.path)?;
-        self.buf.clear();
+        self.file.write_all(&self.buf[self.flushed..]).at(&self.path)?;
+        if self.keep {
+            self.flushed = self.buf.len();
+        } else {
+            self.buf.clear();
+        }
         Ok(())
     }
     fn pad(&mut self) -> Result<()> {
@@ -112,8 +119,27 @@ pub fn write_segment(
     entries: impl Iterator<Item = Result<(Key, Entry)>>,
     opts: SegmentOptions,
 ) -> Result<SegmentInfo> {
+    write_segment_keeping(storage, path, dim, entries, opts, None).map(|(info, _)| info)
+}
+
+/// [`write_segment`], and with `keep = Some(expected size)` also the file's bytes as
+/// written (plaintext, in resident memory), so a caller on a storage whose files are not
+/// mappable in place (sealed files, which `map` would decrypt back into memory) can open
+/// the segment from them instead of reading the file back.
+pub(crate) fn write_segment_keeping(
+    storage: &dyn Storage,
+    path: &Path,
+    dim: usize,
+    entries: impl Iterator<Item = Result<(Key, Entry)>>,
+    opts: SegmentOptions,
+    keep: Option<usize>,
+) -> Result<(SegmentInfo, Option<ResidentBuf>)> {
     let file = storage.create(path).at(path)?;
-    let mut sink = Sink { file, path: path.to_path_buf(), pos: 0, buf: Vec::with_capacity(2 << 20) };
+    let buf = match keep {
+        Some(expected) => ResidentBuf::with_capacity(expected),
+        None => ResidentBuf::Heap(Vec::with_capacity(2 << 20)),
+    };
+    let mut sink = Sink { file, path: path.to_path_buf(), pos: 0, buf, keep: keep.is_some(), flushed: 0 };
     sink.write(&header_bytes(dim))?;
     let mut hashes = Vec::new();
     let mut seqs = Vec::new();
@@ -200,7 +226,8 @@ pub fn write_segment(
     sink.write(&trailer)?;
     sink.flush()?;
     sink.file.sync().at(path)?;
-    Ok(SegmentInfo { count, min_seq, max_seq, bytes: sink.pos })
+    let info = SegmentInfo { count, min_seq, max_seq, bytes: sink.pos };
+    Ok((info, keep.map(|_| sink.buf)))
 }
 
 fn header_bytes(dim: usize) -> Vec<u8> {

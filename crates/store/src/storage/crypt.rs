@@ -133,7 +133,8 @@ pub(crate) struct Opened {
     key: Option<(KeyId, Arc<LessSafeKey>)>,
 }
 
-/// Decrypts a whole sealed file in place. `lookup` finds data keys by id.
+/// Decrypts a whole sealed file in place (each record's plaintext moved down over the
+/// heads and tags as it is decrypted). `lookup` finds data keys by id.
 pub(crate) fn open_sealed_bytes(mut bytes: Vec<u8>, lookup: &dyn Fn(&KeyId) -> Option<DataKey>) -> io::Result<Opened> {
     if bytes.len() < SEALED_HEADER_LEN {
         // A file whose header never reached the disk (crash right after create).
@@ -208,8 +209,16 @@ pub(crate) fn open_sealed_bytes(mut bytes: Vec<u8>, lookup: &dyn Fn(&KeyId) -> O
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&bytes[read + 8..read + RECORD_HEAD]);
         let aad = record_aad(plain_off, len);
+        // Decrypts and moves the plaintext down to `write` in one pass (the ciphertext
+        // starts `read + RECORD_HEAD - write` bytes into the slice); what a failed record
+        // leaves there is cut below or never returned.
         let ok = fkey
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut bytes[read + RECORD_HEAD..end])
+            .open_within(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut bytes[write..end],
+                read + RECORD_HEAD - write..,
+            )
             .is_ok();
         if !ok {
             if end == total || rest_is_zero(&bytes, end) {
@@ -217,7 +226,6 @@ pub(crate) fn open_sealed_bytes(mut bytes: Vec<u8>, lookup: &dyn Fn(&KeyId) -> O
             }
             return Err(bad(read, "record authentication failed (damaged or moved bytes)"));
         }
-        bytes.copy_within(read + RECORD_HEAD..read + RECORD_HEAD + n, write);
         records.push((plain_off, read));
         write += n;
         plain_off += u64::from(len);
@@ -311,6 +319,21 @@ impl EncryptedStorage {
     /// whose files are written outside the storage backend).
     pub fn seal(&self, collection: &str, plain: &[u8]) -> Result<Vec<u8>> {
         let (id, key) = self.keyring.key_for(&*self.inner, collection)?;
+        let io = |e| crate::Error::io(format!("sealing a file of {collection:?}"), e);
+        let (mut out, fkey) = new_header(&id, &key).map_err(io)?;
+        seal_records(&fkey, 0, plain, &mut out).map_err(io)?;
+        Ok(out)
+    }
+
+    /// Seals `plain` as a whole file under the data key `collection` has now, for files
+    /// kept outside the storage backend that must die with the collection (the server's
+    /// hosted kernels): dropping the collection destroys the key and makes them unreadable.
+    /// Unlike [`EncryptedStorage::seal`] it never creates a key: a collection without one
+    /// (dropped meanwhile) is [`crate::Error::NotFound`].
+    pub fn seal_existing(&self, collection: &str, plain: &[u8]) -> Result<Vec<u8>> {
+        let (id, key) = self.keyring.existing_key(collection).ok_or_else(|| {
+            crate::Error::NotFound(format!("collection {collection:?} has no data key (it was dropped)"))
+        })?;
         let io = |e| crate::Error::io(format!("sealing a file of {collection:?}"), e);
         let (mut out, fkey) = new_header(&id, &key).map_err(io)?;
         seal_records(&fkey, 0, plain, &mut out).map_err(io)?;
