@@ -65,11 +65,21 @@ pub struct FleetSettings {
     pub device_token_ttl_secs: u64,
     /// Deployments need approval by a principal other than their creator.
     pub require_approval: bool,
+    /// Webhooks every fleet event is POSTed to, signed (`[[fleet.webhooks]]`, `docs/webhooks.md`).
+    pub webhooks: Vec<crate::fleet_notify::WebhookSettings>,
+    /// MQTT broker (`mqtt://host:port`) for waking devices early; none: devices only poll.
+    pub mqtt_url: Option<String>,
 }
 
 impl Default for FleetSettings {
     fn default() -> Self {
-        FleetSettings { heartbeat_ms: 60_000, device_token_ttl_secs: 3600, require_approval: true }
+        FleetSettings {
+            heartbeat_ms: 60_000,
+            device_token_ttl_secs: 3600,
+            require_approval: true,
+            webhooks: Vec::new(),
+            mqtt_url: None,
+        }
     }
 }
 
@@ -249,6 +259,7 @@ impl Config {
             "fleet.device_token_ttl_secs must be in [10, 604800], got {}",
             f.device_token_ttl_secs
         );
+        crate::fleet_notify::validate(&f.webhooks, f.mqtt_url.as_deref())?;
         Ok(())
     }
 }
