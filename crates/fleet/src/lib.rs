@@ -24,6 +24,7 @@ mod events;
 pub mod model;
 pub mod plan;
 mod rows;
+mod wake;
 
 pub use deploy::{
     CreateDeployment, DeploymentInfo, EditDeployment, ExecutionInfo, NewRelease, Offer, OfferKind, ReleaseInfo,

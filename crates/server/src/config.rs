@@ -79,6 +79,10 @@ pub struct FleetSettings {
     /// Blob GC keeps unreferenced blobs younger than this, seconds (an upload racing with
     /// it survives); must exceed `blob_options.refresh_after_secs`.
     pub blob_gc_min_age_secs: u64,
+    /// Webhooks every fleet event is POSTed to, signed (`[[fleet.webhooks]]`, `docs/webhooks.md`).
+    pub webhooks: Vec<crate::fleet_notify::WebhookSettings>,
+    /// MQTT broker (`mqtt://host:port`) for waking devices early; none: devices only poll.
+    pub mqtt_url: Option<String>,
 }
 
 impl Default for FleetSettings {
@@ -93,6 +97,8 @@ impl Default for FleetSettings {
             delta_level: 19,
             max_kernel_mb: 2048,
             blob_gc_min_age_secs: 7200,
+            webhooks: Vec::new(),
+            mqtt_url: None,
         }
     }
 }
@@ -280,6 +286,7 @@ impl Config {
         );
         anyhow::ensure!((1..=22).contains(&f.delta_level), "fleet.delta_level must be in [1, 22]");
         anyhow::ensure!((1..=1 << 20).contains(&f.max_kernel_mb), "fleet.max_kernel_mb must be in [1, 1048576]");
+        crate::fleet_notify::validate(&f.webhooks, f.mqtt_url.as_deref())?;
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 mod files;
 pub mod fleet;
+pub mod fleet_notify;
 pub mod http;
 pub mod kernels;
 pub mod meta;
@@ -254,6 +255,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let admin_key = state.bootstrap_admin().await?;
     state.adopt_legacy_kernels().await?;
     audit::spawn_checkpointer(&state).await?;
+    fleet_notify::spawn(&state)?;
 
     let flusher = Arc::downgrade(&state);
     tokio::spawn(async move {

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub inflight: Gauge,
     /// Texts embedded.
     pub texts_embedded: Counter,
+    /// Fleet webhook deliveries and MQTT wake-ups.
+    pub fleet_notify: crate::fleet_notify::NotifyMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,7 +94,19 @@ impl Metrics {
         registry.register("collection_records", "Live records per collection", records.clone());
         registry.register("http_requests_in_flight", "Requests being served", inflight.clone());
         registry.register("texts_embedded", "Texts embedded", texts_embedded.clone());
-        Metrics { registry, requests, latency, refused, records_written, searches, records, inflight, texts_embedded }
+        let fleet_notify = crate::fleet_notify::NotifyMetrics::register(&mut registry);
+        Metrics {
+            registry,
+            requests,
+            latency,
+            refused,
+            records_written,
+            searches,
+            records,
+            inflight,
+            texts_embedded,
+            fleet_notify,
+        }
     }
 
     /// Counts a refusal.

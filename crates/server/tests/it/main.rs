@@ -5,6 +5,7 @@
 mod common;
 mod encryption;
 mod fleet;
+mod fleet_notify;
 mod functional;
 mod hardening;
 mod health;
