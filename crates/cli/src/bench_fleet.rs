@@ -44,7 +44,7 @@ pub struct FleetBenchArgs {
     pub heartbeat_ms: u64,
     /// Worker tasks sending requests (each owns devices/workers devices and at most one
     /// request at a time: also the number of connections).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 512)]
     pub workers: usize,
     /// Concurrent enrollments.
     #[arg(long, default_value_t = 32)]
@@ -385,6 +385,9 @@ pub fn run(a: &FleetBenchArgs) -> Result<()> {
             }
         };
         let pid = child.as_ref().map(|c| c.0.id().to_string());
+        if let Some(p) = &pid {
+            eprintln!("server: pid {p} at {base} (profile it with `perf record -g -p {p}`)");
+        }
         let out = rt.block_on(load(a, &base, &key, pid.as_deref(), tck));
         drop(child);
         out
@@ -497,7 +500,11 @@ fn print_report(a: &FleetBenchArgs, mut r: Report) {
         hb_n as f64 / secs,
         r.tally.heartbeat.errors
     );
-    println!("| offer poll | {:.0} | {p50:.2} | {p99:.2} | {p999:.2} | {pmax:.2} | {} |", poll_n as f64 / secs, r.tally.poll.errors);
+    println!(
+        "| offer poll | {:.0} | {p50:.2} | {p99:.2} | {p999:.2} | {pmax:.2} | {} |",
+        poll_n as f64 / secs,
+        r.tally.poll.errors
+    );
     println!();
     println!(
         "devices {}, backend {}, {} s measured after {} s warm-up, heartbeat {} ms, {} workers; enrollment took {:.1} s",
@@ -511,7 +518,10 @@ fn print_report(a: &FleetBenchArgs, mut r: Report) {
         r.client_mem.0,
         r.client_mem.1
     );
-    println!("client lag (due → sent): p50 {l50:.2} ms, p99 {l99:.2} ms, max {lmax:.2} ms; offers received {}", r.tally.offers);
+    println!(
+        "client lag (due → sent): p50 {l50:.2} ms, p99 {l99:.2} ms, max {lmax:.2} ms; offers received {}",
+        r.tally.offers
+    );
     for s in r.tally.heartbeat.samples.iter().chain(&r.tally.poll.samples) {
         println!("error sample: {s}");
     }

@@ -391,11 +391,11 @@ fn pairs(flag: &str, items: &[String]) -> Result<Map<String, Value>> {
 
 /// A JSON file, bounded.
 fn json_file(flag: &str, path: &Path) -> Result<Value> {
-    let meta = fs_err::metadata(path).with_context(|| format!("{flag}"))?;
+    let meta = fs_err::metadata(path).with_context(|| flag.to_owned())?;
     if meta.len() > 16 << 20 {
         bail!("{flag} {}: larger than 16 MiB", path.display());
     }
-    let text = fs_err::read_to_string(path).with_context(|| format!("{flag}"))?;
+    let text = fs_err::read_to_string(path).with_context(|| flag.to_owned())?;
     serde_json::from_str(&text).map_err(|e| anyhow!("{flag} {}: not JSON: {e} (line {})", path.display(), e.line()))
 }
 
@@ -465,9 +465,15 @@ async fn run_async(a: &FleetArgs) -> Result<()> {
                 lines(&get("/v1/fleet/devices".into(), q).await?, "devices")?;
             }
             DevicesCmd::Show { id } => pretty(&get(format!("/v1/fleet/devices/{}", seg(id)), vec![]).await?)?,
-            DevicesCmd::Accept { id } => pretty(&post(format!("/v1/fleet/devices/{}/accept", seg(id)), json!({})).await?)?,
-            DevicesCmd::Reject { id } => pretty(&post(format!("/v1/fleet/devices/{}/reject", seg(id)), json!({})).await?)?,
-            DevicesCmd::Revoke { id } => pretty(&post(format!("/v1/fleet/devices/{}/revoke", seg(id)), json!({})).await?)?,
+            DevicesCmd::Accept { id } => {
+                pretty(&post(format!("/v1/fleet/devices/{}/accept", seg(id)), json!({})).await?)?
+            }
+            DevicesCmd::Reject { id } => {
+                pretty(&post(format!("/v1/fleet/devices/{}/reject", seg(id)), json!({})).await?)?
+            }
+            DevicesCmd::Revoke { id } => {
+                pretty(&post(format!("/v1/fleet/devices/{}/revoke", seg(id)), json!({})).await?)?
+            }
             DevicesCmd::Bulk(b) => bulk(&api, b, t).await?,
         },
         FleetCmd::Tokens(cmd) => match cmd {
@@ -476,7 +482,8 @@ async fn run_async(a: &FleetArgs) -> Result<()> {
                 if secs == 0 || ttl.subsec_nanos() != 0 {
                     bail!("--ttl {}: a whole number of seconds, at least 1", humantime::format_duration(*ttl));
                 }
-                let body = json!({"ttl_seconds": secs, "uses": uses, "labels": pairs("--label", labels)?, "group": group});
+                let body =
+                    json!({"ttl_seconds": secs, "uses": uses, "labels": pairs("--label", labels)?, "group": group});
                 pretty(&post("/v1/fleet/enrollment-tokens".into(), body).await?)?;
             }
             TokensCmd::List => lines(&get("/v1/fleet/enrollment-tokens".into(), vec![]).await?, "tokens")?,

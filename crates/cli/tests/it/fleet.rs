@@ -66,7 +66,8 @@ async fn fleet_cli_enrolls_groups_deploys_and_approves_with_a_second_admin() {
     let admin2 = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
 
     // tokens create → devices enroll with it.
-    let tok = fleet_json(&base, ADMIN, &["tokens", "create", "--ttl", "1h", "--uses", "3", "--label", "site=lab"]).await;
+    let tok =
+        fleet_json(&base, ADMIN, &["tokens", "create", "--ttl", "1h", "--uses", "3", "--label", "site=lab"]).await;
     let secret = tok["token"].as_str().expect("the secret is shown at creation").to_owned();
     assert_eq!(tok["uses_left"], 3, "{tok}");
     let listed = fleet_lines(&base, ADMIN, &["tokens", "list"]).await;
@@ -168,7 +169,9 @@ async fn fleet_cli_enrolls_groups_deploys_and_approves_with_a_second_admin() {
     assert_eq!(fleet_json(&base, &admin2, &["deployments", "resume", &id]).await["state"], "running");
 
     // Bulk: off a terminal without --expect-count it shows the dry run and refuses.
-    let out = fleet(&base, ADMIN, &["devices", "bulk", "--select-group", "lab", "--action", "label", "--label", "tier=a"]).await;
+    let out =
+        fleet(&base, ADMIN, &["devices", "bulk", "--select-group", "lab", "--action", "label", "--label", "tier=a"])
+            .await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("would touch 3 device(s)") && err.contains("--expect-count 3"), "{err}");
