@@ -59,6 +59,12 @@ pub enum BenchCmd {
     /// default) served by `kernelize serve` in its own process; vector searches at a fixed
     /// rate for a fixed time from 127.0.0.1; p50/p90/p99 latency and errors.
     Serve(crate::bench_serve::ServeBenchArgs),
+    /// The fleet control plane under many devices: `kernelize serve` in its own process
+    /// (SQLite, or PostgreSQL with --database-url), N simulated devices (10,000 by
+    /// default) enrolled with their own keys, each heartbeating every 10 s (the server's
+    /// jitter) and polling for an offer after each heartbeat for D seconds; requests/s,
+    /// p50/p99/max latency, errors, client lag, server and client CPU and peak memory.
+    Fleet(crate::bench_fleet::FleetBenchArgs),
     /// A kernel on a device: open (mmap, signature, every section hash, shapes) to the
     /// first answered query, repeated; then query latency at the default nprobe / ef.
     Kernel(crate::kernel::KernelBenchArgs),
@@ -130,6 +136,7 @@ pub fn run(cmd: &BenchCmd) -> Result<ExitCode> {
         }
         BenchCmd::Ann(a) => crate::ann::run(a)?,
         BenchCmd::Serve(a) => crate::bench_serve::run(a)?,
+        BenchCmd::Fleet(a) => crate::bench_fleet::run(a)?,
         BenchCmd::Kernel(a) => crate::kernel::bench(a)?,
         BenchCmd::Wordnet { corpus, queries, model_dir } => {
             let dir = model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);

@@ -488,7 +488,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         | Command::AdminKey(_)
         | Command::Kernel(_)
         | Command::Keys(_)
-        | Command::Models(_) => {
+        | Command::Models(_)
+        | Command::Fleet(_) => {
             unreachable!("handled in main")
         }
     }

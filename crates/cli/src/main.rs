@@ -2,9 +2,11 @@
 
 mod ann;
 mod bench;
+mod bench_fleet;
 mod bench_serve;
 mod commands;
 mod embedding;
+mod fleet;
 mod jsonl;
 mod kernel;
 mod models;
@@ -135,6 +137,9 @@ pub enum Command {
     Models(models::ModelsCmd),
     /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
     Export(commands::ExportArgs),
+    /// The fleet control plane over a server's HTTP API (`--server`, `--api-key`):
+    /// devices, enrollment tokens, groups, releases, deployments, events.
+    Fleet(fleet::FleetArgs),
     /// Benchmarks that print a table and a JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -167,6 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
         Command::Keys(cmd) => kernel::keys(&cli, cmd),
         Command::Models(cmd) => models::run(cmd),
+        Command::Fleet(a) => fleet::run(a),
         _ => commands::run(&cli),
     }
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod encryption;
+mod fleet;
 mod kernel;
 mod models;
 mod serve;
