@@ -200,6 +200,7 @@ pub enum ReleasesCmd {
         id: String,
     },
     /// Publish a kernel to a channel (POST /v1/fleet/releases).
+    #[command(disable_version_flag = true)]
     Publish {
         /// Kernel id (a signed kernel known to the server).
         #[arg(long)]
@@ -208,7 +209,7 @@ pub enum ReleasesCmd {
         #[arg(long)]
         channel: String,
         /// Version; must be higher than every earlier release on the channel.
-        #[arg(long)]
+        #[arg(long = "version", id = "release_version", value_name = "N")]
         version: u64,
         /// JSON file with the golden queries (an array) devices run before committing.
         #[arg(long)]
@@ -574,7 +575,7 @@ fn publish_body(kernel: &str, channel: &str, version: u64, golden: Option<&Path>
         if !v.is_array() {
             bail!("--golden {}: expected a JSON array of golden queries", g.display());
         }
-        body.insert("golden".into(), v);
+        body.insert("golden_queries".into(), v);
     }
     for s in set {
         let (k, v) = s.split_once('=').ok_or_else(|| anyhow!("--set {s:?}: expected key=JSON"))?;
@@ -785,7 +786,7 @@ mod tests {
         let g = dir.path().join("g.json");
         fs_err::write(&g, r#"[{"text": "q", "expect_ids": ["a"]}]"#).unwrap();
         let b = publish_body("k1", "stable", 3, Some(&g), &["min_agent_version=\"0.2.0\"".into()]).unwrap();
-        assert_eq!(b["golden"][0]["text"], "q");
+        assert_eq!(b["golden_queries"][0]["text"], "q");
         assert_eq!(b["min_agent_version"], "0.2.0");
         fs_err::write(&g, r#"{"text": "q"}"#).unwrap();
         assert!(publish_body("k1", "stable", 3, Some(&g), &[]).unwrap_err().to_string().contains("array"));

@@ -176,3 +176,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         _ => commands::run(&cli),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Regression: `fleet releases publish --version` clashed with the propagated
+    /// `--version` flag, which clap reports only when that subcommand is parsed. Every
+    /// subcommand's definition is checked here at once.
+    #[test]
+    fn every_subcommand_definition_is_valid() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -106,24 +106,37 @@ async fn fleet_cli_enrolls_groups_deploys_and_approves_with_a_second_admin() {
     assert_eq!(fleet_lines(&base, ADMIN, &["groups", "list"]).await.len(), 1);
     assert_eq!(fleet_json(&base, ADMIN, &["groups", "show", "lab"]).await["devices"], 3);
 
-    // A release, recorded straight in the control plane (publishing over HTTP is the
-    // lead's route), then listed through the CLI.
-    let release = kernelize_fleet::NewRelease {
-        id: "rel-stable-2".into(),
-        channel: "stable".into(),
-        version: 2,
-        kernel_id: "k2".into(),
-        sha256: format!("{:064x}", 2),
-        length: 1002,
-        manifest: "{}".into(),
-        created_by: "key:test".into(),
-        delta: None,
+    // A kernel built by the server, published with the CLI, then listed.
+    let post = |path: &str, body: Value| {
+        let r = http.post(format!("{base}{path}")).bearer_auth(ADMIN).json(&body).send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap() }
     };
-    running.state().fleet.insert_release(&release, kernelize_fleet::now_ms()).await.unwrap();
+    post("/v1/collections", json!({"name": "src", "dim": 8})).await;
+    let recs: Vec<Value> = (0..200u32)
+        .map(|i| json!({"id": format!("r{i}"), "vector": (0..8).map(|j| ((i * 31 + j * 7) % 17) as f32 - 8.0).collect::<Vec<_>>()}))
+        .collect();
+    post("/v1/collections/src/records", json!({"records": recs})).await;
+    let kernel = post("/v1/kernels", json!({"collection": "src"})).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..600 {
+        let r = http.get(format!("{base}/v1/kernels/{kernel}")).bearer_auth(ADMIN).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        if v["state"] != "running" {
+            assert_eq!(v["state"], "succeeded", "{v}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let published = fleet_json(
+        &base,
+        ADMIN,
+        &["releases", "publish", "--kernel", &kernel, "--channel", "stable", "--version", "2"],
+    )
+    .await;
+    let rel = published["id"].as_str().expect("a release id").to_owned();
     let rels = fleet_lines(&base, ADMIN, &["releases", "list"]).await;
     assert_eq!(rels.len(), 1);
-    assert_eq!(rels[0]["id"], "rel-stable-2");
-    assert_eq!(fleet_json(&base, ADMIN, &["releases", "show", "rel-stable-2"]).await["version"], 2);
+    assert_eq!(rels[0]["id"], rel.as_str());
+    assert_eq!(fleet_json(&base, ADMIN, &["releases", "show", &rel]).await["version"], 2);
 
     // deployments create (by ADMIN) → approve by ADMIN refused → approve by admin2.
     let plan = dir.path().join("plan.json");
@@ -132,7 +145,7 @@ async fn fleet_cli_enrolls_groups_deploys_and_approves_with_a_second_admin() {
     let d = fleet_json(
         &base,
         ADMIN,
-        &["deployments", "create", "--name", "v2 lab", "--release", "rel-stable-2", "--group", "lab", "--plan", plan_s],
+        &["deployments", "create", "--name", "v2 lab", "--release", &rel, "--group", "lab", "--plan", plan_s],
     )
     .await;
     assert_eq!(d["state"], "awaiting_approval", "{d}");
@@ -157,7 +170,7 @@ async fn fleet_cli_enrolls_groups_deploys_and_approves_with_a_second_admin() {
     // The devices get their offers; show and executions reflect them.
     for d in &devices {
         let o = d.offer().await.unwrap().expect("phase 1 is 100%: every device gets an offer");
-        assert_eq!(o.release.id, "rel-stable-2");
+        assert_eq!(o.release.id, rel);
     }
     let shown = fleet_json(&base, ADMIN, &["deployments", "show", &id]).await;
     assert_eq!((shown["state"].as_str(), shown["target_count"].as_u64()), (Some("running"), Some(3)), "{shown}");
