@@ -747,3 +747,78 @@ async fn releases_on_s3_blobs(backend: Backend) {
 }
 
 both_backends!(releases_on_s3_blobs_both, releases_on_s3_blobs);
+
+/// The download cap holds (no more than N devices offered or downloading at once), no
+/// offer goes out before the start time, and the end time cancels devices not offered yet.
+async fn download_cap_and_time_window(backend: Backend) {
+    let ts = TestServer::start(backend).await;
+    let writer = ts.key("writer", None).await;
+    let rel = release(&ts, "edge", 1).await;
+    let fleet = devices(&ts, 5, json!({"w": "1"}), &inventory("edge", 0)).await;
+    let plan = json!({"phases": [{"percent": 100}], "max_concurrent_downloads": 2});
+    let d = create_and_approve(
+        &ts,
+        &writer,
+        json!({"name": "cap", "release_id": rel, "target": {"filter": "labels.w = \"1\""}, "plan": plan}),
+    )
+    .await;
+    let dep = d["id"].as_str().unwrap().to_owned();
+    let mut offered = Vec::new();
+    for dev in &fleet {
+        if let Some(o) = dev.offer().await.unwrap() {
+            offered.push((dev, o));
+        }
+    }
+    assert_eq!(offered.len(), 2, "the cap is 2 downloads at once");
+    // One finishes downloading: a slot opens for exactly one more device.
+    let (dev, o) = &offered[0];
+    let out = dev.report(&dep, &report(o.execution_version, ExecState::Downloading)).await.unwrap();
+    dev.report(&dep, &report(out.version, ExecState::Downloaded)).await.unwrap();
+    let mut more = 0;
+    for dev in &fleet {
+        if offered.iter().any(|(d, _)| d.device_id == dev.device_id) {
+            continue;
+        }
+        more += usize::from(dev.offer().await.unwrap().is_some());
+    }
+    assert_eq!(more, 1, "one slot opened");
+
+    // A window in the future: approved, yet nothing is offered; when the end passes the
+    // devices never offered are canceled and the deployment completes.
+    let now = kernelize_fleet::now_ms();
+    let rel2 = release(&ts, "edge", 2).await;
+    let plan = json!({"phases": [{"percent": 100}], "start_ms": now + 3_600_000, "end_ms": now + 3_600_001});
+    let d = create_and_approve(
+        &ts,
+        &writer,
+        json!({"name": "later", "release_id": rel2, "target": {"filter": "labels.w = \"1\""}, "plan": plan}),
+    )
+    .await;
+    let later = d["id"].as_str().unwrap().to_owned();
+    for dev in &fleet {
+        if let Some(o) = dev.offer().await.unwrap() {
+            assert_ne!(o.deployment_id, later, "no offer before the start time");
+        }
+    }
+    let plan = json!({"phases": [{"percent": 100}], "start_ms": now - 10_000, "end_ms": now + 1_500, "end_behaviour": "cancel_queued"});
+    let d = create_and_approve(
+        &ts,
+        &writer,
+        json!({"name": "window", "release_id": rel2, "target": {"filter": "labels.w = \"1\""}, "plan": plan}),
+    )
+    .await;
+    let window = d["id"].as_str().unwrap().to_owned();
+    let mut state = Value::Null;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = ts.get(ADMIN_KEY, &format!("/v1/fleet/deployments/{window}")).await.1;
+        if state["state"] == "completed" {
+            break;
+        }
+    }
+    assert_eq!(state["state"], "completed", "{state}");
+    assert_eq!(state["counts"]["canceled"], 5, "{state}");
+    ts.shutdown().await;
+}
+
+both_backends!(download_cap_and_time_window_both, download_cap_and_time_window);
