@@ -107,23 +107,7 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// A child `kernelize serve`, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-        for _ in 0..100 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+use crate::bench_serve::Server as Child;
 /// A PostgreSQL schema made for one run, dropped at the end.
 struct PgSchema {
     base: String,

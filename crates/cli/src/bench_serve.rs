@@ -84,7 +84,8 @@ fn prepare(a: &ServeBenchArgs) -> Result<()> {
     Ok(())
 }
 
-struct Server(Child);
+/// A child `kernelize serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {

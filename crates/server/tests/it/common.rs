@@ -140,6 +140,22 @@ impl TestServer {
     }
 }
 
+/// Builds a kernel (`body` as POST /v1/kernels takes it) as the admin and waits for it.
+pub async fn build_kernel(ts: &TestServer, body: Value) -> String {
+    let (s, b) = ts.post(ADMIN_KEY, "/v1/kernels", body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    for _ in 0..1200 {
+        let (_, v) = ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await;
+        match v["state"].as_str() {
+            Some("succeeded") => return id,
+            Some("running") => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            _ => panic!("kernel build failed: {v}"),
+        }
+    }
+    panic!("kernel {id} did not finish in 60 s");
+}
+
 /// A deterministic unit vector.
 pub fn vector(seed: u64, dim: usize) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

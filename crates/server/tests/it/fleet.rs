@@ -60,18 +60,7 @@ pub async fn kernel(ts: &TestServer, channel: &str, changed: u64) -> String {
         .collect();
     let (s, v) = ts.post(ADMIN_KEY, &format!("/v1/collections/{name}/records"), json!({"records": recs})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, b) = ts.post(ADMIN_KEY, "/v1/kernels", json!({"collection": name})).await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
-    for _ in 0..1200 {
-        let (_, v) = ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await;
-        match v["state"].as_str() {
-            Some("succeeded") => return id,
-            Some("running") => tokio::time::sleep(Duration::from_millis(50)).await,
-            _ => panic!("kernel build failed: {v}"),
-        }
-    }
-    panic!("kernel {id} did not finish in 60 s");
+    crate::common::build_kernel(ts, json!({"collection": name})).await
 }
 
 /// Publishes a freshly built kernel as release `version` on `channel` through the API.

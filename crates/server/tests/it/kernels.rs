@@ -132,18 +132,7 @@ async fn docs_with_records(ts: &TestServer, name: &str, metric: &str, n: u64) {
 
 /// Builds a kernel of `body["collection"]` as the admin and waits for it.
 async fn build_and_wait(ts: &TestServer, body: Value) -> String {
-    let (s, b) = ts.post(ADMIN_KEY, "/v1/kernels", body).await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
-    for _ in 0..600 {
-        let (_, v) = ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await;
-        match v["state"].as_str() {
-            Some("succeeded") => return id,
-            Some("running") => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            _ => panic!("kernel build failed: {v}"),
-        }
-    }
-    panic!("kernel {id} did not finish in 30 s");
+    crate::common::build_kernel(ts, body).await
 }
 
 async fn kernels_of_dropped_collection_do_not_leak_to_reused_name(backend: Backend) {

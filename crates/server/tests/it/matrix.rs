@@ -81,18 +81,7 @@ async fn key_info(ts: &TestServer, id: &str) -> Value {
 
 /// Builds a kernel of `docs` as the admin and waits for it.
 pub async fn built_kernel(ts: &TestServer) -> String {
-    let (s, b) = ts.post(ADMIN_KEY, "/v1/kernels", json!({"collection": "docs"})).await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
-    for _ in 0..600 {
-        let (_, v) = ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}")).await;
-        match v["state"].as_str() {
-            Some("succeeded") => return id,
-            Some("running") => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            _ => panic!("kernel build failed: {v}"),
-        }
-    }
-    panic!("kernel {id} did not finish in 30 s");
+    crate::common::build_kernel(ts, json!({"collection": "docs"})).await
 }
 
 /// Calls `method template` as `who` and checks the outcome. Panics on a route it does not know.
