@@ -173,17 +173,10 @@ pub fn approval_digest(release_id: &str, release_sha256: &str, target: &Selector
     });
     // serde_json's Map is a BTreeMap here (no preserve_order): keys are sorted.
     let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-    hex(digest(&SHA256, &bytes).as_ref())
+    kernelize_bundle::Sha256::of(&bytes).to_hex()
 }
 
-/// Lowercase hex.
-pub fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
-}
+pub use kernelize_bundle::hex;
 
 #[cfg(test)]
 mod tests {

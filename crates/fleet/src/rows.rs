@@ -37,7 +37,7 @@ pub(crate) fn device(r: &AnyRow) -> Result<Device> {
 
 /// SHA-256, lowercase hex.
 pub(crate) fn sha256_hex(b: &[u8]) -> String {
-    crate::plan::hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    kernelize_bundle::Sha256::of(b).to_hex()
 }
 
 /// `n` random bytes as lowercase hex.
@@ -45,7 +45,7 @@ pub(crate) fn random_hex(n: usize) -> String {
     use ring::rand::SecureRandom;
     let mut b = vec![0u8; n];
     ring::rand::SystemRandom::new().fill(&mut b).expect("the system RNG works");
-    crate::plan::hex(&b)
+    kernelize_bundle::hex(&b)
 }
 
 /// Constant-time equality of two strings of equal length (hex digests).
