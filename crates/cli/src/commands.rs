@@ -489,7 +489,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         | Command::Kernel(_)
         | Command::Keys(_)
         | Command::Models(_)
-        | Command::Fleet(_) => {
+        | Command::Fleet(_)
+        | Command::Agent(_) => {
             unreachable!("handled in main")
         }
     }

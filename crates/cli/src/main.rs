@@ -140,6 +140,10 @@ pub enum Command {
     /// The fleet control plane over a server's HTTP API (`--server`, `--api-key`):
     /// devices, enrollment tokens, groups, releases, deployments, events.
     Fleet(fleet::FleetArgs),
+    /// The device agent: enroll with a fleet server (`--server`), install signed kernels
+    /// behind a health gate, serve queries offline (`--listen`). Its data (device key,
+    /// state, kernels) lives in --data-dir. Also built alone as `kernelize-agent`.
+    Agent(kernelize_agent::AgentArgs),
     /// Benchmarks that print a table and a JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -173,6 +177,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys(cmd) => kernel::keys(&cli, cmd),
         Command::Models(cmd) => models::run(cmd),
         Command::Fleet(a) => fleet::run(a),
+        Command::Agent(a) => {
+            kernelize_agent::init_logging();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(kernelize_agent::run(a, cli.data_dir.clone()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         _ => commands::run(&cli),
     }
 }

@@ -146,6 +146,18 @@ impl DeviceClient {
         }
     }
 
+    /// The server's base URL (no trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The trust material the server publishes to devices: `{version, public_key, key_id,
+    /// roots: [root document envelopes, oldest first], kernel_key}` (the current release
+    /// key and its root version; the kernel signing key).
+    pub async fn root(&self) -> Result<serde_json::Value, ClientError> {
+        answer(self.authed(self.http.get(format!("{}/v1/fleet/device/root", self.base))).send().await?).await
+    }
+
     /// A heartbeat.
     pub async fn heartbeat(&self, inventory: Option<&Inventory>) -> Result<HeartbeatReply, ClientError> {
         let r = self.authed(self.http.post(format!("{}/v1/fleet/device/heartbeat", self.base)));

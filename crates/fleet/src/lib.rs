@@ -37,6 +37,7 @@ pub use devices::{
 pub use distribution::{Distribution, KernelFile, PublishRequest, ReleaseKeys, blob_error};
 pub use error::{FleetError, Result};
 pub use events::{Event, EventKind, Events};
+pub use wake::{parse_mqtt_url, wake_topic};
 pub use model::*;
 
 use parking_lot::Mutex;

@@ -549,15 +549,21 @@ impl ExecState {
 
     /// Whether a device may report `to` while in `self`: forward along
     /// `offered → downloading → downloaded → verifying → trial → succeeded` (a step may be
-    /// skipped; `downloading → downloading` reports progress), or a failure from any
-    /// in-progress state.
+    /// skipped; `downloading → downloading` reports progress), a failure from any
+    /// in-progress state, or `trial → rolled_back` (the device went back to its previous
+    /// kernel, e.g. after a power cut before its commit).
     pub fn device_may_move_to(self, to: ExecState) -> bool {
         if !self.in_progress() {
             return false;
         }
         match (self.step(), to.step()) {
             (Some(a), Some(b)) => b > a || (self == ExecState::Downloading && to == ExecState::Downloading),
-            _ => matches!(to, ExecState::Failed | ExecState::HealthFailed | ExecState::Rejected),
+            // A device that lost power (or failed its health check) in trial goes back to
+            // its previous kernel and says so.
+            _ => {
+                matches!(to, ExecState::Failed | ExecState::HealthFailed | ExecState::Rejected)
+                    || (self == ExecState::Trial && to == ExecState::RolledBack)
+            }
         }
     }
 }

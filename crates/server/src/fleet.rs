@@ -628,19 +628,16 @@ async fn device_status(
     Ok(to_value(&st.fleet.report(&id, &dep, &r, now_ms()).await?))
 }
 
-/// The root documents that rotated the release key, oldest first (device).
+/// The device's trust material: the root documents that rotated the release key (oldest
+/// first), the current release key and its root version, and the key kernels are signed
+/// with. A provisioned device pins keys it was given; one that was not pins these on
+/// first use (device).
 #[utoipa::path(get, path = "/v1/fleet/device/root", tag = "fleet-device", security(("device" = [])),
     responses((status = 200, description = "Root documents", body = Object), Errors))]
 async fn device_root(State(st): St, DeviceId(_): DeviceId) -> Result<Json<Value>, ApiError> {
-    let roots: Vec<Value> = st
-        .fleet
-        .distribution()?
-        .keys
-        .roots()
-        .iter()
-        .map(|r| serde_json::from_slice(r).unwrap_or(Value::Null))
-        .collect();
-    Ok(Json(json!({ "roots": roots })))
+    let mut doc = keys_doc(&st)?;
+    doc["kernel_key"] = json!(st.kernel_signing_key().public_key);
+    Ok(Json(doc))
 }
 
 /// Download a release's kernel file or delta by SHA-256, with `Range` (one range) and

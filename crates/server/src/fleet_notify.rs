@@ -41,10 +41,7 @@ pub const ATTEMPT_HEADER: &str = "x-kernelize-attempt";
 pub const MIN_SECRET_BYTES: usize = 16;
 /// Wake-up messages waiting for the broker, at most (then the oldest is dropped).
 pub const WAKE_QUEUE: usize = 10_000;
-/// The MQTT topic a device's wake-ups are published on.
-pub fn wake_topic(device: &str) -> String {
-    format!("kernelize/devices/{device}/wake")
-}
+pub use kernelize_fleet::wake_topic;
 
 /// Every event kind, for validating `events` filters. The match in `kind_index` stops
 /// the build when a kind is added to the fleet and not here.
@@ -169,18 +166,7 @@ pub fn validate(webhooks: &[WebhookSettings], mqtt_url: Option<&str>) -> Result<
 
 /// `mqtt://host[:port]` → host and port (1883 by default).
 fn parse_mqtt_url(u: &str) -> Result<(String, u16)> {
-    let url = reqwest::Url::parse(u).with_context(|| format!("fleet.mqtt_url: {u:?} is not a URL"))?;
-    anyhow::ensure!(
-        url.scheme() == "mqtt" && url.username().is_empty() && url.password().is_none(),
-        "fleet.mqtt_url must be mqtt://host[:port] (plain TCP, no credentials), got {u:?}"
-    );
-    anyhow::ensure!(
-        matches!(url.path(), "" | "/") && url.query().is_none(),
-        "fleet.mqtt_url: no path or query, got {u:?}"
-    );
-    let host = url.host_str().filter(|h| !h.is_empty()).with_context(|| format!("fleet.mqtt_url: no host in {u:?}"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((host.to_owned(), url.port().unwrap_or(1883)))
+    kernelize_fleet::parse_mqtt_url(u).map_err(|e| anyhow::anyhow!("fleet.mqtt_url: {e}"))
 }
 
 /// Labels of a webhook delivery count.
