@@ -310,7 +310,8 @@ impl Agent {
         if st.trust.is_none() {
             let pinned = match &self.cfg.release_key {
                 Some(h) => TrustRoot::pinned(
-                    PublicKey::from_hex(h).ok_or_else(|| Refusal::other(format!("--release-key {h:?}: not 64 hex digits")))?,
+                    PublicKey::from_hex(h)
+                        .ok_or_else(|| Refusal::other(format!("--release-key {h:?}: not 64 hex digits")))?,
                 ),
                 None => {
                     let cur: TrustRoot = serde_json::from_value(serde_json::json!({
@@ -318,7 +319,11 @@ impl Agent {
                         "key": root["public_key"],
                     }))
                     .map_err(|e| Refusal::verify("root_chain", format!("the server's current release key: {e}")))?;
-                    self.log.note(format!("pinned release key {} (root version {}) on first use", cur.key.key_id(), cur.version));
+                    self.log.note(format!(
+                        "pinned release key {} (root version {}) on first use",
+                        cur.key.key_id(),
+                        cur.version
+                    ));
                     cur
                 }
             };
@@ -360,7 +365,9 @@ impl Agent {
         for p in pending {
             let Ok(report) = serde_json::from_value::<StatusReport>(p.report.clone()) else { continue };
             match self.client.lock().await.report(&p.deployment_id, &report).await {
-                Ok(_) => self.log.note(format!("delivered the {} report of {}", report.state.as_str(), p.deployment_id)),
+                Ok(_) => {
+                    self.log.note(format!("delivered the {} report of {}", report.state.as_str(), p.deployment_id))
+                }
                 Err(e) if e.status == 0 || e.status >= 500 => keep.push(p),
                 Err(e) => self.log.note(format!("the server refused a saved report of {}: {e}", p.deployment_id)),
             }
@@ -477,7 +484,11 @@ impl Agent {
     async fn verify_offer(&self, o: &Offer) -> Result<VerifiedOffer, Refusal> {
         let device_id = self.device_id().await;
         let attempt = |st: &State| -> Result<VerifiedOffer, BundleError> {
-            let key = st.trust.as_ref().map(|t| t.key.clone()).ok_or_else(|| BundleError::Invalid("no release key".into()))?;
+            let key = st
+                .trust
+                .as_ref()
+                .map(|t| t.key.clone())
+                .ok_or_else(|| BundleError::Invalid("no release key".into()))?;
             SignedOffer::verify(o.signed.as_bytes(), &key, &device_id, now_ms())
         };
         let first = attempt(&self.state.lock());
@@ -534,7 +545,12 @@ impl Agent {
             }
         }
         let sha = m.sha256.to_hex();
-        let new = Installed { release_id: o.release.id.clone(), version: m.version, kernel_id: m.kernel_id.clone(), sha256: sha.clone() };
+        let new = Installed {
+            release_id: o.release.id.clone(),
+            version: m.version,
+            kernel_id: m.kernel_id.clone(),
+            sha256: sha.clone(),
+        };
         if current.as_ref().is_some_and(|c| c.sha256 == sha) {
             // Already serving it (the commit happened, the report was lost).
             let state = if revert { ExecState::RolledBack } else { ExecState::Succeeded };
@@ -554,7 +570,9 @@ impl Agent {
             {
                 match self.fetch_delta(d, cur, &verifier, m.length, &path).await {
                     Ok(()) => done = true,
-                    Err(r) => self.log.note(format!("delta refused ({}), downloading the whole file", r.report_reason())),
+                    Err(r) => {
+                        self.log.note(format!("delta refused ({}), downloading the whole file", r.report_reason()))
+                    }
                 }
             }
             if !done {
@@ -583,7 +601,11 @@ impl Agent {
                 if wait.is_zero() {
                     break;
                 }
-                self.log.note(format!("staged version {}: waiting {wait:?} for the window {}", m.version, w.describe()));
+                self.log.note(format!(
+                    "staged version {}: waiting {wait:?} for the window {}",
+                    m.version,
+                    w.describe()
+                ));
                 tokio::time::sleep(wait.min(self.interval())).await;
                 let inv = self.inventory();
                 let _ = self.client.lock().await.heartbeat(Some(&inv)).await;
@@ -591,7 +613,13 @@ impl Agent {
         }
 
         // Switch into trial: the state file names the new kernel and keeps the old one.
-        let trial = Trial { deployment_id: o.deployment_id.clone(), expect_version: *version, previous: current.clone(), revert, since_ms: now_ms() };
+        let trial = Trial {
+            deployment_id: o.deployment_id.clone(),
+            expect_version: *version,
+            previous: current.clone(),
+            revert,
+            since_ms: now_ms(),
+        };
         self.set_channel(&ch, Some(new.clone()), Some(trial)).map_err(|e| failed(e.into()))?;
         let t0 = Instant::now();
         self.kernels.set(&ch, Some(staged.clone()));
@@ -617,7 +645,10 @@ impl Agent {
         }
         if !acked {
             self.undo_switch(&ch, current, &sha);
-            return Err((ExecState::RolledBack, Refusal::new("no_ack", FailureKind::Other, "the server never acknowledged the trial")));
+            return Err((
+                ExecState::RolledBack,
+                Refusal::new("no_ack", FailureKind::Other, "the server never acknowledged the trial"),
+            ));
         }
 
         // Commit: the state file drops the trial; only then is success reported.
@@ -739,7 +770,8 @@ impl Agent {
         let result = match r {
             Err(r) => Err(r),
             Ok(()) => {
-                let base_bytes = fs_err::read(kernel_path(&self.cfg.data_dir, &cur.sha256)).map_err(|e| Refusal::other(e.to_string()))?;
+                let base_bytes = fs_err::read(kernel_path(&self.cfg.data_dir, &cur.sha256))
+                    .map_err(|e| Refusal::other(e.to_string()))?;
                 let delta = fs_err::read(&part).map_err(|e| Refusal::other(e.to_string()))?;
                 match apply_delta(&base_bytes, &delta, length) {
                     Err(e) => Err(Refusal::verify("delta_corrupt", e.to_string())),
@@ -767,21 +799,28 @@ impl Agent {
         };
         let head = &head[..n];
         if !head.starts_with(&kernelize_kernel::format::MAGIC) {
-            return Err(Refusal::verify("not_a_kernel", format!("the release file is {}; only kernels are installed", sniff(head))));
+            return Err(Refusal::verify(
+                "not_a_kernel",
+                format!("the release file is {}; only kernels are installed", sniff(head)),
+            ));
         }
         let key = self.kernel_public_key(&self.state.lock()).map_err(Refusal::from)?;
         if key.is_none() {
             return Err(Refusal::verify("bad_key", "no kernel signing key is pinned"));
         }
         let k = self.open_kernel(sha, key).map_err(|e| {
-            let reason = if e.contains("signature") || e.contains("key") { "kernel_signature" } else { "kernel_invalid" };
+            let reason =
+                if e.contains("signature") || e.contains("key") { "kernel_signature" } else { "kernel_invalid" };
             Refusal::verify(reason, e)
         })?;
         // The signed manifest's SHA-256 already binds this exact file; its dimension must
         // match what the release promises.
         let km = k.manifest();
         if km.dim != m.compatibility.dim as usize {
-            return Err(Refusal::verify("incompatible", format!("the kernel has {} dimensions, the manifest says {}", km.dim, m.compatibility.dim)));
+            return Err(Refusal::verify(
+                "incompatible",
+                format!("the kernel has {} dimensions, the manifest says {}", km.dim, m.compatibility.dim),
+            ));
         }
         Ok(k)
     }
@@ -796,7 +835,13 @@ impl Agent {
         let queries = queries.to_vec();
         tokio::task::spawn_blocking(move || {
             for (i, g) in queries.iter().enumerate() {
-                let req = QueryRequest { vector: g.vector.clone(), text: g.text.clone(), k: Some(g.k), probe: None, filter: None };
+                let req = QueryRequest {
+                    vector: g.vector.clone(),
+                    text: g.text.clone(),
+                    k: Some(g.k),
+                    probe: None,
+                    filter: None,
+                };
                 let t = Instant::now();
                 let ans = kernels.query_on(&served, &req).map_err(|e| format!("golden query {i}: {}", e.2))?;
                 let ms = t.elapsed().as_secs_f64() * 1e3;

@@ -30,6 +30,18 @@ pub struct Limits {
     pub max_bytes_per_sec: Option<u64>,
     /// Attempts per download when the connection drops (each resumes).
     pub attempts: u32,
+    /// Ask for at most this many bytes per request (None: the rest of the file at once).
+    /// With a bandwidth cap the agent asks in windows, so what the network and the
+    /// kernel's socket buffers hold ahead of the paced reader stays small — and so does
+    /// what a power cut wastes.
+    pub window: Option<u64>,
+}
+
+impl Limits {
+    /// The request window that suits a bandwidth cap: 1/32 s of transfer, 64 KiB – 8 MiB.
+    pub fn window_for(max_bytes_per_sec: Option<u64>) -> Option<u64> {
+        max_bytes_per_sec.filter(|c| *c > 0).map(|c| (c / 32).clamp(64 << 10, 8 << 20))
+    }
 }
 
 impl Default for Limits {
@@ -40,6 +52,7 @@ impl Default for Limits {
             rate_window: Duration::from_secs(60),
             max_bytes_per_sec: None,
             attempts: 3,
+            window: None,
         }
     }
 }
@@ -100,6 +113,15 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Bytes taken (verified, plus those of a chunk not complete yet): where the next
+    /// request starts.
+    fn received(&self) -> u64 {
+        match self {
+            Checker::Chunks(s, _) => s.received(),
+            Checker::Whole { have, .. } => *have,
+        }
+    }
+
     fn push(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
         match self {
             Checker::Chunks(s, length) => {
@@ -121,7 +143,9 @@ impl<'a> Checker<'a> {
 
     fn finish(self) -> Result<(), Refusal> {
         match self {
-            Checker::Chunks(s, _) => s.finish().map(|_| ()).map_err(|e| Refusal::verify("hash_mismatch", e.to_string())),
+            Checker::Chunks(s, _) => {
+                s.finish().map(|_| ()).map_err(|e| Refusal::verify("hash_mismatch", e.to_string()))
+            }
             Checker::Whole { ctx, have, length, sha256 } => {
                 if have != length {
                     return Err(Refusal::download("truncated", format!("ended after {have} of {length} bytes")));
@@ -161,7 +185,9 @@ pub async fn download(
     loop {
         attempt += 1;
         match fetch_rest(src, &mut checker, &mut file, limits, transferred).await {
-            Ok(()) => break,
+            Ok(()) if checker.received() >= src.length => break,
+            // One window done: the next one (progress resets the attempts).
+            Ok(()) => attempt = 0,
             Err(Fetch::Refused(r)) => {
                 // Keep the chunks that checked out for the next attempt.
                 let _ = file.set_len(checker.position());
@@ -209,14 +235,15 @@ async fn fetch_rest(
     limits: &Limits,
     transferred: &AtomicU64,
 ) -> Result<(), Fetch> {
-    let start = checker.position();
+    let start = checker.received();
     if start == src.length {
         return Ok(());
     }
+    let mut end = limits.window.map_or(src.length, |w| start.saturating_add(w.max(1)).min(src.length));
     let mut req = src
         .http
         .get(&src.url)
-        .header(RANGE, format!("bytes={start}-"))
+        .header(RANGE, format!("bytes={start}-{}", end - 1))
         .header(IF_RANGE, format!("\"{}\"", src.sha256));
     if let Some(t) = &src.token {
         req = req.bearer_auth(t);
@@ -241,12 +268,13 @@ async fn fetch_rest(
                 .into());
             }
             if first != start {
-                return Err(Refusal::download("bad_answer", format!("asked for bytes from {start}, got from {first}"))
-                    .into());
+                return Err(
+                    Refusal::download("bad_answer", format!("asked for bytes from {start}, got from {first}")).into()
+                );
             }
         }
         // The whole file: what was asked (from 0), or the server's file changed (If-Range).
-        StatusCode::OK if start == 0 => {}
+        StatusCode::OK if start == 0 => end = src.length,
         StatusCode::OK => return Err(Fetch::Restart),
         StatusCode::RANGE_NOT_SATISFIABLE => {
             return Err(Refusal::verify(
@@ -257,12 +285,17 @@ async fn fetch_rest(
         }
         s => return Err(Refusal::download("http_error", format!("{} answered {s}", src.url)).into()),
     }
-    if let Some(n) = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        && pos + n > src.length
+    if let Some(n) =
+        resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && pos + n > end
     {
         return Err(Refusal::download(
             "too_long",
-            format!("the answer holds {n} bytes from {pos}, past the signed length of {}", src.length),
+            format!(
+                "the answer holds {n} bytes from {pos}; asked for {} (the signed length is {})",
+                end - pos,
+                src.length
+            ),
         )
         .into());
     }
@@ -283,6 +316,9 @@ async fn fetch_rest(
             Ok(Ok(Some(b))) => b,
         };
         transferred.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        if pos + piece.len() as u64 > end {
+            return Err(too_long(pos, piece.len()).into());
+        }
         checker.push(&piece)?;
         file.write_all(&piece).map_err(|e| Refusal::other(e.to_string()))?;
         pos += piece.len() as u64;
@@ -307,8 +343,8 @@ async fn fetch_rest(
             }
         }
     }
-    if pos < src.length {
-        return Err(Fetch::Dropped(format!("the answer ended after {pos} of {} bytes", src.length)));
+    if pos < end {
+        return Err(Fetch::Dropped(format!("the answer ended at byte {pos}, asked up to {end} of {}", src.length)));
     }
     Ok(())
 }

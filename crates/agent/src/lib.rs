@@ -93,9 +93,8 @@ impl AgentArgs {
     pub fn config(&self, data_dir: PathBuf) -> Result<Config> {
         let mut labels = BTreeMap::new();
         for l in &self.labels {
-            let (k, v) = l
-                .split_once('=')
-                .ok_or_else(|| AgentError::Config(format!("--label {l:?}: expected key=value")))?;
+            let (k, v) =
+                l.split_once('=').ok_or_else(|| AgentError::Config(format!("--label {l:?}: expected key=value")))?;
             labels.insert(k.to_owned(), v.to_owned());
         }
         let window = match &self.window {
@@ -106,7 +105,11 @@ impl AgentArgs {
             kernelize_fleet::parse_mqtt_url(u).map_err(|e| AgentError::Config(format!("--mqtt-url {e}")))?;
         }
         let identity = self.identity.clone().unwrap_or_else(|| {
-            fs_err::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "device".into())
+            fs_err::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_owned())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "device".into())
         });
         Ok(Config {
             data_dir,
@@ -122,6 +125,7 @@ impl AgentArgs {
                 rate_window: Duration::from_secs(60),
                 max_bytes_per_sec: self.max_bytes_per_sec,
                 attempts: 3,
+                window: download::Limits::window_for(self.max_bytes_per_sec),
             },
             trial: Duration::from_secs(self.trial_secs),
             window,
@@ -168,9 +172,8 @@ pub async fn run(args: &AgentArgs, data_dir: PathBuf) -> anyhow::Result<()> {
     ));
     if let Some(addr) = args.listen {
         let key = agent::local_key(&data_dir)?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("--listen {addr}: {e}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--listen {addr}: {e}"))?;
         let app = serve::router(agent.kernels.clone(), &key);
         agent.log.note(format!("local API on http://{}", listener.local_addr()?));
         tokio::spawn(async move {

@@ -227,7 +227,11 @@ fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), QueryError> {
     if ring::hmac::verify(&api.hmac.0, given.as_bytes(), &api.hmac.1).is_ok() {
         Ok(())
     } else {
-        Err(QueryError(StatusCode::UNAUTHORIZED, "unauthenticated", "give the local key as `Authorization: Bearer …`".into()))
+        Err(QueryError(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "give the local key as `Authorization: Bearer …`".into(),
+        ))
     }
 }
 
@@ -248,8 +252,8 @@ async fn query(
 ) -> Result<Json<QueryAnswer>, QueryError> {
     authorized(&api, &headers)?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
-    let req: QueryRequest = serde_path_to_error::deserialize(de)
-        .map_err(|e| invalid(format!("body: {}: {}", e.path(), e.inner())))?;
+    let req: QueryRequest =
+        serde_path_to_error::deserialize(de).map_err(|e| invalid(format!("body: {}: {}", e.path(), e.inner())))?;
     // The kernel is taken now: a swap after this point does not affect this query.
     let served = api
         .kernels

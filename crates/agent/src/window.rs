@@ -21,14 +21,16 @@ impl Window {
     /// `expr` (e.g. `0 2 * * *`), how long each window lasts, and an IANA time zone
     /// (e.g. `Europe/Berlin`).
     pub fn new(expr: &str, duration: Duration, tz: &str) -> Result<Window> {
-        let cron =
-            Cron::new(expr).with_seconds_optional().parse().map_err(|e| AgentError::Config(format!("--window {expr:?}: {e}")))?;
+        let cron = Cron::new(expr)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| AgentError::Config(format!("--window {expr:?}: {e}")))?;
         let tz: Tz = tz.parse().map_err(|e| AgentError::Config(format!("--window-tz {tz:?}: {e}")))?;
         if duration.is_zero() {
             return Err(AgentError::Config("--window-minutes: a window must last at least one minute".into()));
         }
-        let duration = ChronoDuration::from_std(duration)
-            .map_err(|e| AgentError::Config(format!("--window-minutes: {e}")))?;
+        let duration =
+            ChronoDuration::from_std(duration).map_err(|e| AgentError::Config(format!("--window-minutes: {e}")))?;
         Ok(Window { cron, expr: expr.to_owned(), duration, tz })
     }
 

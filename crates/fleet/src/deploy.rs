@@ -992,11 +992,14 @@ impl Fleet {
             }
             return Ok(Some(self.offer(OfferKind::Revert, &e, version, release, None, now, 3_600_000).await?));
         }
-        // 2. An offer already made (the device restarted or lost the answer).
+        // 2. An offer already made and not yet in trial (the device restarted or lost the
+        //    answer): the same release again, at the execution's current version, so the
+        //    device resumes its download. A device in trial knows from its own state.
         let rows = sqlx::query(
             "SELECT e.deployment_id AS dep, d.release_id AS release_id, d.plan AS plan FROM fleet_executions e \
              JOIN fleet_deployments d ON d.id = e.deployment_id \
-             WHERE e.device_id = $1 AND e.state = 'offered' AND d.state IN ('running', 'paused') ORDER BY e.created_ms LIMIT 1"
+             WHERE e.device_id = $1 AND e.state IN ('offered', 'downloading', 'downloaded', 'verifying') \
+             AND d.state IN ('running', 'paused') ORDER BY e.created_ms LIMIT 1",
         )
         .bind(device)
         .fetch_all(&self.pool)

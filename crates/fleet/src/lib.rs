@@ -37,8 +37,8 @@ pub use devices::{
 pub use distribution::{Distribution, KernelFile, PublishRequest, ReleaseKeys, blob_error};
 pub use error::{FleetError, Result};
 pub use events::{Event, EventKind, Events};
-pub use wake::{parse_mqtt_url, wake_topic};
 pub use model::*;
+pub use wake::{parse_mqtt_url, wake_topic};
 
 use parking_lot::Mutex;
 use std::collections::HashMap;

@@ -22,10 +22,11 @@ pub fn parse_mqtt_url(u: &str) -> std::result::Result<(String, u16), String> {
     if rest.contains(['@', '/', '?', '#']) {
         return Err(bad("no credentials, path or query"));
     }
-    let (host, port) = match rest.rsplit_once(':').filter(|(h, _)| !h.ends_with(':') && (!h.starts_with('[') || h.ends_with(']'))) {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("the port is not a number 0-65535"))?),
-        None => (rest, 1883),
-    };
+    let (host, port) =
+        match rest.rsplit_once(':').filter(|(h, _)| !h.ends_with(':') && (!h.starts_with('[') || h.ends_with(']'))) {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("the port is not a number 0-65535"))?),
+            None => (rest, 1883),
+        };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad("no host"));
@@ -71,7 +72,8 @@ mod tests {
         assert_eq!(parse_mqtt_url("mqtt://broker").unwrap(), ("broker".to_owned(), 1883));
         assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:11883/").unwrap(), ("127.0.0.1".to_owned(), 11883));
         assert_eq!(parse_mqtt_url("mqtt://[::1]:1884").unwrap(), ("::1".to_owned(), 1884));
-        for bad in ["http://127.0.0.1:1883", "mqtt://u:p@h:1", "mqtt://h:1/x", "mqtt://", "mqtt://h:x", "mqtt://h:1?q"] {
+        for bad in ["http://127.0.0.1:1883", "mqtt://u:p@h:1", "mqtt://h:1/x", "mqtt://", "mqtt://h:x", "mqtt://h:1?q"]
+        {
             assert!(parse_mqtt_url(bad).is_err(), "{bad}");
         }
     }

@@ -105,7 +105,11 @@ impl Fleet {
     /// An enrollment token for `uses` devices, labelling them `test=<label>`.
     pub async fn enrollment_token(&self, uses: u64, label: &str) -> String {
         let (s, t) = self
-            .post(ADMIN, "/v1/fleet/enrollment-tokens", json!({"ttl_seconds": 3600, "uses": uses, "labels": {"test": label}}))
+            .post(
+                ADMIN,
+                "/v1/fleet/enrollment-tokens",
+                json!({"ttl_seconds": 3600, "uses": uses, "labels": {"test": label}}),
+            )
             .await;
         assert_eq!(s, 201, "{t}");
         t["token"].as_str().unwrap().to_owned()
@@ -115,7 +119,10 @@ impl Fleet {
     pub async fn keys(&self) -> (String, String) {
         let (_, k) = self.get(ADMIN, "/v1/fleet/keys").await;
         let (_, kk) = self.get(ADMIN, "/v1/kernel-signing-key").await;
-        (k["public_key"].as_str().unwrap_or_else(|| panic!("{k}")).to_owned(), kk["public_key"].as_str().unwrap().to_owned())
+        (
+            k["public_key"].as_str().unwrap_or_else(|| panic!("{k}")).to_owned(),
+            kk["public_key"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// Builds a kernel of collection `name` after writing `n` records whose vectors are
@@ -173,8 +180,9 @@ impl Fleet {
         let (s, d) = self.post(ADMIN, "/v1/fleet/deployments", body).await;
         assert_eq!(s, 201, "{d}");
         let id = d["id"].as_str().unwrap().to_owned();
-        let (s, a) =
-            self.post(&self.admin2, &format!("/v1/fleet/deployments/{id}/approve"), json!({"digest": d["digest"]})).await;
+        let (s, a) = self
+            .post(&self.admin2, &format!("/v1/fleet/deployments/{id}/approve"), json!({"digest": d["digest"]}))
+            .await;
         assert_eq!(s, 200, "{a}");
         id
     }
@@ -225,8 +233,14 @@ impl AgentProc {
     /// Starts `kernelize-agent` for `server` with its data in `dir` and extra `args`.
     pub fn spawn(server: &str, dir: &Path, args: &[&str]) -> AgentProc {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut all: Vec<String> =
-            vec!["--server".into(), server.into(), "--listen".into(), listen.to_string(), "--trial-secs".into(), "1".into()];
+        let mut all: Vec<String> = vec![
+            "--server".into(),
+            server.into(),
+            "--listen".into(),
+            listen.to_string(),
+            "--trial-secs".into(),
+            "1".into(),
+        ];
         all.extend(args.iter().map(|s| s.to_string()));
         let mut a = AgentProc { child: None, dir: dir.to_owned(), listen, args: all, log: dir.with_extension("log") };
         a.start();
@@ -314,5 +328,13 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = fs_err::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {} ---", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }

@@ -20,7 +20,8 @@ async fn agents(f: &Fleet, n: usize, label: &str, extra: &[&str]) -> Vec<AgentPr
     let out: Vec<AgentProc> =
         (0..n).map(|i| AgentProc::spawn(&f.base, &f.dir.path().join(format!("{label}-{i}")), &args)).collect();
     wait_for(60, "every agent to enroll", || async {
-        let (_, d) = f.get(ADMIN, &format!("/v1/fleet/devices?filter={}", urlenc(&format!("labels.test = \"{label}\"")))).await;
+        let (_, d) =
+            f.get(ADMIN, &format!("/v1/fleet/devices?filter={}", urlenc(&format!("labels.test = \"{label}\"")))).await;
         (d["devices"].as_array().map_or(0, Vec::len) == n).then_some(())
     })
     .await;
@@ -29,7 +30,13 @@ async fn agents(f: &Fleet, n: usize, label: &str, extra: &[&str]) -> Vec<AgentPr
 
 fn urlenc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -128,8 +135,10 @@ async fn power_cuts_in_trial_roll_back_and_after_the_commit_keep_the_new_kernel(
     a.start();
     let e = f.wait_execution(&d2, &dev, "rolled_back", 60).await;
     assert!(e["reason"].as_str().unwrap_or_default().contains("power_cut_in_trial"), "{e}");
-    wait_for(30, "the old kernel to serve", || async { (a.served_version(&http, "stable").await == Some(1)).then_some(()) })
-        .await;
+    wait_for(30, "the old kernel to serve", || async {
+        (a.served_version(&http, "stable").await == Some(1)).then_some(())
+    })
+    .await;
     assert!(a.state()["channels"]["stable"]["trial"].is_null());
 
     // Committed, then the power goes out: the new kernel stays.
@@ -142,7 +151,10 @@ async fn power_cuts_in_trial_roll_back_and_after_the_commit_keep_the_new_kernel(
     a.start();
     wait_for(30, "the agent to serve again", || async { a.served_version(&http, "stable").await }).await;
     assert_eq!(a.served_version(&http, "stable").await, Some(3));
-    assert!(!a.dir.join("kernels").join(format!("{}.kernel", r1["sha256"].as_str().unwrap())).exists(), "the old kernel was removed after the commit");
+    assert!(
+        !a.dir.join("kernels").join(format!("{}.kernel", r1["sha256"].as_str().unwrap())).exists(),
+        "the old kernel was removed after the commit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +219,12 @@ async fn failing_golden_queries_keep_the_old_kernel_and_queries_never_fail_durin
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed, versions) = loop_task.await.unwrap();
-    assert!(failed.is_empty(), "{} of {} queries failed during the swap: {failed:?}", failed.len(), ok as usize + failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} queries failed during the swap: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
     assert!(ok as f64 >= 40.0 * t.elapsed().as_secs_f64() * 0.8, "{ok} queries in {:?}", t.elapsed());
     assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 3], "both kernels answered");
 }

@@ -88,7 +88,7 @@ async fn blob(State(h): H, UrlPath(sha): UrlPath<String>, headers: HeaderMap) ->
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.trim_end_matches('-').parse().ok())
+        .and_then(|v| v.split('-').next()?.parse().ok())
         .unwrap_or(0);
     let mut body = bytes[start.min(len)..].to_vec();
     if how == Serve::ExtraBytes {
@@ -118,7 +118,11 @@ fn manifest(bytes: &[u8], version: u64, kernel_id: &str) -> ReleaseManifest {
         length: d.length,
         chunk_size: d.chunk_size,
         chunk_hashes: d.chunk_hashes,
-        compatibility: Compatibility { embedding_model: "all-MiniLM-L6-v2".into(), dim: DIM as u32, min_agent_version: "0.1.0".into() },
+        compatibility: Compatibility {
+            embedding_model: "all-MiniLM-L6-v2".into(),
+            dim: DIM as u32,
+            min_agent_version: "0.1.0".into(),
+        },
         golden_queries: vec![],
         created_ms: now_ms(),
         expires_ms: now_ms() + 86_400_000,
@@ -126,7 +130,15 @@ fn manifest(bytes: &[u8], version: u64, kernel_id: &str) -> ReleaseManifest {
 }
 
 /// The device API's offer document around a signed offer.
-fn offer_doc(dep: &str, device: &str, env: &Envelope, m: &Value, signer: &SigningKey, expires_ms: u64, kind: OfferKind) -> Value {
+fn offer_doc(
+    dep: &str,
+    device: &str,
+    env: &Envelope,
+    m: &Value,
+    signer: &SigningKey,
+    expires_ms: u64,
+    kind: OfferKind,
+) -> Value {
     let o = Offer {
         offer_id: format!("o-{dep}"),
         device_id: device.into(),
@@ -150,14 +162,24 @@ fn offer_doc(dep: &str, device: &str, env: &Envelope, m: &Value, signer: &Signin
 impl Hostile {
     /// Offers `env` (a signed manifest) to `device` as deployment `dep`; waits for the
     /// agent's final report and returns it.
-    async fn offer_and_wait(&self, dep: &str, device: &str, env: &Envelope, signer: &SigningKey, expires_ms: u64) -> Value {
+    async fn offer_and_wait(
+        &self,
+        dep: &str,
+        device: &str,
+        env: &Envelope,
+        signer: &SigningKey,
+        expires_ms: u64,
+    ) -> Value {
         let m: Value = serde_json::from_slice(&env.payload).unwrap();
         *self.offer.lock() = Some(offer_doc(dep, device, env, &m, signer, expires_ms, OfferKind::Install));
         wait_for(60, &format!("the agent's final report on {dep}"), || async {
             self.reports
                 .lock()
                 .iter()
-                .find(|(d, r)| d == dep && !matches!(r["state"].as_str(), Some("downloading" | "downloaded" | "verifying" | "trial")))
+                .find(|(d, r)| {
+                    d == dep
+                        && !matches!(r["state"].as_str(), Some("downloading" | "downloaded" | "verifying" | "trial"))
+                })
                 .map(|(_, r)| r.clone())
         })
         .await
@@ -217,7 +239,8 @@ async fn a_hostile_server_is_refused_with_a_reason_and_the_old_kernel_keeps_serv
         &f.dir.path().join("agent"),
         &["--release-key", &k_old.public().to_hex(), "--stall-secs", "2"],
     );
-    let dev = wait_for(30, "the device key", || async { a.dir.join("device.key").exists().then(|| a.device_id()) }).await;
+    let dev =
+        wait_for(30, "the device key", || async { a.dir.join("device.key").exists().then(|| a.device_id()) }).await;
     let http = reqwest::Client::new();
 
     // The honest first install.
@@ -234,7 +257,8 @@ async fn a_hostile_server_is_refused_with_a_reason_and_the_old_kernel_keeps_serv
         assert_eq!(r["state"], state, "{r}");
         assert!(reason(r).starts_with(&format!("{code}:")), "expected reason {code}, got {r}");
     };
-    let still_v1 = || async { assert_eq!(a.served_version(&http, "stable").await, Some(1), "the old kernel keeps serving") };
+    let still_v1 =
+        || async { assert_eq!(a.served_version(&http, "stable").await, Some(1), "the old kernel keeps serving") };
 
     // A replay of the older signed release (the same bytes, in a fresh offer).
     let r = h.offer_and_wait("replay", &dev, &env1, &k_old, now_ms() + 600_000).await;
