@@ -404,9 +404,14 @@ impl Agent {
         };
         let offer = self.client.lock().await.offer().await;
         match offer {
+            // After an install, look again at once; after a refusal, not before a second
+            // (a server that keeps offering what is refused is not polled in a loop).
             Ok(Some(o)) => {
-                self.carry_out(o).await;
-                Duration::ZERO
+                if self.carry_out(o).await {
+                    Duration::ZERO
+                } else {
+                    next.min(Duration::from_secs(1))
+                }
             }
             Ok(None) => next,
             Err(e) => {
@@ -502,8 +507,8 @@ impl Agent {
         }
     }
 
-    /// Carries out one offer; every outcome is reported.
-    async fn carry_out(&self, o: Offer) {
+    /// Carries out one offer; every outcome is reported. Whether it was installed.
+    async fn carry_out(&self, o: Offer) -> bool {
         let deployment = o.deployment_id.clone();
         let mut version = o.execution_version;
         self.log.note(format!(
@@ -511,10 +516,11 @@ impl Agent {
             o.offer_id, o.kind, o.release.id, o.release.version
         ));
         match self.install(&o, &mut version).await {
-            Ok(()) => {}
+            Ok(()) => true,
             Err((state, r)) => {
                 self.log.note(format!("deployment {deployment}: {} ({})", state.as_str(), r.report_reason()));
                 let _ = self.report(&deployment, &mut version, state, Some(&r), None).await;
+                false
             }
         }
     }

@@ -65,6 +65,10 @@ pub enum BenchCmd {
     /// jitter) and polling for an offer after each heartbeat for D seconds; requests/s,
     /// p50/p99/max latency, errors, client lag, server and client CPU and peak memory.
     Fleet(crate::bench_fleet::FleetBenchArgs),
+    /// The device agent on a real kernel (WordNet by default): memory at rest and serving,
+    /// query latency on the device API, a 1% change's download against the full file,
+    /// staging and switch times.
+    Agent(crate::bench_agent::AgentBenchArgs),
     /// A kernel on a device: open (mmap, signature, every section hash, shapes) to the
     /// first answered query, repeated; then query latency at the default nprobe / ef.
     Kernel(crate::kernel::KernelBenchArgs),
@@ -137,6 +141,7 @@ pub fn run(cmd: &BenchCmd) -> Result<ExitCode> {
         BenchCmd::Ann(a) => crate::ann::run(a)?,
         BenchCmd::Serve(a) => crate::bench_serve::run(a)?,
         BenchCmd::Fleet(a) => crate::bench_fleet::run(a)?,
+        BenchCmd::Agent(a) => crate::bench_agent::run(a)?,
         BenchCmd::Kernel(a) => crate::kernel::bench(a)?,
         BenchCmd::Wordnet { corpus, queries, model_dir } => {
             let dir = model_dir.clone().unwrap_or_else(kernelize_embed::Embedder::default_model_dir);

@@ -48,6 +48,9 @@ pub enum FleetCmd {
     /// Deployments: staged rollouts of a release with approval.
     #[command(subcommand)]
     Deployments(DeploymentsCmd),
+    /// The release key devices trust (`public_key`: give it to `kernelize agent
+    /// --release-key`), its root version and the root documents that rotated it.
+    Keys,
     /// Follow the event stream (device online/offline, phases, aborts…): one JSON line
     /// per event, until interrupted.
     Events {
@@ -504,6 +507,7 @@ async fn run_async(a: &FleetArgs) -> Result<()> {
                 eprintln!("deleted group {name}");
             }
         },
+        FleetCmd::Keys => pretty(&get("/v1/fleet/keys".into(), vec![]).await?)?,
         FleetCmd::Releases(cmd) => match cmd {
             ReleasesCmd::List => lines(&get("/v1/fleet/releases".into(), vec![]).await?, "releases")?,
             ReleasesCmd::Show { id } => pretty(&get(format!("/v1/fleet/releases/{}", seg(id)), vec![]).await?)?,

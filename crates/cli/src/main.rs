@@ -2,6 +2,7 @@
 
 mod ann;
 mod bench;
+mod bench_agent;
 mod bench_fleet;
 mod bench_serve;
 mod commands;

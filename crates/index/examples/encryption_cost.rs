@@ -68,12 +68,23 @@ fn main() {
     let queries = vectors(1000, dim, 2);
     let (mut plain, mut enc) = (Vec::new(), Vec::new());
     let root = tempfile::tempdir_in(&base).unwrap();
+    // `KZ_ONLY=plain|encrypted`: ingest only that kind and stop (for profiling one side).
+    let only = std::env::var("KZ_ONLY").ok();
+    let kinds: Vec<bool> = match only.as_deref() {
+        Some("plain") => vec![false],
+        Some("encrypted") => vec![true],
+        _ => vec![false, true],
+    };
     for r in 0..runs {
-        for encrypted in [false, true] {
+        for &encrypted in &kinds {
             let dir = root.path().join(format!("{}-{r}", if encrypted { "enc" } else { "plain" }));
             let s = ingest(&dir, encrypted.then_some(&key), &data);
             if encrypted { enc.push(s) } else { plain.push(s) }
         }
+    }
+    if only.is_some() {
+        println!("ingest (s): plain {plain:?} encrypted {enc:?}");
+        return;
     }
     // Search: reopen the last run of each, build indexes, warm up, then time the queries.
     let mut qps = Vec::new();

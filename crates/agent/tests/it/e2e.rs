@@ -19,7 +19,7 @@ async fn agents(f: &Fleet, n: usize, label: &str, extra: &[&str]) -> Vec<AgentPr
     args.extend_from_slice(extra);
     let out: Vec<AgentProc> =
         (0..n).map(|i| AgentProc::spawn(&f.base, &f.dir.path().join(format!("{label}-{i}")), &args)).collect();
-    wait_for(60, "every agent to enroll", || async {
+    wait_for(120, "every agent to enroll", || async {
         let (_, d) =
             f.get(ADMIN, &format!("/v1/fleet/devices?filter={}", urlenc(&format!("labels.test = \"{label}\"")))).await;
         (d["devices"].as_array().map_or(0, Vec::len) == n).then_some(())
@@ -227,4 +227,21 @@ async fn failing_golden_queries_keep_the_old_kernel_and_queries_never_fail_durin
     );
     assert!(ok as f64 >= 40.0 * t.elapsed().as_secs_f64() * 0.8, "{ok} queries in {:?}", t.elapsed());
     assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 3], "both kernels answered");
+
+    // A revert order: version 4 goes in, the deployment is aborted with `revert`, and the
+    // device goes back down to version 3 — a downgrade only a signed revert offer allows.
+    let k4 = f.kernel("gold", 20, 900, 0).await;
+    let r4 = f.publish(&k4, "stable", 4, golden(900)).await;
+    let plan = json!({"phases": [{"percent": 100, "bake_seconds": 3600}], "abort_policy": "revert",
+        "in_progress_timeout_seconds": 120});
+    let d4 = f.deploy(r4["id"].as_str().unwrap(), "gold", plan).await;
+    f.wait_execution(&d4, &dev, "succeeded", 60).await;
+    assert_eq!(a.served_version(&http, "stable").await, Some(4));
+    assert_eq!(f.deployment(&d4).await["state"], "running", "baking");
+    let (s, v) = f.post(ADMIN, &format!("/v1/fleet/deployments/{d4}/abort"), json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let e = f.wait_execution(&d4, &dev, "rolled_back", 60).await;
+    assert_eq!(e["revert"], "done", "{e}");
+    assert_eq!(a.served_version(&http, "stable").await, Some(3), "back on the previous release");
+    assert_eq!(a.state()["channels"]["stable"]["highest_seen"], 4, "the highest version seen stays");
 }
