@@ -31,6 +31,10 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEVICE_KEY_FILE: &str = "device.key";
 /// The local API key (mode 0600).
 pub const LOCAL_KEY_FILE: &str = "local.key";
+/// The local API's bound address (`--listen` with port 0 picks a free one).
+pub const LOCAL_ADDR_FILE: &str = "local.addr";
+/// Free disk kept beyond a kernel being downloaded, bytes.
+pub const DISK_MARGIN: u64 = 16 << 20;
 
 /// How the agent runs (from the command line).
 #[derive(Debug, Clone)]
@@ -74,6 +78,8 @@ pub struct Agent {
     pub wake: tokio::sync::Notify,
     /// Body bytes received by downloads since start.
     pub transferred: AtomicU64,
+    /// [`LogBuf::noted`] when the last heartbeat carried the log.
+    log_sent: AtomicU64,
     health: Mutex<Option<Health>>,
 }
 
@@ -173,6 +179,7 @@ impl Agent {
             log: LogBuf::default(),
             wake: tokio::sync::Notify::new(),
             transferred: AtomicU64::new(0),
+            log_sent: AtomicU64::new(u64::MAX),
             health: Mutex::new(None),
             cfg,
         };
@@ -392,8 +399,12 @@ impl Agent {
         }
         self.flush_reports().await;
         let inv = self.inventory();
-        let next = match self.client.lock().await.heartbeat(Some(&inv)).await {
+        // The log excerpt goes up when it has new lines since the last heartbeat.
+        let noted = self.log.noted();
+        let log = (noted != self.log_sent.load(Ordering::Relaxed)).then(|| self.log.excerpt());
+        let next = match self.client.lock().await.heartbeat(Some(&inv), log.as_deref()).await {
             Ok(h) => {
+                self.log_sent.store(noted, Ordering::Relaxed);
                 self.heartbeat_ms.store(h.heartbeat_ms.max(100), Ordering::Relaxed);
                 Duration::from_millis(h.next_heartbeat_ms.max(100))
             }
@@ -564,6 +575,14 @@ impl Agent {
             return Ok(());
         }
 
+        // Room for the file (and a margin) before a byte is fetched.
+        let free = free_disk(&self.cfg.data_dir);
+        if free < m.length.saturating_add(DISK_MARGIN) {
+            return Err(failed(Refusal::download(
+                "disk_full",
+                format!("{free} bytes free, the kernel needs {} (+{DISK_MARGIN} spare)", m.length),
+            )));
+        }
         // Download (a delta from the current kernel when offered), checked as it arrives.
         let _ = self.report(&o.deployment_id, version, ExecState::Downloading, None, Some(0)).await;
         let before = self.transferred.load(Ordering::Relaxed);
@@ -614,7 +633,7 @@ impl Agent {
                 ));
                 tokio::time::sleep(wait.min(self.interval())).await;
                 let inv = self.inventory();
-                let _ = self.client.lock().await.heartbeat(Some(&inv)).await;
+                let _ = self.client.lock().await.heartbeat(Some(&inv), None).await;
             }
         }
 

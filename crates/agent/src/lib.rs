@@ -51,7 +51,8 @@ pub struct AgentArgs {
     /// A label proposed at enrollment, `key=value` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Serve the local query API here (e.g. 127.0.0.1:7300).
+    /// Serve the local query API here (e.g. 127.0.0.1:7300; port 0 picks a free port,
+    /// written to `local.addr` in the data directory).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// The release key to trust (64 hex digits, from `kernelize fleet keys`). Without it
@@ -175,7 +176,10 @@ pub async fn run(args: &AgentArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--listen {addr}: {e}"))?;
         let app = serve::router(agent.kernels.clone(), &key);
-        agent.log.note(format!("local API on http://{}", listener.local_addr()?));
+        // The address bound (a port of 0 picks a free one), for scripts and tests.
+        let bound = listener.local_addr()?;
+        state::write_durable(&data_dir.join(agent::LOCAL_ADDR_FILE), bound.to_string().as_bytes(), false)?;
+        agent.log.note(format!("local API on http://{bound}"));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("local API: {e}");

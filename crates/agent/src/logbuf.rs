@@ -10,9 +10,9 @@ pub const MAX_EXCERPT_BYTES: usize = 4096;
 /// Longest line kept, bytes.
 const MAX_LINE_BYTES: usize = 400;
 
-/// A ring of recent lines.
+/// A ring of recent lines, and how many were ever noted.
 #[derive(Debug, Default)]
-pub struct LogBuf(Mutex<VecDeque<String>>);
+pub struct LogBuf(Mutex<VecDeque<String>>, std::sync::atomic::AtomicU64);
 
 impl LogBuf {
     /// Logs `line` (through `tracing` too) and keeps it.
@@ -32,6 +32,12 @@ impl LogBuf {
             q.pop_front();
         }
         q.push_back(format!("{stamp} {line}"));
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many lines were ever noted (changes whenever the excerpt does).
+    pub fn noted(&self) -> u64 {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The newest lines that fit in [`MAX_EXCERPT_BYTES`], oldest first.

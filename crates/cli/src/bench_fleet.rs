@@ -307,7 +307,7 @@ async fn worker(
         let sent = TInstant::now();
         let measured = due >= window.0;
         let d = &devices[i];
-        let hb = d.heartbeat(send_inventory.then_some(&inv)).await;
+        let hb = d.heartbeat(send_inventory.then_some(&inv), None).await;
         let hb_ms = sent.elapsed().as_secs_f64() * 1e3;
         let next = match hb {
             Ok(r) => {

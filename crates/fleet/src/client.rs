@@ -42,9 +42,27 @@ pub struct DeviceClient {
     token: Option<String>,
 }
 
-async fn answer<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> Result<T, ClientError> {
+/// Largest answer read from a server (an offer carries a signed manifest of at most
+/// 4 MiB); a bigger one is refused without being read.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+
+async fn answer<T: serde::de::DeserializeOwned>(mut r: reqwest::Response) -> Result<T, ClientError> {
     let status = r.status();
-    let bytes = r.bytes().await?;
+    let too_big = |n: usize| ClientError {
+        status: status.as_u16(),
+        code: "answer_too_large".into(),
+        message: format!("the server's answer has more than {n} bytes (at most {MAX_ANSWER_BYTES} are read)"),
+    };
+    if r.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        return Err(too_big(r.content_length().unwrap_or(0) as usize));
+    }
+    let mut bytes = Vec::new();
+    while let Some(c) = r.chunk().await? {
+        if bytes.len() + c.len() > MAX_ANSWER_BYTES {
+            return Err(too_big(bytes.len() + c.len()));
+        }
+        bytes.extend_from_slice(&c);
+    }
     if status.is_success() {
         return serde_json::from_slice(&bytes).map_err(|e| ClientError {
             status: status.as_u16(),
@@ -158,10 +176,14 @@ impl DeviceClient {
         answer(self.authed(self.http.get(format!("{}/v1/fleet/device/root", self.base))).send().await?).await
     }
 
-    /// A heartbeat.
-    pub async fn heartbeat(&self, inventory: Option<&Inventory>) -> Result<HeartbeatReply, ClientError> {
+    /// A heartbeat, with the inventory and a log excerpt when given.
+    pub async fn heartbeat(
+        &self,
+        inventory: Option<&Inventory>,
+        log: Option<&str>,
+    ) -> Result<HeartbeatReply, ClientError> {
         let r = self.authed(self.http.post(format!("{}/v1/fleet/device/heartbeat", self.base)));
-        answer(r.json(&serde_json::json!({"inventory": inventory})).send().await?).await
+        answer(r.json(&serde_json::json!({"inventory": inventory, "log": log})).send().await?).await
     }
 
     /// The next offer, or `None` (204).

@@ -330,7 +330,7 @@ fn clip_bytes(s: &str, max: usize) -> &str {
 }
 
 /// The last `max` bytes of `s` (on a character boundary).
-fn tail(s: &str, max: usize) -> &str {
+pub(crate) fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

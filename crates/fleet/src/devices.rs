@@ -326,12 +326,13 @@ impl Fleet {
     }
 
     async fn device_opt(&self, id: &str) -> Result<Option<Device>> {
-        let row = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM fleet_devices WHERE id = $1"))
+        let row = sqlx::query(&format!("SELECT {DEVICE_COLUMNS}, log FROM fleet_devices WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
         let mut d = row.as_ref().map(rows::device).transpose()?;
-        if let Some(d) = &mut d {
+        if let (Some(d), Some(r)) = (&mut d, &row) {
+            d.log = r.try_get("log")?;
             self.overlay_liveness(d);
         }
         Ok(d)
@@ -549,7 +550,21 @@ impl Fleet {
 
     /// A heartbeat: the device is online (an event if it was offline); its inventory is
     /// stored when it changed. Returns the interval with ±20% jitter.
-    pub async fn heartbeat(&self, id: &str, inventory: Option<&Inventory>, now: i64) -> Result<HeartbeatReply> {
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        inventory: Option<&Inventory>,
+        log: Option<&str>,
+        now: i64,
+    ) -> Result<HeartbeatReply> {
+        if let Some(log) = log {
+            let log = crate::deploy::tail(log, crate::MAX_LOG_BYTES);
+            sqlx::query("UPDATE fleet_devices SET log = $1 WHERE id = $2 AND log <> $1")
+                .bind(log)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
         if let Some(inv) = inventory {
             inv.validate("inventory")?;
             let text = inventory_json(inv)?;

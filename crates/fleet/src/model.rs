@@ -174,6 +174,10 @@ pub struct Device {
     pub last_seen_ms: Option<i64>,
     /// Heartbeating within 3 intervals.
     pub online: bool,
+    /// The log excerpt of its latest heartbeat that carried one (at most
+    /// [`MAX_LOG_BYTES`], the newest lines); shown for one device, not in lists.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
 }
 
 impl Device {

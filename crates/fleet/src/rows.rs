@@ -32,6 +32,7 @@ pub(crate) fn device(r: &AnyRow) -> Result<Device> {
         created_ms: r.try_get("created_ms")?,
         last_seen_ms: r.try_get("last_seen_ms")?,
         online: online != 0,
+        log: String::new(),
     })
 }
 

@@ -589,6 +589,9 @@ async fn device_token(State(st): St, Body(r): Body<TokenRequest>) -> Result<Json
 struct Heartbeat {
     #[serde(default)]
     inventory: Option<Inventory>,
+    /// The device's latest log lines (the newest 8 KiB are kept).
+    #[serde(default)]
+    log: Option<String>,
 }
 
 /// Heartbeat with the current inventory; the answer says when to send the next (device).
@@ -600,7 +603,7 @@ async fn device_heartbeat(
     DeviceId(id): DeviceId,
     Body(h): Body<Heartbeat>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(to_value(&st.fleet.heartbeat(&id, h.inventory.as_ref(), now_ms()).await?))
+    Ok(to_value(&st.fleet.heartbeat(&id, h.inventory.as_ref(), h.log.as_deref(), now_ms()).await?))
 }
 
 /// The next offer for this device: 200 with the offer, or 204 when there is nothing (device).

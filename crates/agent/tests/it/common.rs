@@ -224,7 +224,6 @@ pub fn pseudo_text(seed: u64, n: usize) -> String {
 pub struct AgentProc {
     pub child: Option<Child>,
     pub dir: PathBuf,
-    pub listen: SocketAddr,
     pub args: Vec<String>,
     pub log: PathBuf,
 }
@@ -232,17 +231,16 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts `kernelize-agent` for `server` with its data in `dir` and extra `args`.
     pub fn spawn(server: &str, dir: &Path, args: &[&str]) -> AgentProc {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut all: Vec<String> = vec![
             "--server".into(),
             server.into(),
             "--listen".into(),
-            listen.to_string(),
+            "127.0.0.1:0".into(),
             "--trial-secs".into(),
             "1".into(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
-        let mut a = AgentProc { child: None, dir: dir.to_owned(), listen, args: all, log: dir.with_extension("log") };
+        let mut a = AgentProc { child: None, dir: dir.to_owned(), args: all, log: dir.with_extension("log") };
         a.start();
         a
     }
@@ -250,6 +248,7 @@ impl AgentProc {
     /// (Re)starts the process with the same arguments and port.
     pub fn start(&mut self) {
         fs_err::create_dir_all(&self.dir).unwrap();
+        let _ = fs_err::remove_file(self.dir.join("local.addr"));
         let log = fs_err::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kernelize-agent"))
             .arg("--data-dir")
@@ -281,6 +280,14 @@ impl AgentProc {
         }
     }
 
+    /// The local API's address (the agent binds a free port and writes it down).
+    pub async fn addr(&self) -> SocketAddr {
+        wait_for(60, "the agent's local API", || async {
+            fs_err::read_to_string(self.dir.join("local.addr")).ok().and_then(|s| s.trim().parse().ok())
+        })
+        .await
+    }
+
     /// The local API key.
     pub fn key(&self) -> String {
         fs_err::read_to_string(self.dir.join("local.key")).map(|s| s.trim().to_owned()).unwrap_or_default()
@@ -303,7 +310,7 @@ impl AgentProc {
     /// A vector query on `channel` through the local API: (status, answer).
     pub async fn query(&self, http: &reqwest::Client, channel: &str, v: &[f32], k: u32) -> (u16, Value) {
         match http
-            .post(format!("http://{}/v1/kernels/{channel}/query", self.listen))
+            .post(format!("http://{}/v1/kernels/{channel}/query", self.addr().await))
             .bearer_auth(self.key())
             .json(&json!({"vector": v, "k": k}))
             .timeout(Duration::from_secs(10))

@@ -87,6 +87,16 @@ async fn twenty_agents_roll_out_in_two_phases_and_answer_offline() {
     };
     let first_done = phase_done(0).into_iter().max().unwrap();
     assert!(phase_done(1).into_iter().all(|t| t >= first_done), "phase 2 finished after phase 1");
+    // Inventory and the log excerpt went up with the heartbeats.
+    let dev = agents[0].device_id();
+    let shown = wait_for(30, "the inventory and log of version 2", || async {
+        let (_, d) = f.get(ADMIN, &format!("/v1/fleet/devices/{dev}")).await;
+        (d["inventory"]["kernels"]["stable"]["version"] == 2
+            && d["log"].as_str().is_some_and(|l| l.contains("committed version 2")))
+        .then_some(d)
+    })
+    .await;
+    assert_eq!(shown["inventory"]["health"]["ok"], true, "{shown}");
 
     // The server goes away; every agent answers from the new kernel.
     f.stop().await;
@@ -99,7 +109,7 @@ async fn twenty_agents_roll_out_in_two_phases_and_answer_offline() {
     }
     // Without the key, nothing.
     let r = http
-        .post(format!("http://{}/v1/kernels/stable/query", agents[0].listen))
+        .post(format!("http://{}/v1/kernels/stable/query", agents[0].addr().await))
         .json(&json!({"vector": vector(1, DIM)}))
         .send()
         .await
@@ -182,7 +192,7 @@ async fn failing_golden_queries_keep_the_old_kernel_and_queries_never_fail_durin
     let k3 = f.kernel("gold", 20, 700, 0).await;
     let r3 = f.publish(&k3, "stable", 3, golden(700)).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let listen = a.listen;
+    let listen = a.addr().await;
     let key = a.key();
     let loop_task = {
         let stop = stop.clone();

@@ -79,7 +79,7 @@ async fn fleet_cli_enrolls_groups_deploys_and_approves_with_a_second_admin() {
         let mut d = DeviceClient::generate(http.clone(), &base);
         d.enroll(&format!("box-{i}"), &inv, &BTreeMap::new(), Some(&secret)).await.unwrap();
         d.refresh_token().await.unwrap();
-        d.heartbeat(Some(&inv)).await.unwrap();
+        d.heartbeat(Some(&inv), None).await.unwrap();
         devices.push(d);
     }
     // A fourth device without a token stays pending until accepted from the CLI.

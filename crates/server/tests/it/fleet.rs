@@ -38,7 +38,7 @@ pub async fn devices(ts: &TestServer, n: usize, labels: Value, inv: &Inventory) 
         let e = d.enroll(&format!("sim-{i}"), inv, &BTreeMap::new(), Some(&token)).await.unwrap();
         assert_eq!(e.status, kernelize_fleet::DeviceStatus::Accepted);
         d.refresh_token().await.unwrap();
-        d.heartbeat(Some(inv)).await.unwrap();
+        d.heartbeat(Some(inv), None).await.unwrap();
         out.push(d);
     }
     out
@@ -116,9 +116,15 @@ async fn enrollment_and_device_tokens(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "{v}");
     let t = d.refresh_token().await.unwrap();
     assert!(t.token.starts_with("kzd_"));
-    let hb = d.heartbeat(Some(&inv)).await.unwrap();
+    let hb = d.heartbeat(Some(&inv), None).await.unwrap();
     let base = hb.heartbeat_ms as f64;
     assert!((base * 0.8..=base * 1.2).contains(&(hb.next_heartbeat_ms as f64)), "{hb:?}");
+    // A log excerpt goes up with a heartbeat; the newest 8 KiB are kept.
+    let long = format!("{}\nnewest line", "x".repeat(20_000));
+    d.heartbeat(None, Some(&long)).await.unwrap();
+    let (_, dev) = ts.get(ADMIN_KEY, &format!("/v1/fleet/devices/{}", d.device_id)).await;
+    let kept = dev["log"].as_str().unwrap();
+    assert!(kept.len() <= kernelize_fleet::MAX_LOG_BYTES && kept.ends_with("newest line"), "{} bytes", kept.len());
     // Enrolling again with the same key changes nothing.
     assert_eq!(
         d.enroll("box-1", &inv, &BTreeMap::new(), None).await.unwrap().status,
@@ -127,7 +133,7 @@ async fn enrollment_and_device_tokens(backend: Backend) {
     // Revocation works at once: the very next request is refused.
     let (s, _) = ts.post(ADMIN_KEY, &format!("/v1/fleet/devices/{}/revoke", d.device_id), json!({})).await;
     assert_eq!(s, StatusCode::OK);
-    let err = d.heartbeat(Some(&inv)).await.unwrap_err();
+    let err = d.heartbeat(Some(&inv), None).await.unwrap_err();
     assert_eq!(err.status, 401, "{err}");
     assert!(d.refresh_token().await.is_err());
 
@@ -277,7 +283,7 @@ async fn silent_devices_go_offline(backend: Backend) {
     let keep = async {
         while start.elapsed() < Duration::from_secs(4) {
             for d in stay {
-                d.heartbeat(None).await.unwrap();
+                d.heartbeat(None, None).await.unwrap();
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -310,7 +316,7 @@ async fn silent_devices_go_offline(backend: Backend) {
     offline.sort();
     assert_eq!(offline, want);
     // Back at its next heartbeat.
-    go[0].heartbeat(None).await.unwrap();
+    go[0].heartbeat(None, None).await.unwrap();
     let (_, v) = ts.get(ADMIN_KEY, &format!("/v1/fleet/devices/{}", go[0].device_id)).await;
     assert_eq!(v["online"], true);
     ts.shutdown().await;

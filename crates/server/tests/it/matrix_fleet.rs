@@ -111,7 +111,7 @@ pub async fn exercise(
             let d = accepted_device(ts).await;
             let (s, v) = call(Method::POST, format!("/v1/fleet/devices/{}/revoke", d.device_id), Some(json!({}))).await;
             let want = admin(StatusCode::OK);
-            assert_eq!(d.heartbeat(None).await.is_err(), want.is_success());
+            assert_eq!(d.heartbeat(None, None).await.is_err(), want.is_success());
             (s, v, want)
         }
         ("post", "/v1/fleet/devices:bulk") => {
@@ -310,7 +310,7 @@ pub async fn exercise(
         // Device routes behind a device token: no API key opens them.
         ("post", "/v1/fleet/device/heartbeat") => {
             let (s, v) = call(Method::POST, template.into(), Some(json!({}))).await;
-            assert!(f.device.heartbeat(None).await.is_ok(), "the device itself may");
+            assert!(f.device.heartbeat(None, None).await.is_ok(), "the device itself may");
             (s, v, StatusCode::UNAUTHORIZED)
         }
         ("get", "/v1/fleet/device/offer") => {
