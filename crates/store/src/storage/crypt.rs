@@ -95,6 +95,9 @@ fn new_header(id: &KeyId, key: &DataKey) -> io::Result<(Vec<u8>, LessSafeKey)> {
     Ok((h, fkey))
 }
 
+/// One record to seal: its plaintext offset, plaintext, nonce, and where it goes.
+type SealJob<'a> = (u64, &'a [u8], &'a mut [u8], &'a mut [u8]);
+
 /// Writes of at least this many bytes are sealed on several threads.
 const PARALLEL_SEAL_MIN: usize = 4 * RECORD_MAX;
 
@@ -108,7 +111,7 @@ fn seal_records(key: &LessSafeKey, plain_off: u64, plain: &[u8], out: &mut Vec<u
         .map_err(|_| io::Error::other("the system random generator failed"))?;
     let start = out.len();
     out.resize(start + plain.len() + n * (RECORD_HEAD + TAG_LEN), 0);
-    let mut jobs: Vec<(u64, &[u8], &mut [u8], &mut [u8])> = Vec::with_capacity(n);
+    let mut jobs: Vec<SealJob<'_>> = Vec::with_capacity(n);
     let mut rest = &mut out[start..];
     for (i, (chunk, nonce)) in plain.chunks(RECORD_MAX).zip(nonces.chunks_exact_mut(NONCE_LEN)).enumerate() {
         let (dst, tail) = std::mem::take(&mut rest).split_at_mut(RECORD_HEAD + chunk.len() + TAG_LEN);
