@@ -18,7 +18,7 @@ impl LogBuf {
     /// Logs `line` (through `tracing` too) and keeps it.
     pub fn note(&self, line: impl Into<String>) {
         let mut line: String = line.into();
-        tracing::info!("{line}");
+        tracing::info!(target: "kernelize_agent", "{line}");
         if line.len() > MAX_LINE_BYTES {
             let mut cut = MAX_LINE_BYTES;
             while !line.is_char_boundary(cut) {

@@ -95,28 +95,43 @@ fn new_header(id: &KeyId, key: &DataKey) -> io::Result<(Vec<u8>, LessSafeKey)> {
     Ok((h, fkey))
 }
 
-/// One record to seal: its plaintext offset, plaintext, nonce, and where it goes.
-type SealJob<'a> = (u64, &'a [u8], &'a mut [u8], &'a mut [u8]);
-
 /// Writes of at least this many bytes are sealed on several threads.
 const PARALLEL_SEAL_MIN: usize = 4 * RECORD_MAX;
 
 /// Seals `plain` as records starting at plaintext offset `plain_off`, appending to `out`.
-/// Records are independent (own nonce, own tag, the offset in their AAD), so a large
-/// write seals them on up to 4 threads (an ingesting writer leaves the other cores idle).
+/// The records are laid out first (head, plaintext, room for the tag: one copy, no
+/// zero-fill), then sealed in place; they are independent (own nonce, own tag, the offset
+/// in their AAD), so a large write seals them on up to 4 threads (an ingesting writer
+/// leaves the other cores idle).
 fn seal_records(key: &LessSafeKey, plain_off: u64, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let n = plain.len().div_ceil(RECORD_MAX);
     let mut nonces = vec![0u8; n * NONCE_LEN];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonces)
         .map_err(|_| io::Error::other("the system random generator failed"))?;
     let start = out.len();
-    out.resize(start + plain.len() + n * (RECORD_HEAD + TAG_LEN), 0);
-    let mut jobs: Vec<SealJob<'_>> = Vec::with_capacity(n);
+    out.reserve(plain.len() + n * (RECORD_HEAD + TAG_LEN));
+    let mut off = plain_off;
+    for (chunk, nonce) in plain.chunks(RECORD_MAX).zip(nonces.chunks_exact_mut(NONCE_LEN)) {
+        if nonce.iter().all(|&b| b == 0) {
+            // The all-zero nonce is the header tag's.
+            nonce[NONCE_LEN - 1] = 1;
+        }
+        let len = chunk.len() as u32;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&head_crc(off, len).to_le_bytes());
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(&[0u8; TAG_LEN]);
+        off += u64::from(len);
+    }
+    let mut jobs: Vec<(u64, &mut [u8])> = Vec::with_capacity(n);
     let mut rest = &mut out[start..];
-    for (i, (chunk, nonce)) in plain.chunks(RECORD_MAX).zip(nonces.chunks_exact_mut(NONCE_LEN)).enumerate() {
+    let mut off = plain_off;
+    for chunk in plain.chunks(RECORD_MAX) {
         let (dst, tail) = std::mem::take(&mut rest).split_at_mut(RECORD_HEAD + chunk.len() + TAG_LEN);
         rest = tail;
-        jobs.push((plain_off + (i * RECORD_MAX) as u64, chunk, nonce, dst));
+        jobs.push((off, dst));
+        off += chunk.len() as u64;
     }
     let threads = if plain.len() >= PARALLEL_SEAL_MIN {
         std::thread::available_parallelism().map_or(1, |p| p.get()).min(4).min(n)
@@ -124,20 +139,16 @@ fn seal_records(key: &LessSafeKey, plain_off: u64, plain: &[u8], out: &mut Vec<u
         1
     };
     if threads <= 1 {
-        return jobs.into_iter().try_for_each(|(off, chunk, nonce, dst)| seal_record(key, off, chunk, nonce, dst));
+        return jobs.into_iter().try_for_each(|(off, dst)| seal_record(key, off, dst));
     }
     let per = n.div_ceil(threads);
     std::thread::scope(|s| {
         let mut groups = jobs.chunks_mut(per);
         let first = groups.next();
         let handles: Vec<_> = groups
-            .map(|g| {
-                s.spawn(move || g.iter_mut().try_for_each(|(off, c, nonce, dst)| seal_record(key, *off, c, nonce, dst)))
-            })
+            .map(|g| s.spawn(move || g.iter_mut().try_for_each(|(off, dst)| seal_record(key, *off, dst))))
             .collect();
-        let mine = first.map_or(Ok(()), |g| {
-            g.iter_mut().try_for_each(|(off, c, nonce, dst)| seal_record(key, *off, c, nonce, dst))
-        });
+        let mine = first.map_or(Ok(()), |g| g.iter_mut().try_for_each(|(off, dst)| seal_record(key, *off, dst)));
         handles.into_iter().fold(mine, |acc, h| {
             let r = h.join().unwrap_or_else(|_| Err(io::Error::other("a sealing thread panicked")));
             acc.and(r)
@@ -145,21 +156,18 @@ fn seal_records(key: &LessSafeKey, plain_off: u64, plain: &[u8], out: &mut Vec<u
     })
 }
 
-/// Seals one record into `dst` (head, ciphertext, tag).
-fn seal_record(key: &LessSafeKey, plain_off: u64, chunk: &[u8], nonce: &mut [u8], dst: &mut [u8]) -> io::Result<()> {
-    if nonce.iter().all(|&b| b == 0) {
-        // The all-zero nonce is the header tag's.
-        nonce[NONCE_LEN - 1] = 1;
-    }
-    let len = chunk.len() as u32;
-    dst[..4].copy_from_slice(&len.to_le_bytes());
-    dst[4..8].copy_from_slice(&head_crc(plain_off, len).to_le_bytes());
-    dst[8..RECORD_HEAD].copy_from_slice(nonce);
-    let (body, tag_out) = dst[RECORD_HEAD..].split_at_mut(chunk.len());
-    body.copy_from_slice(chunk);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| io::Error::other("nonce length"))?;
+/// Seals one laid-out record in place (head written, plaintext, room for the tag).
+fn seal_record(key: &LessSafeKey, plain_off: u64, dst: &mut [u8]) -> io::Result<()> {
+    let len = dst.len() - RECORD_HEAD - TAG_LEN;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&dst[8..RECORD_HEAD]);
+    let (body, tag_out) = dst[RECORD_HEAD..].split_at_mut(len);
     let tag = key
-        .seal_in_place_separate_tag(nonce, Aad::from(record_aad(plain_off, len)), body)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(record_aad(plain_off, len as u32)),
+            body,
+        )
         .map_err(|_| io::Error::other("sealing failed"))?;
     tag_out.copy_from_slice(tag.as_ref());
     Ok(())
