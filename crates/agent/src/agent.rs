@@ -368,6 +368,9 @@ impl Agent {
     /// Sends the reports that waited for the server.
     async fn flush_reports(&self) {
         let pending = std::mem::take(&mut self.state.lock().pending_reports);
+        if pending.is_empty() {
+            return;
+        }
         let mut keep = Vec::new();
         for p in pending {
             let Ok(report) = serde_json::from_value::<StatusReport>(p.report.clone()) else { continue };
@@ -379,12 +382,10 @@ impl Agent {
                 Err(e) => self.log.note(format!("the server refused a saved report of {}: {e}", p.deployment_id)),
             }
         }
-        if !keep.is_empty() || !self.state.lock().pending_reports.is_empty() {
-            let mut st = self.state.lock();
-            keep.append(&mut st.pending_reports);
-            st.pending_reports = keep;
-        }
-        let _ = self.state.lock().save(&self.cfg.data_dir);
+        let mut st = self.state.lock();
+        keep.append(&mut st.pending_reports);
+        st.pending_reports = keep;
+        let _ = st.save(&self.cfg.data_dir);
     }
 
     /// One round: session, trust, saved reports, heartbeat, and the next offer.
@@ -394,7 +395,13 @@ impl Agent {
             self.log.note(format!("server: {e}"));
             return Duration::from_secs(5).min(self.interval());
         }
-        if let Err(e) = self.refresh_trust().await {
+        // Keys are pinned once; a rotation is learned when an offer's signature does not
+        // verify under the pinned key (verify_offer), not by asking every round.
+        let unpinned = {
+            let st = self.state.lock();
+            st.trust.is_none() || st.kernel_key.is_none()
+        };
+        if unpinned && let Err(e) = self.refresh_trust().await {
             self.log.note(format!("trust: {e}"));
         }
         self.flush_reports().await;
