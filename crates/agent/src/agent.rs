@@ -106,7 +106,7 @@ fn device_key(dir: &Path) -> Result<Vec<u8>> {
             let rng = ring::rand::SystemRandom::new();
             let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
                 .map_err(|_| AgentError::Other("the system random generator failed".into()))?;
-            write_durable(&path, pkcs8.as_ref(), true)?;
+            write_durable(&path, pkcs8.as_ref())?;
             Ok(pkcs8.as_ref().to_vec())
         }
         Err(e) => Err(AgentError::io(&path, e)),
@@ -124,7 +124,7 @@ pub fn local_key(dir: &Path) -> Result<String> {
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
                 .map_err(|_| AgentError::Other("the system random generator failed".into()))?;
             let key = format!("kzl_{}", kernelize_bundle::hex(&b));
-            write_durable(&path, key.as_bytes(), true)?;
+            write_durable(&path, key.as_bytes())?;
             Ok(key)
         }
         Err(e) => Err(AgentError::io(&path, e)),
@@ -654,7 +654,7 @@ impl Agent {
         };
         self.set_channel(&ch, Some(new.clone()), Some(trial)).map_err(|e| failed(e.into()))?;
         let t0 = Instant::now();
-        self.kernels.set(&ch, Some(staged.clone()));
+        let before = self.kernels.set(&ch, Some(staged.clone()));
         self.log.note(format!("channel {ch}: switched to version {} in {:?} (trial)", m.version, t0.elapsed()));
         let acked = self.report(&o.deployment_id, version, ExecState::Trial, None, None).await.is_ok();
         self.update_trial_version(&ch, *version);
@@ -671,12 +671,12 @@ impl Agent {
             self.update_trial_version(&ch, *version);
         }
         if let Err(why) = health {
-            self.undo_switch(&ch, current, &sha);
+            self.undo_switch(&ch, current, before.clone(), &sha);
             *self.health.lock() = Some(Health { ok: false, detail: why.chars().take(900).collect() });
             return Err((ExecState::HealthFailed, Refusal::new("health_failed", FailureKind::Health, why)));
         }
         if !acked {
-            self.undo_switch(&ch, current, &sha);
+            self.undo_switch(&ch, current, before.clone(), &sha);
             return Err((
                 ExecState::RolledBack,
                 Refusal::new("no_ack", FailureKind::Other, "the server never acknowledged the trial"),
@@ -723,19 +723,12 @@ impl Agent {
         st.save(&self.cfg.data_dir)
     }
 
-    /// Goes back to the kernel served before the switch.
-    fn undo_switch(&self, ch: &str, previous: Option<Installed>, new_sha: &str) {
-        if let Err(e) = self.set_channel(ch, previous.clone(), None) {
+    /// Goes back to the kernel served before the switch: the state file names it again
+    /// and the kernel that was serving (still open) serves again.
+    fn undo_switch(&self, ch: &str, previous: Option<Installed>, served: Option<Arc<Served>>, new_sha: &str) {
+        if let Err(e) = self.set_channel(ch, previous, None) {
             self.log.note(format!("channel {ch}: saving the revert failed: {e}"));
         }
-        let key = self.kernel_public_key(&self.state.lock()).ok().flatten();
-        let served = previous.and_then(|p| match self.open_kernel(&p.sha256, key) {
-            Ok(k) => Some(Arc::new(Served { kernel: k, installed: p })),
-            Err(e) => {
-                self.log.note(format!("channel {ch}: cannot reopen the previous kernel: {e}"));
-                None
-            }
-        });
         self.kernels.set(ch, served);
         self.discard(new_sha);
         self.log.note(format!("channel {ch}: reverted to the previous kernel"));
@@ -809,7 +802,7 @@ impl Agent {
                     Err(e) => Err(Refusal::verify("delta_corrupt", e.to_string())),
                     Ok(out) => match verifier.check_file(&out[..]) {
                         Err(e) => Err(Refusal::verify("hash_mismatch", format!("patched file: {e}"))),
-                        Ok(()) => write_durable(dest, &out, false).map_err(Refusal::from),
+                        Ok(()) => write_durable(dest, &out).map_err(Refusal::from),
                     },
                 }
             }

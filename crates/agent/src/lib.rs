@@ -178,7 +178,7 @@ pub async fn run(args: &AgentArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         let app = serve::router(agent.kernels.clone(), &key);
         // The address bound (a port of 0 picks a free one), for scripts and tests.
         let bound = listener.local_addr()?;
-        state::write_durable(&data_dir.join(agent::LOCAL_ADDR_FILE), bound.to_string().as_bytes(), false)?;
+        state::write_durable(&data_dir.join(agent::LOCAL_ADDR_FILE), bound.to_string().as_bytes())?;
         agent.log.note(format!("local API on http://{bound}"));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

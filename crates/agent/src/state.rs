@@ -7,7 +7,6 @@ use crate::error::{AgentError, Result};
 use kernelize_bundle::TrustRoot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// File name of the state, in the data directory.
@@ -117,7 +116,7 @@ impl State {
     /// Writes the state atomically and durably.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| AgentError::Other(format!("state: {e}")))?;
-        write_durable(&dir.join(STATE_FILE), &bytes, false)
+        write_durable(&dir.join(STATE_FILE), &bytes)
     }
 
     /// Queues a report for later delivery (the oldest is dropped past the bound).
@@ -135,34 +134,15 @@ pub fn kernel_path(dir: &Path, sha256: &str) -> PathBuf {
     dir.join("kernels").join(format!("{sha256}.kernel"))
 }
 
-/// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename,
-/// fsync of the directory; mode 0600 when `private`.
-pub fn write_durable(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = fs_err::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use fs_err::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = opts.open(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| AgentError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| AgentError::io(&tmp, e))?;
-    drop(f);
-    fs_err::rename(&tmp, path).map_err(|e| AgentError::io(path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+/// Writes `bytes` to `path` atomically and durably, owner-only (the engine's
+/// [`kernelize_store::write_atomic`]: temporary file, fsync, rename, fsync of the directory).
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    kernelize_store::write_atomic(&kernelize_store::FileStorage, path, bytes).map_err(|e| AgentError::io(path, e))
 }
 
 /// Fsyncs a directory so a rename in it survives a power cut.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    fs_err::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| AgentError::io(dir, e))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    kernelize_store::Storage::sync_dir(&kernelize_store::FileStorage, dir).map_err(|e| AgentError::io(dir, e))
 }
 
 #[cfg(test)]
