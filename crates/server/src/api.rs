@@ -676,6 +676,7 @@ pub struct ApiDoc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::fleet::FleetApiDoc::openapi());
+    doc.merge(crate::programs::ProgramsApiDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }
@@ -750,6 +751,6 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("DELETE", "/v1/keys/{id}") => "keys.revoke",
         ("POST", "/v1/tokens") => "tokens.mint",
         ("GET", "/v1/audit") => "audit.read",
-        _ => return crate::fleet::audit_action(method, route),
+        _ => return crate::fleet::audit_action(method, route).or_else(|| crate::programs::audit_action(method, route)),
     })
 }

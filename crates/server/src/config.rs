@@ -28,6 +28,10 @@ pub struct Config {
     pub admin_key_file: Option<PathBuf>,
     /// Model directory for embeddings (default: the embedder's search path).
     pub model_dir: Option<PathBuf>,
+    /// GGUF file of the local language model behind `/v1/programs` and
+    /// `/v1/chat/completions` (default: SmolLM2-135M-Instruct in the models directory,
+    /// installed by `kernelize models install`). Loaded on first use.
+    pub llm_model: Option<PathBuf>,
     /// Where `POST /v1/backups` writes (default `<data_dir>/backups`).
     pub backup_dir: Option<PathBuf>,
     /// WAL durability: `always` (fsync before acknowledging) or `buffered`.
@@ -190,6 +194,7 @@ impl Default for Config {
             admin_key: None,
             admin_key_file: None,
             model_dir: None,
+            llm_model: None,
             backup_dir: None,
             durability: "always".into(),
             memtable_mb: 64,

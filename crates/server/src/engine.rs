@@ -309,7 +309,12 @@ impl AppState {
         .await?;
         self.add_usage(
             &p.key_id,
-            UsageDelta { records_written: n as i64, texts_embedded: embedded as i64, bytes_stored: bytes, requests: 0 },
+            UsageDelta {
+                records_written: n as i64,
+                texts_embedded: embedded as i64,
+                bytes_stored: bytes,
+                ..Default::default()
+            },
         );
         self.metrics.records_written.get_or_create(&CollectionLabels { collection: name.to_owned() }).inc_by(n as u64);
         self.metrics.texts_embedded.inc_by(embedded);

@@ -192,7 +192,13 @@ impl AppState {
     /// collections outside the key's scope only after the role check, like collections.
     /// An orphaned kernel is 404 to everyone but admins, and to them only for `describe`
     /// and `delete` (`orphans_ok`); else 409.
-    async fn kernel_row(&self, p: &Principal, role: Role, id: &str, orphans_ok: bool) -> Result<KernelRow, ApiError> {
+    pub(crate) async fn kernel_row(
+        &self,
+        p: &Principal,
+        role: Role,
+        id: &str,
+        orphans_ok: bool,
+    ) -> Result<KernelRow, ApiError> {
         let row = self.meta.kernel(id).await?.ok_or_else(|| ApiError::not_found(format!("no kernel {id:?}")))?;
         p.require(role, Some(&row.collection))?;
         if self.orphaned(&row).await? {
@@ -232,7 +238,7 @@ impl AppState {
 
     /// The open kernel, refused (409) once it has expired: an expired kernel is neither
     /// queried nor downloaded (a device would refuse it anyway).
-    async fn live_kernel(self: &Arc<Self>, row: &KernelRow) -> Result<(Arc<Kernel>, String), ApiError> {
+    pub(crate) async fn live_kernel(self: &Arc<Self>, row: &KernelRow) -> Result<(Arc<Kernel>, String), ApiError> {
         let (k, sha) = self.open_kernel(row).await?;
         if let Some(exp) = k.manifest().expires
             && exp <= kernelize_kernel::format::now_secs()

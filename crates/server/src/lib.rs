@@ -23,6 +23,8 @@ pub mod kernels;
 pub mod meta;
 pub mod metrics;
 pub mod model;
+pub mod programs;
+mod programs_compile;
 pub mod state;
 
 pub use config::{Config, Limits};
@@ -68,6 +70,7 @@ impl Running {
     /// returns once the data directory's lock is released.
     pub async fn shutdown(self) -> Result<()> {
         self.state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.programs.cancel_all();
         self.handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
         // Drain requests, not connections: once none is in flight, close the idle
         // kept-alive connections rather than wait for their clients to hang up.
@@ -185,6 +188,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     let limits = &state.config.limits;
     let mut app = api::protected_routes()
         .merge(fleet::protected_routes())
+        .merge(programs::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard))
         .merge(api::public_routes())
         .merge(fleet::device_routes(state.clone()))

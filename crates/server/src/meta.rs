@@ -61,6 +61,8 @@ pub struct UsageRow {
     pub texts_embedded: i64,
     /// Bytes of records written (vectors, text and metadata).
     pub bytes_stored: i64,
+    /// Language-model tokens (prompt and generated) of program runs and chat completions.
+    pub llm_tokens: i64,
 }
 
 /// A backup job.
@@ -349,12 +351,13 @@ impl MetaStore {
         let mut tx = self.pool.begin().await?;
         for u in rows {
             sqlx::query(
-                "INSERT INTO key_usage (key_id, requests, records_written, texts_embedded, bytes_stored, updated_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_id) DO UPDATE SET \
+                "INSERT INTO key_usage (key_id, requests, records_written, texts_embedded, bytes_stored, llm_tokens, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id) DO UPDATE SET \
                  requests = key_usage.requests + excluded.requests, \
                  records_written = key_usage.records_written + excluded.records_written, \
                  texts_embedded = key_usage.texts_embedded + excluded.texts_embedded, \
                  bytes_stored = key_usage.bytes_stored + excluded.bytes_stored, \
+                 llm_tokens = key_usage.llm_tokens + excluded.llm_tokens, \
                  updated_ms = excluded.updated_ms",
             )
             .bind(&u.key_id)
@@ -362,6 +365,7 @@ impl MetaStore {
             .bind(u.records_written)
             .bind(u.texts_embedded)
             .bind(u.bytes_stored)
+            .bind(u.llm_tokens)
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
@@ -372,7 +376,8 @@ impl MetaStore {
     /// Stored usage of every key.
     pub async fn usage(&self) -> sqlx::Result<Vec<UsageRow>> {
         let rows = sqlx::query(
-            "SELECT key_id, requests, records_written, texts_embedded, bytes_stored FROM key_usage ORDER BY key_id",
+            "SELECT key_id, requests, records_written, texts_embedded, bytes_stored, llm_tokens FROM key_usage \
+             ORDER BY key_id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -384,6 +389,7 @@ impl MetaStore {
                     records_written: r.try_get("records_written")?,
                     texts_embedded: r.try_get("texts_embedded")?,
                     bytes_stored: r.try_get("bytes_stored")?,
+                    llm_tokens: r.try_get("llm_tokens")?,
                 })
             })
             .collect()
@@ -640,11 +646,11 @@ impl MetaStore {
             .collect()
     }
 
-    /// Jobs (backups, kernel builds) left `running` by a server that stopped: marked
+    /// Jobs (backups, kernel builds, program compilations) left `running` by a server that stopped: marked
     /// failed at startup.
     pub async fn fail_interrupted_jobs(&self, now_ms: i64) -> sqlx::Result<u64> {
         let mut n = 0;
-        for table in ["backups", "kernels"] {
+        for table in ["backups", "kernels", "program_jobs"] {
             let q = format!(
                 "UPDATE {table} SET state = 'failed', finished_ms = $1, error = 'interrupted: the server stopped' \
                  WHERE state = 'running'"

@@ -366,6 +366,8 @@ pub struct KeyUsage {
     pub texts_embedded: i64,
     /// Bytes of records written.
     pub bytes_stored: i64,
+    /// Language-model tokens (prompt and generated) of program runs and chat completions.
+    pub llm_tokens: i64,
 }
 
 /// `GET /v1/usage`.

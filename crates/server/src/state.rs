@@ -44,6 +44,8 @@ pub struct AppState {
     pub audit_keys: Arc<crate::audit::AuditKeys>,
     /// The fleet control plane (devices, releases, deployments).
     pub fleet: kernelize_fleet::Fleet,
+    /// LLM programs: the local model (loaded on first use) and compile jobs.
+    pub programs: crate::programs::Programs,
     /// Authenticated requests being served (load shedding beyond `limits.concurrency`).
     pub inflight: Arc<tokio::sync::Semaphore>,
     /// Slots of `inflight` held by each key (at most [`AppState::per_key_slots`]).
@@ -93,6 +95,8 @@ pub struct UsageDelta {
     pub texts_embedded: i64,
     /// Bytes written.
     pub bytes_stored: i64,
+    /// Language-model tokens used.
+    pub llm_tokens: i64,
 }
 
 impl AppState {
@@ -125,6 +129,7 @@ impl AppState {
             kernels,
             audit_keys,
             fleet,
+            programs: crate::programs::Programs::new(config.llm_model.clone(), config.data_dir.clone()),
             inflight,
             slots_by_key: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -243,6 +248,7 @@ impl AppState {
         u.records_written += d.records_written;
         u.texts_embedded += d.texts_embedded;
         u.bytes_stored += d.bytes_stored;
+        u.llm_tokens += d.llm_tokens;
     }
 
     /// Writes pending usage to the metadata store; on failure keeps it for the next try.
@@ -257,6 +263,7 @@ impl AppState {
                         records_written: r.records_written,
                         texts_embedded: r.texts_embedded,
                         bytes_stored: r.bytes_stored,
+                        llm_tokens: r.llm_tokens,
                     },
                 );
             }

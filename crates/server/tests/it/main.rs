@@ -12,4 +12,7 @@ mod health;
 mod kernels;
 mod matrix;
 mod matrix_fleet;
+mod matrix_programs;
+mod openai_client;
+mod programs;
 mod security;

@@ -286,6 +286,9 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             let r = ts.client.get(format!("{}{template}", ts.base)).send().await.unwrap();
             (r.status(), Value::Null, StatusCode::OK)
         }
+        _ if template.starts_with("/v1/programs") || template == "/v1/models" || template == "/v1/chat/completions" => {
+            crate::matrix_programs::exercise(ts, keys, method, template, who).await
+        }
         _ if template.starts_with("/v1/fleet/") => {
             crate::matrix_fleet::exercise(ts, keys, &ids.fleet, method, template, who).await
         }
@@ -316,6 +319,7 @@ async fn route_role_matrix(backend: Backend) {
     let (s, b) = ts.post(ADMIN_KEY, "/v1/backups", json!({"format": "tar"})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
     let fleet = crate::matrix_fleet::fixtures(&ts, &keys).await;
+    crate::matrix_programs::fixtures(&ts).await;
     let ids = Ids { backup: b["id"].as_str().unwrap().to_owned(), kernel: built_kernel(&ts).await, fleet };
 
     let doc: Value = ts.client.get(format!("{}/openapi.json", ts.base)).send().await.unwrap().json().await.unwrap();

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Local-model speed of llama.cpp (llama-cpp-python), measured like kernelize's own.
+
+    python3 scripts/bench/llm_peers.py --model PATH.gguf --threads 1,2 --reps 5
+
+Creates /tmp/kz-llama-venv on first use (pip builds llama-cpp-python from source with
+llama.cpp's default flags), then re-executes itself inside it. Per thread count:
+  load      Llama(model_path, n_ctx=4096, n_batch=512, n_threads=t, n_threads_batch=t)
+            wall time (first load after the file is in the page cache; one untimed load first).
+  prefill   a 512-token prompt (the same text, tokenized the same way, as kernelize's
+            `LocalModel::bench`) evaluated in one batch from an empty cache: tokens/s.
+  decode    128 tokens, one at a time, greedy (argmax of the last logits): tokens/s.
+The median of --reps repetitions. One JSON line per thread count on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import kzvenv  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog while the knowledge kernel answers offline. "
+
+
+def log(msg: str) -> None:
+    print(f"llm_peers: {msg}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--generate", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    kzvenv.add_arguments(ap, "/tmp/kz-llama-venv")
+    args = ap.parse_args()
+    if kzvenv.should_reexec(args):
+        req = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements-llm.txt")
+        py = kzvenv.ensure(args.venv, req, args.fresh_venv, log)
+        os.execv(py, [py] + sys.argv)
+    import numpy as np
+    from llama_cpp import Llama, __version__
+
+    for t in [int(x) for x in args.threads.split(",")]:
+        kw = dict(model_path=args.model, n_ctx=4096, n_batch=512, n_ubatch=512, n_threads=t, n_threads_batch=t, verbose=False)
+        Llama(**kw).close()
+        start = time.perf_counter()
+        llm = Llama(**kw)
+        load = time.perf_counter() - start
+        one = llm.tokenize(TEXT.encode(), add_bos=False, special=False)
+        tokens = (one * (args.prompt // len(one) + 1))[: args.prompt]
+        pre, dec = [], []
+        for _ in range(args.reps):
+            llm.reset()  # n_tokens = 0: eval() drops the cache past it and evaluates all
+            s = time.perf_counter()
+            llm.eval(tokens)
+            pre.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            for _ in range(args.generate):
+                tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+                llm.eval([tok])
+            dec.append(time.perf_counter() - s)
+        print(json.dumps({
+            "engine": f"llama-cpp-python {__version__}", "threads": t, "load_s": load,
+            "prefill_tok_s": args.prompt / statistics.median(pre),
+            "decode_tok_s": args.generate / statistics.median(dec),
+        }), flush=True)
+        llm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
