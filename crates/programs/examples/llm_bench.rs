@@ -10,7 +10,13 @@
 //! medians of `--reps`. `valid`: `--n` prompts (WN-Supersense test items; half ask for the
 //! label, half for reasoning then the label) answered with the schema enforced and without
 //! it (the schema only described in the prompt): share of answers that parse and fit.
-#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used, clippy::expect_used, reason = "a benchmark program")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark program"
+)]
 
 use std::time::Instant;
 
@@ -67,7 +73,13 @@ async fn main() {
                 .input("lemma", FieldType::String, "")
                 .input("pos", FieldType::String, "")
                 .input("gloss", FieldType::String, "")
-                .input_field(kernelize_programs::Field::new("candidates", FieldType::List { items: Box::new(FieldType::String), max_items: None }).hidden())
+                .input_field(
+                    kernelize_programs::Field::new(
+                        "candidates",
+                        FieldType::List { items: Box::new(FieldType::String), max_items: None },
+                    )
+                    .hidden(),
+                )
                 .output("supersense", FieldType::Enum { labels: all, from_input: Some("candidates".into()) }, "")
                 .build()
                 .unwrap();
@@ -75,7 +87,11 @@ async fn main() {
             let (mut ok_c, mut ok_u, mut done) = (0, 0, 0);
             let t = Instant::now();
             for (i, e) in test.iter().take(n).enumerate() {
-                let p = if i % 2 == 0 { Predict::new("p", sig.clone()) } else { Predict::chain_of_thought("p", sig.clone()) };
+                let p = if i % 2 == 0 {
+                    Predict::new("p", sig.clone())
+                } else {
+                    Predict::chain_of_thought("p", sig.clone())
+                };
                 let esig = p.effective_signature();
                 let schema = esig.output_schema(&e.inputs);
                 let mut req = Request { messages: p.messages(&e.inputs), ..Request::default() };

@@ -9,7 +9,13 @@
 //! Prints one JSON line per system (accuracy with a 95% Wilson interval, McNemar's exact
 //! p against zero-shot, calls, tokens, compile wall time) and the latency of the best
 //! compiled program (100 warm calls, p50/p95).
-#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used, clippy::expect_used, reason = "a benchmark program")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark program"
+)]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,7 +30,8 @@ use kernelize_programs::{Env, Example, FieldType, Predict, Program, Signature};
 use serde_json::{Value, json};
 
 fn read(path: &Path) -> Vec<Example> {
-    let text = fs_err::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/wn-supersense.sh)", path.display()));
+    let text = fs_err::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/wn-supersense.sh)", path.display()));
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
@@ -41,7 +48,11 @@ fn signature(labels: Vec<String>) -> Signature {
     .input("pos", FieldType::String, "noun or verb")
     .input("gloss", FieldType::String, "definition and examples")
     .input_field(
-        kernelize_programs::Field::new("candidates", FieldType::List { items: Box::new(FieldType::String), max_items: None }).hidden(),
+        kernelize_programs::Field::new(
+            "candidates",
+            FieldType::List { items: Box::new(FieldType::String), max_items: None },
+        )
+        .hidden(),
     )
     .output("supersense", FieldType::Enum { labels, from_input: Some("candidates".into()) }, "")
     .build()
@@ -122,7 +133,11 @@ async fn main() {
     let threads: usize = arg("--threads").map_or(2, |s| s.parse().unwrap());
     let dir = arg("--data").unwrap_or_else(|| "data/wn-supersense".into());
     let dir = Path::new(&dir);
-    let (train, val, test) = (read(&dir.join("train.jsonl")), read(&dir.join("val.jsonl")), read(&dir.join("test.jsonl")));
+    let (train, val, mut test) =
+        (read(&dir.join("train.jsonl")), read(&dir.join("val.jsonl")), read(&dir.join("test.jsonl")));
+    if let Some(n) = arg("--limit") {
+        test.truncate(n.parse().unwrap());
+    }
     let labels: HashMap<String, Vec<String>> =
         serde_json::from_str(&fs_err::read_to_string(dir.join("labels.json")).unwrap()).unwrap();
     let mut all: Vec<String> = labels["noun"].clone();
@@ -149,9 +164,11 @@ async fn main() {
 
     // kNN label vote over the training glosses (MiniLM, exact cosine, same part of speech).
     let embedder = Arc::new(
-        kernelize_embed::Embedder::load(&kernelize_embed::Embedder::default_model_dir()).expect("MiniLM (kernelize models install)"),
+        kernelize_embed::Embedder::load(&kernelize_embed::Embedder::default_model_dir())
+            .expect("MiniLM (kernelize models install)"),
     );
-    let text = |e: &Example| format!("{}: {}", e.inputs["lemma"].as_str().unwrap(), e.inputs["gloss"].as_str().unwrap());
+    let text =
+        |e: &Example| format!("{}: {}", e.inputs["lemma"].as_str().unwrap(), e.inputs["gloss"].as_str().unwrap());
     let t = Instant::now();
     let tv: Vec<String> = train.iter().map(text).collect();
     let train_vecs = embedder.embed(&tv.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
@@ -198,10 +215,30 @@ async fn main() {
     let scored = Program::Predict(scored);
 
     let (zero, secs) = eval_program("zero-shot", &base, &env, &test, threads).await;
-    report(&Row { name: "zero-shot Predict".into(), correct: zero.clone(), calls: 0, tokens: 0, compile_seconds: 0.0, eval_seconds: secs }, None);
+    report(
+        &Row {
+            name: "zero-shot Predict".into(),
+            correct: zero.clone(),
+            calls: 0,
+            tokens: 0,
+            compile_seconds: 0.0,
+            eval_seconds: secs,
+        },
+        None,
+    );
     if want("zero-score") {
         let (c, secs) = eval_program("zero-shot (scored labels)", &scored, &env, &test, threads).await;
-        report(&Row { name: "zero-shot Predict, labels scored".into(), correct: c, calls: 0, tokens: 0, compile_seconds: 0.0, eval_seconds: secs }, Some(&zero));
+        report(
+            &Row {
+                name: "zero-shot Predict, labels scored".into(),
+                correct: c,
+                calls: 0,
+                tokens: 0,
+                compile_seconds: 0.0,
+                eval_seconds: secs,
+            },
+            Some(&zero),
+        );
     }
 
     let specs: Vec<(&str, OptimizerSpec, Budget)> = vec![
@@ -212,7 +249,11 @@ async fn main() {
             OptimizerSpec::BootstrapFewShot { max_bootstrapped: 4, max_labeled: 4, candidates: 4 },
             Budget { calls: Some(1500), ..Budget::default() },
         ),
-        ("gepa", OptimizerSpec::Gepa { minibatch: 8, merge: true, max_candidates: 8 }, Budget { calls: Some(2000), ..Budget::default() }),
+        (
+            "gepa",
+            OptimizerSpec::Gepa { minibatch: 8, merge: true, max_candidates: 8 },
+            Budget { calls: Some(2000), ..Budget::default() },
+        ),
     ];
     let metric = Metric::ExactMatch { field: "supersense".into() };
     let mut best: Option<(f64, Program)> = None;
@@ -222,7 +263,8 @@ async fn main() {
         }
         let t = Instant::now();
         let cancel = AtomicBool::new(false);
-        let progress = |p: optimize::ProgressEvent| eprintln!("{name}: {}", serde_json::to_string(&p).unwrap_or_default());
+        let progress =
+            |p: optimize::ProgressEvent| eprintln!("{name}: {}", serde_json::to_string(&p).unwrap_or_default());
         let rep = optimize::compile(CompileRequest {
             optimizer: &spec,
             program: &base,
@@ -243,7 +285,14 @@ async fn main() {
         let (c, secs) = eval_program(name, &rep.program, &env, &test, threads).await;
         let acc = c.iter().filter(|x| **x).count() as f64 / c.len() as f64;
         report(
-            &Row { name: format!("{spec:?}"), correct: c, calls: rep.calls, tokens: rep.tokens, compile_seconds, eval_seconds: secs },
+            &Row {
+                name: format!("{spec:?}"),
+                correct: c,
+                calls: rep.calls,
+                tokens: rep.tokens,
+                compile_seconds,
+                eval_seconds: secs,
+            },
             Some(&zero),
         );
         if best.as_ref().is_none_or(|b| acc > b.0) {

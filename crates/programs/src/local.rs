@@ -30,6 +30,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 
 use crate::error::{Error, Result};
 use crate::lm::{Backend, Message, OutputFormat, Request, Response, Role, TokenSink, Usage};
@@ -517,14 +519,17 @@ impl Worker<'_> {
         let start = Instant::now();
         let prompt = self.prompt_tokens(&req.messages)?;
         let s = &req.sampling;
+        let mut grammar = match &req.format {
+            OutputFormat::Json { schema } => {
+                let g = self.grammar_for(schema)?;
+                Some(
+                    LlamaSampler::grammar(self.model, &g, "root")
+                        .map_err(|e| Error::invalid(format!("output format grammar: {e}")))?,
+                )
+            }
+            OutputFormat::Text => None,
+        };
         let mut chain = Vec::new();
-        if let OutputFormat::Json { schema } = &req.format {
-            let g = self.grammar_for(schema)?;
-            chain.push(
-                LlamaSampler::grammar(self.model, &g, "root")
-                    .map_err(|e| Error::invalid(format!("output format grammar: {e}")))?,
-            );
-        }
         if s.temperature > 0.0 {
             if s.top_p < 1.0 {
                 chain.push(LlamaSampler::top_p(s.top_p.clamp(0.0, 1.0), 1));
@@ -548,7 +553,7 @@ impl Worker<'_> {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let tok = sampler.sample(&self.ctx, -1);
+            let tok = self.pick(&mut sampler, grammar.as_mut())?;
             if vocab.is_eog(tok) {
                 finish = "stop";
                 break;
@@ -598,6 +603,28 @@ impl Worker<'_> {
             attempts: 1,
             finish_reason: finish.into(),
         })
+    }
+
+    /// The next token: sampled without the grammar first (cheap), and only when the
+    /// grammar refuses it, again from the candidates the grammar allows (as llama.cpp's
+    /// own sampler does: checking all 49k tokens against the grammar every step is slow).
+    fn pick(&mut self, sampler: &mut LlamaSampler, grammar: Option<&mut LlamaSampler>) -> Result<LlamaToken> {
+        let mut all = LlamaTokenDataArray::from_iter(self.ctx.candidates_ith(-1), false);
+        sampler.apply(&mut all);
+        let mut tok = all.selected_token().ok_or_else(|| Error::Model("the sampler chose no token".into()))?;
+        if let Some(g) = grammar {
+            let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(tok, 0.0, 0.0)], false);
+            g.apply(&mut one);
+            if one.data.first().is_none_or(|d| d.logit() == f32::NEG_INFINITY) {
+                let mut all = LlamaTokenDataArray::from_iter(self.ctx.candidates_ith(-1), false);
+                g.apply(&mut all);
+                sampler.apply(&mut all);
+                tok = all.selected_token().ok_or_else(|| Error::Model("the grammar allows no token".into()))?;
+            }
+            g.try_accept(tok).map_err(|e| Error::Model(format!("grammar: {e}")))?;
+        }
+        sampler.accept(tok);
+        Ok(tok)
     }
 
     fn score(&mut self, req: &Request, continuations: &[String], cancel: &AtomicBool) -> Result<Vec<f64>> {

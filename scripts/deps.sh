@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# System packages the build needs beyond the Rust toolchain: cmake and libclang (llama.cpp,
+# the local model of LLM programs, is compiled from the sources llama-cpp-sys-2 ships and
+# bound with bindgen). Installs them from Debian's packages when missing; no-op otherwise.
+set -euo pipefail
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null || missing+=(libclang-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "deps: installing ${missing[*]} (Debian packages)" >&2
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "deps: not root and no sudo; apt-get install ${missing[*]}" >&2; exit 1; }
+  as_root=(sudo)
+fi
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
