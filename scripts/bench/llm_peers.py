@@ -45,6 +45,9 @@ def main() -> int:
         req = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements-llm.txt")
         py = kzvenv.ensure(args.venv, req, args.fresh_venv, log)
         os.execv(py, [py] + sys.argv)
+    import ctypes
+
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama, __version__
 
@@ -63,9 +66,11 @@ def main() -> int:
             llm.eval(tokens)
             pre.append(time.perf_counter() - s)
             s = time.perf_counter()
+            n_vocab = llm.n_vocab()
             for _ in range(args.generate):
-                tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-                llm.eval([tok])
+                ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+                logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+                llm.eval([int(np.argmax(logits))])
             dec.append(time.perf_counter() - s)
         print(json.dumps({
             "engine": f"llama-cpp-python {__version__}", "threads": t, "load_s": load,

@@ -3,10 +3,12 @@
 
 use crate::program::{CompileArgs, EvalArgs, backend, json_arg, load_examples, load_program};
 use anyhow::{Context, Result};
+use kernelize_kernel::SigningKey;
 use kernelize_programs::module::Env;
 use kernelize_programs::optimize::{
     Budget, CompileRequest, Metric, OptimizerSpec, ProgressEvent, compile as run_compile, evaluate,
 };
+use kernelize_programs::saved::{SavedProgram, dataset_hash};
 use serde_json::json;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -17,7 +19,9 @@ fn typed<T: serde::de::DeserializeOwned>(what: &str, arg: &str) -> Result<T> {
 }
 
 /// `program compile`: optimizes on the training examples, scores on the validation
-/// ones, writes the compiled program; progress on stderr, the report on stdout.
+/// ones (an optimizer that does not score, like `labeled_few_shot`, is followed by an
+/// evaluation), writes the compiled program as a saved program (signed with `--sign`);
+/// progress on stderr, the report on stdout.
 pub fn compile(rt: &tokio::runtime::Runtime, a: &CompileArgs) -> Result<ExitCode> {
     let program = load_program(&a.program)?;
     let train = load_examples(&a.train)?;
@@ -48,15 +52,39 @@ pub fn compile(rt: &tokio::runtime::Runtime, a: &CompileArgs) -> Result<ExitCode
         progress: &progress,
         cancel: &cancel,
     }))?;
-    let text = serde_json::to_string_pretty(&report.program)?;
-    fs_err::write(&a.out, text + "\n")?;
+    let (mut calls, mut tokens, mut seconds) = (report.calls, report.tokens, report.seconds);
+    let score = match report.score {
+        Some(s) => Some(s),
+        // Stopped before scoring: no score rather than more calls past the budget.
+        None if report.stopped_by.is_some() => None,
+        None => {
+            let r = rt.block_on(evaluate(&report.program, &env, &val, &metric, 1)).context("scoring on --val")?;
+            eprintln!("{:>10} score {:.3} over {} examples, {} calls", "evaluate", r.score, r.n, r.calls);
+            (calls, tokens, seconds) = (calls + r.calls, tokens + r.tokens, seconds + r.seconds);
+            Some(r.score)
+        }
+    };
+    let mut saved = SavedProgram::new(report.program);
+    saved.optimizer = Some(optimizer);
+    saved.metric = Some(metric);
+    if let Some(s) = score {
+        saved.scores.insert("val".into(), s);
+    }
+    saved.seed = a.seed;
+    saved.dataset_hash = Some(dataset_hash(&train));
+    saved.created_by = concat!("kernelize ", env!("CARGO_PKG_VERSION"), " program compile").to_owned();
+    if let Some(key) = &a.sign {
+        saved.sign(&SigningKey::load(key)?);
+    }
+    saved.save(&a.out)?;
     let out = json!({
         "out": a.out,
-        "score": report.score,
-        "calls": report.calls,
-        "tokens": report.tokens,
-        "seconds": report.seconds,
+        "score": score,
+        "calls": calls,
+        "tokens": tokens,
+        "seconds": seconds,
         "stopped_by": report.stopped_by,
+        "signed_by": saved.signature.as_ref().map(|s| s.key_id.clone()),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)

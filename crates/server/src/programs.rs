@@ -53,8 +53,11 @@ pub const MAX_PROGRAM_BYTES: usize = 1 << 20;
 pub const MAX_EXAMPLES: usize = 2000;
 /// Most messages in a chat completion.
 pub const MAX_MESSAGES: usize = 256;
-/// Most tokens one chat completion may generate.
-pub const MAX_TOKENS: u32 = 1024;
+/// Most tokens one chat completion (or one call of a program's predictor) may generate,
+/// and the default: the local model has one context, so one long generation holds up every
+/// other caller (SmolLM2-135M writes about 70 tokens a second on two busy cores, and a
+/// prompt filling its 4096-token context takes tens of seconds more).
+pub const MAX_TOKENS: u32 = 256;
 /// Most passages a grounded chat completion retrieves.
 pub const MAX_GROUNDING_K: u32 = 16;
 /// Most runs per page.
@@ -197,8 +200,10 @@ pub struct RegisterProgram {
     #[schema(example = "qa", pattern = "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")]
     pub name: String,
     /// The program: `{"module": "predict" | "retrieve_then_answer" | "best_of_n" |
-    /// "sequence", …}` as `kernelize program show` prints it. Registering an existing
-    /// name adds a version.
+    /// "sequence", …}` as `kernelize program show` prints it, or a saved program file
+    /// (`{"format": 1, "program": {…}, …}`, as `kernelize program compile` writes it),
+    /// whose signature, when it has one, must verify. Registering an existing name adds
+    /// a version.
     #[schema(value_type = Object)]
     pub program: Value,
     /// What it is for.
@@ -219,7 +224,7 @@ pub struct ProgramInfo {
     /// What it is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// `registered`, or `compiled:<job id>`.
+    /// `registered`, `signed:<key id>` (a signed saved program), or `compiled:<job id>`.
     pub origin: String,
     /// Who made this version.
     pub created_by: String,
@@ -513,11 +518,64 @@ pub struct CompileJob {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
     /// `system` (or `developer`), `user` or `assistant`.
-    #[schema(example = "user")]
+    #[schema(value_type = ChatRole, example = "user")]
     pub role: String,
     /// Text, or text parts.
-    #[schema(value_type = Object)]
+    #[schema(value_type = ChatContent)]
     pub content: Value,
+}
+
+/// The roles of chat messages (the OpenAPI document's view of `ChatMessageIn::role`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    /// Instructions.
+    System,
+    /// Instructions (OpenAI's newer name for `system`).
+    Developer,
+    /// The user.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+/// A message's content (the OpenAPI document's view of `ChatMessageIn::content`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ChatContent {
+    /// Text.
+    Text(String),
+    /// Text parts, concatenated.
+    Parts(Vec<TextPart>),
+}
+
+/// A text part of a message.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TextPart {
+    /// `text`.
+    #[serde(rename = "type")]
+    #[schema(value_type = TextPartType)]
+    pub kind: String,
+    /// The text.
+    pub text: String,
+}
+
+/// The one kind of content part supported.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TextPartType {
+    /// A text part.
+    Text,
+}
+
+/// `stop` (the OpenAPI document's view of `ChatRequest::stop`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ChatStop {
+    /// One stop string (1 to 256 bytes).
+    One(String),
+    /// Up to 4 stop strings.
+    Many(Vec<String>),
 }
 
 /// `response_format`.
@@ -557,31 +615,33 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
     /// The model (`GET /v1/models`; `local` also names it).
+    #[schema(example = "local")]
     pub model: String,
     /// The conversation.
+    #[schema(example = json!([{"role": "user", "content": "Say hello."}]))]
     pub messages: Vec<ChatMessageIn>,
     /// Sampling temperature (0 is greedy; default 0).
     #[serde(default)]
     #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
-    /// Nucleus sampling mass.
+    /// Nucleus sampling mass (above 0, at most 1; default 1).
     #[serde(default)]
-    #[schema(minimum = 0, maximum = 1)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     /// Seed.
     #[serde(default)]
     pub seed: Option<i64>,
-    /// Most tokens to generate (default 256, at most 1024).
+    /// Most tokens to generate (default and at most 256).
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 1024)]
+    #[schema(minimum = 1, maximum = 256)]
     pub max_tokens: Option<u32>,
     /// Same as `max_tokens`.
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 1024)]
+    #[schema(minimum = 1, maximum = 256)]
     pub max_completion_tokens: Option<u32>,
     /// A stop string or up to 4.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ChatStop>)]
     pub stop: Option<Value>,
     /// `text`, `json_object` or `json_schema` (constrained decoding).
     #[serde(default)]
@@ -954,6 +1014,27 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Parses and validates a program body: a program, or a saved program file (told apart
+/// by its `format` version). Returns the program and, for a signed file, the signing key's
+/// id. A signed file that does not verify is refused (400).
+pub fn parse_program_or_saved(v: Value) -> Result<(Program, Option<String>), ApiError> {
+    if v.get("format").is_none() {
+        return Ok((parse_program(v)?, None));
+    }
+    let text = v.to_string();
+    if text.len() > MAX_PROGRAM_BYTES {
+        return Err(ApiError::invalid(format!("program: larger than {MAX_PROGRAM_BYTES} bytes")));
+    }
+    let saved = kernelize_programs::saved::SavedProgram::from_json(&text, None).map_err(|e| match e {
+        kernelize_programs::Error::Saved { reason, .. } => {
+            ApiError::invalid(format!("program: saved program: {reason}"))
+        }
+        other => ApiError::invalid(format!("program: {other}")),
+    })?;
+    check_sampling(&saved.program)?;
+    Ok((saved.program, saved.signature.map(|s| s.key_id)))
+}
+
 /// Parses and validates a program body.
 pub fn parse_program(v: Value) -> Result<Program, ApiError> {
     let text = v.to_string();
@@ -963,7 +1044,26 @@ pub fn parse_program(v: Value) -> Result<Program, ApiError> {
     let p: Program = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
         .map_err(|e| ApiError::invalid(format!("program: at {}: {}", e.path(), e.inner())))?;
     p.validate().map_err(|e| ApiError::invalid(format!("program: {e}")))?;
+    check_sampling(&p)?;
     Ok(p)
+}
+
+/// The bounds of `/v1/chat/completions` on every predictor's sampling.
+fn check_sampling(p: &Program) -> Result<(), ApiError> {
+    for pr in p.predictors() {
+        let s = &pr.sampling;
+        let what = |field: &str| format!("program: predictor {}: sampling.{field}", quote(&pr.name));
+        if s.max_tokens == 0 || s.max_tokens > MAX_TOKENS {
+            return Err(ApiError::invalid(format!("{} {}: 1 to {MAX_TOKENS}", what("max_tokens"), s.max_tokens)));
+        }
+        if !(0.0..=2.0).contains(&s.temperature) {
+            return Err(ApiError::invalid(format!("{}: 0 to 2", what("temperature"))));
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return Err(ApiError::invalid(format!("{}: above 0, at most 1", what("top_p"))));
+        }
+    }
+    Ok(())
 }
 
 fn stored_program(row: &VersionRow) -> Result<Program, ApiError> {
@@ -1153,6 +1253,14 @@ fn run_record(
     }
 }
 
+/// The server-sent event of a run event.
+fn run_event(ev: RunEvent) -> Event {
+    match ev {
+        RunEvent::Token(t) => Event::default().event("token").data(json!({"text": t}).to_string()),
+        RunEvent::Call(c) => Event::default().event("call").data(serde_json::to_string(&c).unwrap_or_default()),
+    }
+}
+
 fn wants_stream(flag: Option<bool>, headers: &HeaderMap) -> bool {
     flag.unwrap_or_else(|| {
         headers
@@ -1178,9 +1286,9 @@ async fn register_program(
     if req.description.as_ref().is_some_and(|d| d.chars().count() > 1000) {
         return Err(ApiError::invalid("description: at most 1000 characters"));
     }
-    let program = parse_program(req.program)?;
-    let version =
-        st.add_program_version(&req.name, &program, req.description.as_deref(), "registered", &p.actor()).await?;
+    let (program, signed_by) = parse_program_or_saved(req.program)?;
+    let origin = signed_by.map_or_else(|| "registered".to_owned(), |k| format!("signed:{k}"));
+    let version = st.add_program_version(&req.name, &program, req.description.as_deref(), &origin, &p.actor()).await?;
     let info =
         program_info(st.program_version(&req.name, Some(version)).await?, st.program_versions(&req.name).await?)?;
     let mut r = (StatusCode::CREATED, Json(info)).into_response();
@@ -1313,46 +1421,44 @@ async fn run_program(
     let rid = crate::error::current_request_id();
     tokio::spawn(crate::error::REQUEST_ID.scope(rid, async move {
         let result = {
-        let forward = program.forward(&env, &inputs);
-        tokio::pin!(forward);
-        loop {
-            tokio::select! {
-                r = &mut forward => break Some(r),
-                ev = rx.recv() => {
-                    let Some(ev) = ev else { break Some((&mut forward).await) };
-                    let sse = match ev {
-                        RunEvent::Token(t) => Event::default().event("token").data(json!({"text": t}).to_string()),
-                        RunEvent::Call(c) => Event::default().event("call").data(serde_json::to_string(&c).unwrap_or_default()),
-                    };
-                    if out_tx.send(sse).await.is_err() {
-                        break None;
+            let forward = program.forward(&env, &inputs);
+            tokio::pin!(forward);
+            loop {
+                tokio::select! {
+                    r = &mut forward => break Some(r),
+                    ev = rx.recv() => {
+                        let Some(ev) = ev else { break Some((&mut forward).await) };
+                        if out_tx.send(run_event(ev)).await.is_err() {
+                            break None;
+                        }
                     }
+                    () = out_tx.closed() => break None,
                 }
-                () = out_tx.closed() => break None,
             }
-        }
         };
         drop(env);
         let latency = started.elapsed();
         let r = match result {
             Some(r) => r.map_err(program_error),
-            None => Err(ApiError::new(StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "client_closed", "the client went away")),
+            None => Err(ApiError::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_closed",
+                "the client went away",
+            )),
         };
         // Events still queued (the last call's) go out before the prediction.
         while let Ok(ev) = rx.try_recv() {
-            let sse = match ev {
-                RunEvent::Token(t) => Event::default().event("token").data(json!({"text": t}).to_string()),
-                RunEvent::Call(c) => Event::default().event("call").data(serde_json::to_string(&c).unwrap_or_default()),
-            };
-            let _ = out_tx.send(sse).await;
+            let _ = out_tx.send(run_event(ev)).await;
         }
         let r = r.map(|pred| run_response(run_id.clone(), &name, version, pred, latency.as_secs_f64() * 1e3));
         st2.record_run(&run_record(&run_id, &name, version, &p, started_ms, latency, &r)).await;
         let last = match &r {
             Ok(resp) => Event::default().event("prediction").data(serde_json::to_string(resp).unwrap_or_default()),
-            Err(e) => Event::default().event("error").data(
-                json!({"code": e.code, "message": e.message, "request_id": crate::error::current_request_id()}).to_string(),
-            ),
+            Err(e) => {
+                let rid = crate::error::current_request_id();
+                let body = json!({"code": e.code, "message": e.message, "request_id": rid});
+                Event::default().event("error").data(body.to_string())
+            }
         };
         let _ = out_tx.send(last).await;
     }));
@@ -1575,7 +1681,7 @@ fn chat_request(req: &ChatRequest, model_id: &str) -> Result<Request, ApiError> 
     if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
         return Err(ApiError::invalid("top_p: above 0, at most 1"));
     }
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(256);
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(MAX_TOKENS);
     if max_tokens == 0 || max_tokens > MAX_TOKENS {
         return Err(ApiError::invalid(format!("max_tokens: 1 to {MAX_TOKENS}")));
     }

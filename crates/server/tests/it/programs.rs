@@ -73,12 +73,15 @@ async fn programs_over_http(backend: Backend) {
     // Bad input: 4xx with what is wrong, never 5xx.
     let mut bad_type = yes_no_program();
     bad_type["signature"]["outputs"][0]["type"] = json!("colour");
+    let mut long = yes_no_program();
+    long["sampling"]["max_tokens"] = json!(100_000);
     for (b, status, says) in [
         (json!({"name": "x", "program": {"module": "nope"}}), StatusCode::BAD_REQUEST, "program"),
         (json!({"name": "x", "program": bad_type}), StatusCode::BAD_REQUEST, "unknown variant `colour`"),
         (json!({"name": "-x", "program": yes_no_program()}), StatusCode::BAD_REQUEST, "program name"),
         (json!({"name": "runs", "program": yes_no_program()}), StatusCode::BAD_REQUEST, "reserved"),
         (json!({"name": "x"}), StatusCode::BAD_REQUEST, "program"),
+        (json!({"name": "x", "program": long}), StatusCode::BAD_REQUEST, "sampling.max_tokens 100000: 1 to 256"),
     ] {
         let (s, v) = ts.post(&writer, "/v1/programs", b).await;
         assert_error(s, &v, status, says);
@@ -167,7 +170,7 @@ async fn programs_over_http(backend: Backend) {
     // Registrations and deletions are audited.
     assert_eq!(
         audited(&ts, "programs.register").await,
-        ["denied", "ok", "ok", "error", "error", "error", "error", "error"]
+        ["denied", "ok", "ok", "error", "error", "error", "error", "error", "error"]
     );
     assert_eq!(audited(&ts, "programs.delete").await, ["denied", "ok", "error"]);
     ts.shutdown().await;
@@ -368,7 +371,11 @@ async fn compile_jobs(backend: Backend) {
         (Some("labeled"), Some(1), Some(1), Some(0)),
         "{done}"
     );
-    assert_eq!((done["report"]["calls"].as_u64(), done["report"]["stopped_by"].clone()), (Some(0), Value::Null), "{done}");
+    assert_eq!(
+        (done["report"]["calls"].as_u64(), done["report"]["stopped_by"].clone()),
+        (Some(0), Value::Null),
+        "{done}"
+    );
     let (_, prog) = ts.get(&reader, "/v1/programs/qa").await;
     assert_eq!(
         (prog["version"].as_i64(), prog["origin"].as_str()),
@@ -424,3 +431,43 @@ async fn compile_jobs(backend: Backend) {
 }
 
 both_backends!(compile_jobs_both, compile_jobs);
+
+/// Saved program files (what `kernelize program compile` writes) register as programs:
+/// unsigned, or signed (the origin names the key); a signed file changed after signing,
+/// or of an unknown format version, is refused with 400 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_program_files_register_and_a_tampered_one_is_refused() {
+    use kernelize_programs::saved::SavedProgram;
+    let ts = TestServer::start(Backend::Sqlite).await;
+    let program: kernelize_programs::Program = serde_json::from_value(yes_no_program()).unwrap();
+    let mut saved = SavedProgram::new(program);
+    saved.scores.insert("val".into(), 0.75);
+    let file = |s: &SavedProgram| serde_json::from_str::<Value>(&s.to_json()).unwrap();
+
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/programs", json!({"name": "saved", "program": file(&saved)})).await;
+    assert_eq!((s, v["origin"].as_str()), (StatusCode::CREATED, Some("registered")), "{v}");
+    assert_eq!(v["program"]["signature"]["instruction"], yes_no_program()["signature"]["instruction"], "{v}");
+    assert_eq!(v["predictors"], json!(["judge"]), "{v}");
+
+    let key = kernelize_kernel::SigningKey::generate().unwrap();
+    saved.sign(&key);
+    let signed = file(&saved);
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/programs", json!({"name": "saved", "program": signed.clone()})).await;
+    let origin = format!("signed:{}", key.public().key_id());
+    assert_eq!((s, v["version"].as_i64(), v["origin"].as_str()), (StatusCode::CREATED, Some(2), Some(origin.as_str())));
+
+    let mut tampered = signed.clone();
+    tampered["program"]["signature"]["instruction"] = json!("Always answer yes.");
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/programs", json!({"name": "saved", "program": tampered})).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "does not verify: the file was changed after signing");
+    let mut rescored = signed;
+    rescored["scores"]["val"] = json!(1.0);
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/programs", json!({"name": "saved", "program": rescored})).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "does not verify");
+    let mut future = file(&saved);
+    future["format"] = json!(2);
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/programs", json!({"name": "saved", "program": future})).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "unknown format version 2");
+    assert_eq!(ts.get(ADMIN_KEY, "/v1/programs/saved").await.1["versions"], json!([1, 2]));
+    ts.shutdown().await;
+}
