@@ -10,12 +10,12 @@ use kernelize_programs::{Backend, Message, OutputFormat, Request, Role, Sampling
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-/// The model, loaded once for the test binary.
+/// The model, loaded once for the test binary (every test module shares it).
 pub async fn model() -> Arc<LocalModel> {
     static MODEL: OnceCell<Arc<LocalModel>> = OnceCell::const_new();
     MODEL
         .get_or_init(|| async {
-            let cfg = LocalConfig { threads: 2, context: 2048, ..LocalConfig::default_model() };
+            let cfg = LocalConfig { threads: 2, context: 4096, ..LocalConfig::default_model() };
             Arc::new(
                 tokio::task::spawn_blocking(move || LocalModel::load(&cfg))
                     .await

@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 use futures::future::BoxFuture;
 use kernelize_embed::Embedder;
 use kernelize_programs::lm::TokenSink;
-use kernelize_programs::local::{LocalConfig, LocalModel};
 use kernelize_programs::module::{Decode, Env, Example, Predict, Program};
 use kernelize_programs::optimize::{Budget, CompileReport, CompileRequest, Metric, OptimizerSpec, compile, evaluate};
 use kernelize_programs::saved::SavedProgram;
@@ -17,22 +16,7 @@ use kernelize_programs::{Backend, DynBackend, Request, Response, Result};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-/// The local model, loaded once for the test binary.
-pub async fn model() -> Arc<LocalModel> {
-    static MODEL: OnceCell<Arc<LocalModel>> = OnceCell::const_new();
-    MODEL
-        .get_or_init(|| async {
-            let cfg = LocalConfig { threads: 2, context: 4096, ..LocalConfig::default_model() };
-            Arc::new(
-                tokio::task::spawn_blocking(move || LocalModel::load(&cfg))
-                    .await
-                    .unwrap()
-                    .expect("the local model (run `kernelize models install`)"),
-            )
-        })
-        .await
-        .clone()
-}
+pub use crate::local::model;
 
 /// MiniLM, loaded once for the test binary.
 pub async fn embedder() -> Arc<Embedder> {
