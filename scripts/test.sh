@@ -9,7 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
 scripts/deps.sh   # cmake, libclang (llama.cpp) from Debian's packages when missing
-cargo run --locked --quiet -p kernelize -- models install
+# Build the tests first (they build the `kernelize` binary with the workspace's features,
+# the same build of llama.cpp clippy and the tests use: `cargo run -p kernelize` would
+# resolve features for that package alone and compile llama.cpp a second time), then
+# install the models with that binary.
+cargo test --workspace --locked --no-run
+"$CARGO_TARGET_DIR/debug/kernelize" models install
 # Keep in step with MOTO_PIN in crates/blobs/tests/it/moto.rs. The tests use the same
 # interpreter ($KERNELIZE_PYTHON, else python3).
 PY="${KERNELIZE_PYTHON:-python3}"

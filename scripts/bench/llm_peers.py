@@ -4,7 +4,8 @@
     python3 scripts/bench/llm_peers.py --model PATH.gguf --threads 1,2 --reps 5
 
 Creates /tmp/kz-llama-venv on first use (pip builds llama-cpp-python from source with
-llama.cpp's default flags), then re-executes itself inside it. Per thread count:
+llama.cpp's default flags; on CPUs that advertise AMX, /tmp/kz-llama-venv-noamx, built
+native without AMX: see BENCHMARKS.md), then re-executes itself inside it. Per thread count:
   load      Llama(model_path, n_ctx=4096, n_batch=512, n_threads=t, n_threads_batch=t)
             wall time (first load after the file is in the page cache; one untimed load first).
   prefill   a 512-token prompt (the same text, tokenized the same way, as kernelize's
@@ -28,6 +29,17 @@ import kzvenv  # noqa: E402
 TEXT = "The quick brown fox jumps over the lazy dog while the knowledge kernel answers offline. "
 
 
+DEFAULT_VENV = "/tmp/kz-llama-venv"
+
+
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:
+        return False
+
+
 def log(msg: str) -> None:
     print(f"llm_peers: {msg}", file=sys.stderr, flush=True)
 
@@ -39,10 +51,22 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--generate", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
-    kzvenv.add_arguments(ap, "/tmp/kz-llama-venv")
+    kzvenv.add_arguments(ap, DEFAULT_VENV)
     args = ap.parse_args()
     if kzvenv.should_reexec(args):
         req = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements-llm.txt")
+        if cpu_has_amx():
+            # llama.cpp's native build turns on its AMX backend where the CPU advertises
+            # AMX; in guests that cannot use it (KVM here) the first matmul segfaults.
+            # Build native without AMX, bypassing pip's wheel cache (a cached AMX wheel).
+            flags = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+            for var in ("CFLAGS", "CXXFLAGS"):
+                os.environ[var] = f"{os.environ.get(var, '')} {flags}".strip()
+            os.environ["PIP_NO_CACHE_DIR"] = "1"
+            if args.venv == DEFAULT_VENV:
+                args.venv = DEFAULT_VENV + "-noamx"
+                sys.argv += ["--venv", args.venv]
+            log(f"AMX advertised: building llama.cpp without it ({flags}) in {args.venv}")
         py = kzvenv.ensure(args.venv, req, args.fresh_venv, log)
         os.execv(py, [py] + sys.argv)
     import ctypes

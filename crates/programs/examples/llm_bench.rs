@@ -95,7 +95,7 @@ async fn main() {
                 let esig = p.effective_signature();
                 let schema = esig.output_schema(&e.inputs);
                 let mut req = Request { messages: p.messages(&e.inputs), ..Request::default() };
-                req.sampling.max_tokens = 400;
+                req.sampling.max_tokens = 256; // the server's cap per call
                 let free = m.complete(&req, None).await.unwrap();
                 ok_u += usize::from(esig.parse_output(&free.text, &e.inputs).is_ok());
                 req.format = OutputFormat::Json { schema };

@@ -71,6 +71,32 @@ pub struct Sampling {
     pub max_tokens: u32,
 }
 
+/// Most tokens one call may ask for in a program (a server caps lower).
+pub const MAX_SAMPLED_TOKENS: u32 = 8192;
+
+impl Sampling {
+    /// Checks the bounds: temperature finite in 0..=2, `top_p` in (0, 1], `max_tokens` in
+    /// 1..=[`MAX_SAMPLED_TOKENS`].
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] naming the field.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if !self.temperature.is_finite() || !(0.0..=2.0).contains(&self.temperature) {
+            return Err(crate::Error::invalid(format!("sampling.temperature {}: 0 to 2", self.temperature)));
+        }
+        if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
+            return Err(crate::Error::invalid(format!("sampling.top_p {}: above 0, at most 1", self.top_p)));
+        }
+        if self.max_tokens == 0 || self.max_tokens > MAX_SAMPLED_TOKENS {
+            return Err(crate::Error::invalid(format!(
+                "sampling.max_tokens {}: 1 to {MAX_SAMPLED_TOKENS}",
+                self.max_tokens
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Sampling { temperature: 0.0, top_p: 1.0, seed: 0, max_tokens: 256 }

@@ -672,7 +672,7 @@ impl Program {
         }
     }
 
-    /// Checks every signature and that predictor names are unique.
+    /// Checks every signature and sampling, and that predictor names are unique.
     ///
     /// # Errors
     /// [`Error::Invalid`] naming the predictor.
@@ -680,6 +680,7 @@ impl Program {
         let mut names = std::collections::HashSet::new();
         for p in self.predictors() {
             p.signature.validate().map_err(|e| Error::invalid(format!("predictor {:?}: {e}", p.name)))?;
+            p.sampling.validate().map_err(|e| Error::invalid(format!("predictor {:?}: {e}", p.name)))?;
             if !names.insert(p.name.as_str()) {
                 return Err(Error::invalid(format!("predictor name {:?} is used twice", p.name)));
             }

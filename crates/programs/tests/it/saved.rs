@@ -143,3 +143,13 @@ async fn a_reloaded_program_answers_the_same() {
         assert_eq!(a.trace, b.trace, "{w}");
     }
 }
+
+#[test]
+fn sampling_out_of_bounds_is_refused_when_loading() {
+    for (field, bad) in [("temperature", json!(9.0)), ("top_p", json!(0.0)), ("max_tokens", json!(0))] {
+        let mut v: serde_json::Value = serde_json::from_str(&saved().to_json()).unwrap();
+        v["program"]["sampling"][field] = bad;
+        let err = SavedProgram::from_json(&v.to_string(), None).unwrap_err().to_string();
+        assert!(err.contains(&format!("sampling.{field}")), "{field}: {err}");
+    }
+}
