@@ -4,7 +4,8 @@
 # `kernelize models install`, into the per-user models directory where
 # every test, the CLI and the server look; moto's S3 server, from PyPI, which the blob
 # store's S3 tests start on 127.0.0.1; the `openai` client library, from PyPI, in a throwaway
-# venv), so it works on a fresh machine.
+# venv; the Python package's venv with maturin, numpy, pyarrow, pandas, pytest and torch,
+# in scripts/python.sh), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
@@ -26,4 +27,6 @@ fi
 # that crates/server/tests/it/openai_client.rs drives against /v1/chat/completions, in its
 # throwaway venv ($KZ_OPENAI_VENV, else ~/.cache/kz-venv-openai); nothing to do once it exists.
 "$PY" scripts/tests/openai_client.py --prepare
+# The Python package's venv (crates/python/tests/pytest.rs runs its pytest suite there).
+scripts/python.sh --prepare
 cargo test --workspace --locked "$@"

@@ -306,27 +306,45 @@ impl<'a> Searcher<'a> {
 
     /// Runs a query.
     pub fn search(&self, q: &Query) -> Result<Vec<Hit>, SearchError> {
-        let cfg = self.collection.config();
-        validate(q, cfg.dim)?;
+        validate(q, self.collection.config().dim)?;
+        self.search_in(&self.view()?, q)
+    }
+
+    /// Runs many queries against one snapshot, in parallel on the current rayon pool;
+    /// one result per query, in order (a bad query fails alone).
+    pub fn search_many(&self, queries: &[Query]) -> Result<Vec<Result<Vec<Hit>, SearchError>>, SearchError> {
+        use rayon::prelude::*;
+        let dim = self.collection.config().dim;
         let view = self.view()?;
+        Ok(queries
+            .par_iter()
+            .map(|q| {
+                validate(q, dim)?;
+                self.search_in(&view, q)
+            })
+            .collect())
+    }
+
+    fn search_in(&self, view: &View, q: &Query) -> Result<Vec<Hit>, SearchError> {
+        let cfg = self.collection.config();
         if let Some(f) = &q.filter {
-            check_fields(f, &view)?;
+            check_fields(f, view)?;
         }
         let ranked: Vec<(f32, Src)> = match q.mode {
             Mode::Vector => {
                 let v = q.vector.as_deref().unwrap_or(&[]);
-                self.vector_search(&view, v, q, q.k)?.into_iter().map(|(d, s)| (to_score(cfg.metric, d), s)).collect()
+                self.vector_search(view, v, q, q.k)?.into_iter().map(|(d, s)| (to_score(cfg.metric, d), s)).collect()
             }
-            Mode::Keyword => keyword_search(&view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), q.k)?,
+            Mode::Keyword => keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), q.k)?,
             Mode::Hybrid => {
                 let depth = (2 * q.k).clamp(50, MAX_K);
                 let v = q.vector.as_deref().unwrap_or(&[]);
-                let vec_list = self.vector_search(&view, v, q, depth)?;
-                let kw_list = keyword_search(&view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), depth)?;
+                let vec_list = self.vector_search(view, v, q, depth)?;
+                let kw_list = keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), depth)?;
                 fuse(&[vec_list.into_iter().map(|(_, s)| s).collect(), kw_list.into_iter().map(|(_, s)| s).collect()])
             }
         };
-        ranked.into_iter().take(q.k).map(|(score, src)| resolve(&view, score, src)).collect()
+        ranked.into_iter().take(q.k).map(|(score, src)| resolve(view, score, src)).collect()
     }
 
     /// Vector candidates, exact distances, closest first.

@@ -43,7 +43,7 @@ pub use collection::{
 pub use database::{Database, validate_name};
 pub use error::{Error, ErrorClass, Result};
 #[cfg(feature = "parquet")]
-pub use export::export_parquet;
+pub use export::{arrow_batch, arrow_schema, export_parquet};
 pub use keys::{
     KEY_LEN, KEYRING_FILE, KeyInfo, MASTER_KEY_ENV, MasterKey, init_encrypted, is_encrypted, list_keys, rotate_master,
 };
