@@ -22,7 +22,8 @@ want=$(sha256sum "$REQ" | cut -d' ' -f1)
 if [ "$(cat "$VENV/.kz-requirements.sha256" 2>/dev/null)" != "$want" ]; then
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -r "$REQ"
+  # No pip cache: torch and its CUDA runtime wheels would take another 4 GB there.
+  "$VENV/bin/python" -m pip install --quiet --no-cache-dir -r "$REQ"
   echo "$want" > "$VENV/.kz-requirements.sha256"
 fi
 
