@@ -229,7 +229,7 @@ def fsyncs(system, args, tmp) -> tuple:
     syncs = None
     if shutil.which("strace"):
         summary = os.path.join(tmp, f"strace-{system}.txt")
-        subprocess.run(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync,sync_file_range", "-o", summary] + cmd,
+        subprocess.run(["strace", "-f", "--seccomp-bpf", "-c", "-e", "trace=fsync,fdatasync,sync_file_range", "-o", summary] + cmd,
                        capture_output=True, text=True, env=env, check=True)
         syncs = 0
         for line in open(summary):
