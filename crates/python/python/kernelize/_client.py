@@ -21,8 +21,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from ._common import (CollectionAPI, Record, SearchResult, as_matrix, check_ids, check_texts, ids_array,
-                      metadata_json)
+from ._common import CollectionAPI, Record, SearchResult, check_ids, check_texts, ids_array
 from .errors import ConnectionFailed, InvalidArgument, KernelizeError, Timeout, from_server
 
 #: Records per upsert request (the server's default limit is 10,000 and 64 MiB).
@@ -203,14 +202,7 @@ class RemoteCollection(CollectionAPI):
                metadata: Optional[Sequence[Optional[Dict[str, Any]]]] = None) -> int:
         """As the embedded upsert; sent in requests of 1,000 records, each atomic on the
         server, in order (a failure leaves the requests before it written)."""
-        ids = check_ids(ids)
-        if not ids:
-            raise InvalidArgument("upsert: no ids")
-        v = None if vectors is None else as_matrix(vectors, self.dim, "vectors", rows=len(ids))
-        t = None if texts is None else check_texts(texts, len(ids))
-        m = None if metadata is None else metadata_json(metadata, ids)
-        if v is None and t is None:
-            raise InvalidArgument("upsert: give vectors, or texts to embed")
+        ids, v, t, m = self._upsert_args(ids, vectors, texts, metadata)
         seq = 0
         for start in range(0, len(ids), UPSERT_BATCH):
             recs = []

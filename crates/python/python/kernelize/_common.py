@@ -155,6 +155,18 @@ class CollectionAPI:
     name: str
     dim: int
 
+    def _upsert_args(self, ids: Any, vectors: Any, texts: Any, metadata: Any) -> tuple:
+        """Checked upsert arguments: ids, float32 vectors (or None), texts, metadata JSON."""
+        ids = check_ids(ids)
+        if not ids:
+            raise InvalidArgument("upsert: no ids")
+        v = None if vectors is None else as_matrix(vectors, self.dim, "vectors", rows=len(ids))
+        t = None if texts is None else check_texts(texts, len(ids))
+        m = None if metadata is None else metadata_json(metadata, ids)
+        if v is None and t is None:
+            raise InvalidArgument("upsert: give vectors, or texts to embed")
+        return ids, v, t, m
+
     def get(self, ids: Union[str, Iterable[str]], vectors: bool = True):
         """Records by id, in order (``None`` where absent); one id gives one record."""
         if isinstance(ids, str):

@@ -10,8 +10,7 @@ import numpy as np
 
 from . import _native
 from ._common import (CollectionAPI, FilterLike, Record, SearchResult, as_matrix, check_ids, check_texts,
-                      decode_record, filter_text, ids_array, metadata_json)
-from .errors import InvalidArgument
+                      decode_record, filter_text, ids_array)
 
 
 class Database:
@@ -97,12 +96,7 @@ class Collection(CollectionAPI):
         32 MiB encoded; a larger call is split into batches written in order with one
         fsync, every one of them durable when it returns (after a crash mid-call, a prefix
         of them may be present)."""
-        ids = check_ids(ids)
-        if not ids:
-            raise InvalidArgument("upsert: no ids")
-        v = None if vectors is None else as_matrix(vectors, self.dim, "vectors", rows=len(ids))
-        t = None if texts is None else check_texts(texts, len(ids))
-        m = None if metadata is None else metadata_json(metadata, ids)
+        ids, v, t, m = self._upsert_args(ids, vectors, texts, metadata)
         return self._c.upsert(ids, v, t, m)
 
     def delete(self, ids: Iterable[str]) -> int:
