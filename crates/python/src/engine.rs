@@ -194,7 +194,7 @@ pub fn parse_filter(filter: Option<&str>) -> Res<Option<Filter>> {
 }
 
 /// A row-major float32 matrix borrowed from numpy: `(data, rows, cols)`.
-fn rows_of<'a>(a: &'a PyReadonlyArray2<'_, f32>, what: &str) -> Res<(&'a [f32], usize, usize)> {
+pub fn rows_of<'a>(a: &'a PyReadonlyArray2<'_, f32>, what: &str) -> Res<(&'a [f32], usize, usize)> {
     let shape = a.shape();
     let data = a.as_slice().map_err(|_| Failure::invalid(format!("{what}: the array must be C-contiguous")))?;
     Ok((data, shape[0], shape[1]))

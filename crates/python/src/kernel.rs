@@ -1,10 +1,10 @@
 //! `Kernel`: a knowledge kernel opened (mmap, every check) and searched offline.
 
-use crate::engine::parse_filter;
+use crate::engine::{parse_filter, rows_of};
 use crate::error::{Failure, Res};
 use crate::runtime::{SearchOut, embed_texts, ids_and_scores, on_pool};
 use kernelize_kernel::{PublicKey, SearchParams, Trust};
-use numpy::{PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::PyReadonlyArray2;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use rayon::prelude::*;
@@ -88,15 +88,13 @@ impl Kernel {
         let embedded;
         let flat: &[f32] = match (&vectors, &texts) {
             (Some(a), None) => {
-                let shape = a.shape();
-                if shape[1] != dim {
-                    return Err(Failure::invalid(format!(
-                        "queries have {} columns, the kernel has dim {dim}",
-                        shape[1]
-                    ))
-                    .into());
+                let (data, _, cols) = rows_of(a, "queries")?;
+                if cols != dim {
+                    return Err(
+                        Failure::invalid(format!("queries have {cols} columns, the kernel has dim {dim}")).into()
+                    );
                 }
-                a.as_slice().map_err(|_| Failure::invalid("queries: the array must be C-contiguous"))?
+                data
             }
             (None, Some(t)) => {
                 embedded = embed_texts(py, t)?.0;
