@@ -6,7 +6,10 @@ same threads:
 1. batch search of the held-out queries: `kernelize` (`Collection.search`, one call with
    every query) vs `hnswlib` (`knn_query`) and FAISS (`IndexHNSWFlat.search`), all HNSW
    with M = 16, efConstruction = 200, k = 10, over an ef sweep; recall@10 against the
-   exact ground truth; the figure per system is the best QPS at recall@10 >= 0.95;
+   exact ground truth; the figure per system is the best QPS at recall@10 >= 0.95.
+   kernelize runs once per index kind in --quantizations (`none`: f32 graph; `int8`,
+   `rabitq4`: quantized codes in the graph, the top candidates re-ranked with the exact
+   f32 vectors), before and after the peers;
 2. upsert of every base vector from one numpy array: `kernelize` (`Collection.upsert`,
    durability `always`: fsynced before it returns) vs `lancedb` (`table.add` of an Arrow
    table) and `chromadb` (`PersistentClient` `collection.add` in its largest batches);
@@ -90,13 +93,19 @@ class Out:
 # -- 1. batch search --------------------------------------------------------------------
 
 
-def search_kernelize(base, queries, gt, threads, efs, repeats, tmp, out):
+def kernelize_name(quantization: str) -> str:
+    return "kernelize" if quantization == "none" else f"kernelize-{quantization}"
+
+
+def search_kernelize(base, queries, gt, threads, efs, repeats, tmp, out, quantization="none"):
     import kernelize
 
     kernelize.set_num_threads(threads)
+    name = kernelize_name(quantization)
     path = tempfile.mkdtemp(prefix=f"kz-search-{threads}-", dir=tmp)
     db = kernelize.open(path, durability="buffered")
-    c = db.create_collection("wordnet", dim=base.shape[1], metric="dot", m=16, ef_construction=200)
+    c = db.create_collection("wordnet", dim=base.shape[1], metric="dot", m=16, ef_construction=200,
+                             quantization=quantization)
     ids = [str(i) for i in range(len(base))]
     t = time.perf_counter()
     c.upsert(ids, base)
@@ -110,8 +119,8 @@ def search_kernelize(base, queries, gt, threads, efs, repeats, tmp, out):
         res = c.search(queries, k=10, ef=ef)
         rec = recall_at_10(res.ids, gt)
         secs = timed(lambda: c.search(queries, k=10, ef=ef), repeats)
-        rows.append(("kernelize", threads, ef, rec, len(queries) / secs, build))
-        out.emit(section="search", system="kernelize", threads=threads, ef=ef, recall=rec,
+        rows.append((name, threads, ef, rec, len(queries) / secs, build))
+        out.emit(section="search", system=name, threads=threads, ef=ef, recall=rec,
                  qps=len(queries) / secs, build_s=build, load_s=load)
     db.close()
     shutil.rmtree(path, ignore_errors=True)
@@ -293,6 +302,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--sections", default="search,upsert,per_call")
+    ap.add_argument("--quantizations", default="none,int8,rabitq4",
+                    help="kernelize index kinds to search (each re-ranks with exact distances)")
     ap.add_argument("--tmp-dir", default=None)
     ap.add_argument("--json-out")
     ap.add_argument("--upsert-child", help=argparse.SUPPRESS)
@@ -328,11 +339,15 @@ def main() -> None:
             print("\n## batch search (k=10, one call with every query)")
             print(f"{'system':<12} {'thr':>3} {'ef':>4} {'recall':>7} {'QPS':>9} {'build s':>8}")
             best = {}
+            kinds = args.quantizations.split(",")
             for threads in args.threads:
-                rows = search_kernelize(base, queries, gt, threads, efs, args.repeats, tmp, out)
+                rows = []
+                for q in kinds:
+                    rows += search_kernelize(base, queries, gt, threads, efs, args.repeats, tmp, out, q)
                 rows += search_hnswlib(base, queries, gt, threads, efs, args.repeats, out)
                 rows += search_faiss(base, queries, gt, threads, efs, args.repeats, out)
-                rows += search_kernelize(base, queries, gt, threads, efs, args.repeats, tmp, out)  # bracketing
+                for q in kinds:  # bracketing the peers
+                    rows += search_kernelize(base, queries, gt, threads, efs, args.repeats, tmp, out, q)
                 for sys_, thr, ef, rec, qps, build in rows:
                     print(f"{sys_:<12} {thr:>3} {ef:>4} {rec:>7.4f} {qps:>9.0f} {build:>8.1f}")
                     if rec >= 0.95:
@@ -340,13 +355,16 @@ def main() -> None:
                         best[key] = max(best.get(key, 0.0), qps)
             print("\nbest QPS at recall@10 >= 0.95:")
             for threads in args.threads:
-                kz = best.get(("kernelize", threads))
-                peer = max((v for (s, t), v in best.items() if t == threads and s != "kernelize"), default=None)
-                ratio = f"{kz / peer:.2f}x the better peer" if kz and peer else "n/a"
+                peer = max((v for (s, t), v in best.items() if t == threads and not s.startswith("kernelize")),
+                           default=None)
                 print(f"  {threads} thread(s): " + ", ".join(f"{s} {v:.0f}" for (s, t), v in sorted(best.items())
-                                                         if t == threads) + f" -> kernelize {ratio}")
-                out.emit(section="search_best", threads=threads, kernelize=kz, best_peer=peer,
-                         ratio=(kz / peer) if kz and peer else None)
+                                                         if t == threads))
+                for q in kinds:
+                    kz = best.get((kernelize_name(q), threads))
+                    ratio = f"{kz / peer:.2f}x the better peer" if kz and peer else "n/a"
+                    print(f"    {kernelize_name(q)}: {ratio}")
+                    out.emit(section="search_best", threads=threads, system=kernelize_name(q), kernelize=kz,
+                             best_peer=peer, ratio=(kz / peer) if kz and peer else None)
         if "upsert" in sections:
             print(f"\n## upsert of {len(base)} vectors from one numpy array (child process each)")
             for system in UPSERTS:
