@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # System packages the build needs beyond the Rust toolchain: cmake and libclang (llama.cpp,
 # the local model of LLM programs, is compiled from the sources llama-cpp-sys-2 ships and
-# bound with bindgen). Installs them from Debian's packages when missing; no-op otherwise.
+# bound with bindgen); with --console also what the web console's browser test runs on:
+# Chromium at /usr/bin/chromium and Node.js with npm. Installs them from Debian's packages
+# when missing; no-op otherwise.
+#   scripts/deps.sh [--console]
 set -euo pipefail
 missing=()
+if [ "${1:-}" = "--console" ]; then
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 # bindgen loads libclang itself (libclang.so / libclang-N.so), not libclang-cpp, which
 # other packages bring and which it cannot use.

@@ -5,7 +5,8 @@
 # every test, the CLI and the server look; moto's S3 server, from PyPI, which the blob
 # store's S3 tests start on 127.0.0.1; the `openai` client library, from PyPI, in a throwaway
 # venv; the Python package's venv with maturin, numpy, pyarrow, pandas, pytest and torch,
-# in scripts/python.sh), so it works on a fresh machine.
+# in scripts/python.sh; Chromium, Node.js, playwright-core and axe-core for the web console's
+# browser test, in scripts/console-tests.sh), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kz-target}"
@@ -27,6 +28,9 @@ fi
 # that crates/server/tests/it/openai_client.rs drives against /v1/chat/completions, in its
 # throwaway venv ($KZ_OPENAI_VENV, else ~/.cache/kz-venv-openai); nothing to do once it exists.
 "$PY" scripts/tests/openai_client.py --prepare
+# The web console's browser test: Debian's Chromium and Node.js when missing, then `npm ci`
+# of playwright-core and axe-core (crates/server/console-tests; no browser download).
+scripts/console-tests.sh --prepare
 # The Python package's venv (crates/python/tests/pytest.rs runs its pytest suite there).
 scripts/python.sh --prepare
 cargo test --workspace --locked "$@"

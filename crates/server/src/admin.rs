@@ -389,6 +389,12 @@ impl AppState {
         Ok(AuditPage { entries, head_seq, head_hash })
     }
 
+    /// The audit log verified (chain, checkpoints, key states), as `kernelize audit verify`.
+    pub async fn audit_verdict(&self, p: &Principal) -> Result<crate::audit::AuditVerdict, ApiError> {
+        p.require(Role::Admin, None)?;
+        self.verify_audit().await.map_err(ApiError::internal)
+    }
+
     /// Starts a backup of every collection in the background.
     pub async fn start_backup(self: &Arc<Self>, p: &Principal, req: BackupRequest) -> Result<BackupInfo, ApiError> {
         p.require(Role::Admin, None)?;

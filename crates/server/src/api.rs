@@ -531,6 +531,14 @@ async fn audit_log(
     Ok(Json(st.audit_page(&p, q).await?))
 }
 
+/// Verify the audit log: the keyed hash chain from the first entry, the signed
+/// checkpoints and every key's last recorded state, as `kernelize audit verify` does (admin).
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "The verdict; `problem` names the first break, absent when the log holds", body = crate::audit::AuditVerdict), Errors))]
+async fn audit_verify(State(st): St, Auth(p): Auth) -> Result<Json<crate::audit::AuditVerdict>, ApiError> {
+    Ok(Json(st.audit_verdict(&p).await?))
+}
+
 /// Prometheus metrics (admin).
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), Errors))]
@@ -617,13 +625,31 @@ async fn openapi_json() -> Response {
     responses((status = 200, description = "HTML", body = String, content_type = "text/html"), Errors))]
 async fn docs() -> Response {
     let mut r = Html(crate::docs::render(&openapi())).into_response();
-    r.extensions_mut().insert(DocsPage);
+    r.extensions_mut().insert(PagePolicy::DOCS);
     r
 }
 
-/// Marks a response as the HTML docs page (which gets a CSP allowing its inline style).
-#[derive(Debug, Clone, Copy)]
-pub struct DocsPage;
+/// The Content-Security-Policy and caching of a page for browsers (the `/docs` page, the
+/// console), attached to its response; `observe` sets both headers from it. Every other
+/// response gets `default-src 'none'; frame-ancestors 'none'` and `no-store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagePolicy {
+    /// `Content-Security-Policy`.
+    pub csp: &'static str,
+    /// `Cache-Control`.
+    pub cache_control: &'static str,
+}
+
+impl PagePolicy {
+    /// The `/docs` page: no scripts, its one inline style sheet.
+    pub const DOCS: PagePolicy = PagePolicy {
+        csp: "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        cache_control: "no-store",
+    };
+    /// API responses.
+    pub const API: PagePolicy =
+        PagePolicy { csp: "default-src 'none'; frame-ancestors 'none'", cache_control: "no-store" };
+}
 /// Marks a response as cacheable public content.
 #[derive(Debug, Clone, Copy)]
 pub struct PublicCache;
@@ -656,7 +682,7 @@ impl Modify for Security {
         upsert, scan, get_record, delete_record, delete_records, search, embed,
         build_kernel, list_kernels, describe_kernel, delete_kernel, download_kernel, query_kernel, kernel_signing_key,
         start_backup, list_backups, backup_status, usage,
-        create_key, list_keys, rotate_key, revoke_key, mint_token, audit_log,
+        create_key, list_keys, rotate_key, revoke_key, mint_token, audit_log, audit_verify,
         metrics, healthz, readyz, openapi_json, docs
     ),
     components(schemas(ErrorBody, crate::audit::AuditEntry)),
@@ -704,6 +730,7 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/tokens", post(mint_token))
         .route("/v1/audit", get(audit_log))
+        .route("/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(metrics))
 }
 
@@ -751,6 +778,7 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("DELETE", "/v1/keys/{id}") => "keys.revoke",
         ("POST", "/v1/tokens") => "tokens.mint",
         ("GET", "/v1/audit") => "audit.read",
+        ("GET", "/v1/audit/verify") => "audit.verify",
         _ => return crate::fleet::audit_action(method, route).or_else(|| crate::programs::audit_action(method, route)),
     })
 }

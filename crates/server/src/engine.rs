@@ -77,6 +77,9 @@ pub async fn cancellable<T: Send + 'static>(
     .await
 }
 
+/// Records a filtered scan examines per request at most.
+pub const SCAN_EXAMINE_LIMIT: usize = 10_000;
+
 /// A request's filter, parsed.
 pub fn parse_filter(spec: Option<FilterSpec>) -> Result<Option<Filter>, ApiError> {
     let f = match spec {
@@ -361,15 +364,28 @@ impl AppState {
             return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
         }
         let vectors = q.vectors.unwrap_or(false);
+        let filter = parse_filter(q.filter.map(FilterSpec::Expr))?;
         cancellable(move |_| {
             let snap = c.snapshot();
             let mut records = Vec::new();
-            for r in snap.scan(q.after.as_deref()).take(limit as usize + 1) {
-                records.push(r?);
+            // The id of the last record examined, in key order (where the next page starts).
+            let (mut examined, mut last, mut more) = (0usize, None, false);
+            // No id is empty: `after=` (as a form sends it) is the first page.
+            for r in snap.scan(q.after.as_deref().filter(|a| !a.is_empty())) {
+                let r = r?;
+                let hit = filter.as_ref().is_none_or(|f| f.matches(r.metadata.as_ref()));
+                // A full page with a match left, or out of budget with records left.
+                if (hit && records.len() == limit as usize) || examined == SCAN_EXAMINE_LIMIT {
+                    more = true;
+                    break;
+                }
+                examined += 1;
+                last = Some(r.id.clone());
+                if hit {
+                    records.push(r);
+                }
             }
-            let more = records.len() > limit as usize;
-            records.truncate(limit as usize);
-            let next_after = if more { records.last().map(|r| r.id.clone()) } else { None };
+            let next_after = if more { last } else { None };
             Ok(ScanPage { records: records.iter().map(|r| record_out(r, vectors)).collect(), next_after })
         })
         .await

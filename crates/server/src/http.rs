@@ -2,7 +2,7 @@
 //! authentication, rate limits, the body deadline, load shedding (shared and per key),
 //! timeouts with cancellation, usage and audit for protected routes.
 
-use crate::api::{AuditDetail, DocsPage, audit_action};
+use crate::api::{AuditDetail, PagePolicy, audit_action};
 use crate::engine::{CANCEL, Cancel};
 use crate::error::{ApiError, ErrorDetail, REQUEST_ID, current_request_id};
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -72,14 +72,11 @@ pub async fn observe(State(st): State<Arc<AppState>>, mut req: Request, next: Ne
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin"));
-    let csp = if resp.extensions().get::<DocsPage>().is_some() {
-        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
-    } else {
-        "default-src 'none'; frame-ancestors 'none'"
-    };
-    resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+    let policy = resp.extensions().get::<PagePolicy>().copied().unwrap_or(PagePolicy::API);
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(policy.cache_control));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy.csp));
     if st.config.tls_cert.is_some() {
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000; includeSubDomains"));

@@ -12,6 +12,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod docs;
 pub mod engine;
 pub mod error;
@@ -191,6 +192,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(programs::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard))
         .merge(api::public_routes())
+        .merge(console::routes())
         .merge(fleet::device_routes(state.clone()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

@@ -174,6 +174,11 @@ pub struct ScanParams {
     pub limit: Option<u32>,
     /// Include vectors (default false).
     pub vectors: Option<bool>,
+    /// Only records whose metadata match this filter (text syntax, as in search). A
+    /// request examines at most 10,000 records: a page may then hold fewer than `limit`
+    /// records, even none, and still carry `next_after`.
+    #[param(example = "pos = \"n\"")]
+    pub filter: Option<String>,
 }
 
 /// A page of records.

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
 mod common;
+mod console;
 mod encryption;
 mod fleet;
 mod fleet_notify;

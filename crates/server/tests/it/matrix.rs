@@ -268,6 +268,13 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             let (s, v) = call(Method::GET, "/v1/audit".into(), None).await;
             (s, v, expected(who, Who::Admin, false, StatusCode::OK))
         }
+        ("get", "/v1/audit/verify") => {
+            let (s, v) = call(Method::GET, "/v1/audit/verify".into(), None).await;
+            if s.is_success() {
+                assert!(v["problem"].is_null() && v["entries"].as_i64().unwrap() > 0, "{v}");
+            }
+            (s, v, expected(who, Who::Admin, false, StatusCode::OK))
+        }
         ("get", "/metrics") => {
             let resp = ts.client.get(format!("{}/metrics", ts.base));
             let resp = match key {
