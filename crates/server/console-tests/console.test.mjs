@@ -207,6 +207,26 @@ try {
   assert.deepEqual([...kwIds].sort(), wantKw, 'keyword hits honour the filter');
   await check('search');
 
+  // ---------------------------------------------------------------- a kernel: build, progress, report
+  await page.getByRole('link', { name: 'Kernels' }).click();
+  await page.getByRole('heading', { name: 'Build a kernel' }).waitFor();
+  await page.getByLabel('Collection', { exact: true }).selectOption('docs');
+  await page.getByRole('button', { name: 'Build kernel' }).click();
+  await page.locator('#kernel-state').waitFor();
+  await page.locator('#kernel-recall').waitFor({ timeout: 120000 });
+  assert.match(await page.locator('#kernel-recall').textContent(), /^Recall@\d+ against exact search over the original records: \d\.\d{3}/);
+  assert.ok((await page.locator('#recall-curve svg rect.bar').count()) >= 1, 'the recall curve is drawn');
+  assert.match(await page.locator('#kernel-state').textContent(), /succeeded/);
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download kernel' }).click()]);
+  const kernelFile = join(artifacts, 'docs.kernel');
+  await dl.saveAs(kernelFile);
+  const kernelId = (await page.locator('h1').textContent()).replace('Kernel ', '');
+  const info = await call('GET', `/v1/kernels/${kernelId}`);
+  assert.equal(readFileSync(kernelFile).length, info.bytes, 'the whole signed file');
+  await check('kernel');
+  await goto('#/kernels');
+  await page.getByRole('link', { name: kernelId }).waitFor();
+
   // ---------------------------------------------------------------- keys: create, revoke
   await page.getByRole('link', { name: 'Keys' }).click();
   await page.getByRole('heading', { name: 'API keys' }).waitFor();
@@ -223,6 +243,10 @@ try {
   await page.getByRole('button', { name: 'Create key' }).click();
   await page.getByRole('heading', { name: 'Key doomed created' }).waitFor();
   const doomedId = /^kz_([a-z0-9]{12})_/.exec(await page.getByLabel('Secret (shown only now)').inputValue())[1];
+  await page.getByRole('button', { name: `Rotate key doomed ${doomedId}` }).click();
+  await page.getByRole('heading', { name: 'New secret for doomed' }).waitFor();
+  const rotated = await page.getByLabel('Secret (shown only now)').inputValue();
+  assert.ok(rotated.startsWith('kz_') && !rotated.includes(doomedId), 'a new key replaces it');
   await page.getByRole('button', { name: `Revoke key doomed ${doomedId}` }).click();
   await page.waitForFunction((id) => [...document.querySelectorAll('tr')].some((tr) => tr.textContent.includes(id) && tr.textContent.includes('revoked')), doomedId);
   const keys = await call('GET', '/v1/keys');
@@ -260,7 +284,7 @@ try {
   await signIn(readerKey);
   assert.match(await page.locator('#session-info').textContent(), /reader · all collections/);
   const nav = await page.locator('#nav a').allTextContents();
-  assert.deepEqual(nav, ['Overview', 'Collections', 'Records', 'Search'], 'no admin views for a reader');
+  assert.deepEqual(nav, ['Overview', 'Collections', 'Records', 'Search', 'Kernels'], 'no admin views for a reader');
   await goto('#/collections');
   await page.getByRole('heading', { name: 'Collections' }).waitFor();
   assert.equal(await page.getByRole('button', { name: 'Create collection' }).count(), 0);
@@ -272,6 +296,9 @@ try {
   assert.equal(await page.getByRole('button', { name: /^Delete/ }).count(), 0);
   assert.equal(await page.getByRole('heading', { name: 'Upsert a record' }).count(), 0);
   await check('reader-records');
+  await goto('#/kernels');
+  await page.getByRole('heading', { name: 'Kernels' }).waitFor();
+  assert.equal(await page.getByRole('button', { name: 'Build kernel' }).count(), 0, 'a reader cannot build kernels');
   await goto('#/keys');
   assert.match(await page.locator('#alert').textContent(), /needs an admin key/);
 

@@ -52,6 +52,7 @@ static ASSETS: &[Asset] = assets![
     "js/views/collections.js" => JS,
     "js/views/records.js" => JS,
     "js/views/search.js" => JS,
+    "js/views/kernels.js" => JS,
     "js/views/keys.js" => JS,
     "js/views/audit.js" => JS,
     "js/views/usage.js" => JS,

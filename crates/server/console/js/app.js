@@ -7,6 +7,7 @@ import * as overview from './views/overview.js';
 import * as collections from './views/collections.js';
 import * as records from './views/records.js';
 import * as search from './views/search.js';
+import * as kernels from './views/kernels.js';
 import * as keys from './views/keys.js';
 import * as audit from './views/audit.js';
 import * as usage from './views/usage.js';
@@ -17,6 +18,7 @@ const VIEWS = [
   { path: 'collections', label: 'Collections', view: collections },
   { path: 'records', label: 'Records', view: records },
   { path: 'search', label: 'Search', view: search },
+  { path: 'kernels', label: 'Kernels', view: kernels },
   { path: 'keys', label: 'Keys', view: keys, admin: true },
   { path: 'audit', label: 'Audit log', view: audit, admin: true },
   { path: 'usage', label: 'Usage', view: usage, admin: true },

@@ -1,0 +1,170 @@
+// Knowledge kernels: the list, a build (writers of the collection), one kernel's progress
+// and then its signed manifest with the compression report and recall curve, download
+// (the signed file, fetched with the session's token) and delete.
+
+import { api, can, current, describe } from '../api.js';
+import { announce, button, field, fmt, h, select, showError, stats, table } from '../dom.js';
+import { barChart } from './usage.js';
+
+/** How often a running build is re-read (the API has no event stream for builds yet). */
+const POLL_MS = 1000;
+
+function progressCell(k) {
+  if (k.state !== 'running') return h('span', { class: k.state === 'succeeded' ? 'good' : 'bad' }, k.state);
+  return h('span', null, h('progress', { max: '1', value: String(k.progress), 'aria-label': `Build of ${k.id}` }), ` ${k.stage || ''} ${Math.round(k.progress * 100)}%`);
+}
+
+function buildForm(collections) {
+  const writable = collections.filter((c) => can.write(c.name)).map((c) => c.name);
+  if (writable.length === 0) return [];
+  const collection = select({ name: 'kernel-collection' }, writable, writable[0]);
+  const quant = select({ name: 'kernel-quantization' }, [['rabitq4', 'RaBitQ 4-bit'], ['rabitq1', 'RaBitQ 1-bit'], 'int8', ['none', 'none (f32)']], 'rabitq4');
+  const index = select({ name: 'kernel-index' }, [['ivf', 'IVF lists'], ['hnsw', 'HNSW graph']], 'ivf');
+  const dedup = h('input', { type: 'checkbox', name: 'dedup', checked: true });
+  const threshold = h('input', { type: 'number', name: 'dedup-threshold', min: '-1', max: '1', step: '0.01', value: '0.97', class: 'narrow' });
+  const keepText = h('input', { type: 'checkbox', name: 'keep-text', checked: true });
+  const form = h('form', { class: 'inline', 'aria-labelledby': 'build-title' },
+    field('Collection', collection),
+    field('Quantization', quant),
+    field('Index', index),
+    field('Consolidate near-duplicates', dedup),
+    field('Similarity threshold', threshold),
+    field('Keep text', keepText),
+    h('button', { type: 'submit' }, 'Build kernel'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const body = { collection: collection.value, quantization: quant.value, index: index.value, dedup: dedup.checked, keep_text: keepText.checked };
+    if (dedup.checked) body.dedup_threshold = Number(threshold.value);
+    try {
+      const k = await api('POST', '/v1/kernels', body);
+      announce(`Building kernel ${k.id}.`);
+      location.hash = `#/kernels/${encodeURIComponent(k.id)}`;
+    } catch (e) {
+      showError(describe(e));
+    }
+  });
+  return [h('h2', { id: 'build-title' }, 'Build a kernel'), form];
+}
+
+async function list(root) {
+  const [{ kernels }, { collections }] = await Promise.all([api('GET', '/v1/kernels'), api('GET', '/v1/collections')]);
+  root.replaceChildren(
+    h('h1', null, 'Kernels'),
+    table('Kernels of the collections this key can see, newest first', [
+      { title: 'Id', cell: (k) => h('a', { href: `#/kernels/${encodeURIComponent(k.id)}` }, k.id) },
+      { title: 'Collection', cell: (k) => `${k.collection}${k.orphaned ? ' (dropped)' : ''}` },
+      { title: 'State', cell: progressCell },
+      { title: 'Rows', num: true, cell: (k) => fmt.num(k.rows) },
+      { title: 'Ids', num: true, cell: (k) => fmt.num(k.ids) },
+      { title: 'Bytes', num: true, cell: (k) => fmt.bytes(k.bytes) },
+      { title: 'Started', cell: (k) => fmt.time(k.created_at) },
+    ], kernels),
+    ...buildForm(collections),
+  );
+}
+
+async function download(k) {
+  // The download needs the token in a header, so it is fetched and handed over as a blob.
+  const resp = await fetch(`/v1/kernels/${encodeURIComponent(k.id)}/download`, { headers: { Authorization: `Bearer ${current().token}` }, cache: 'no-store' });
+  if (!resp.ok) {
+    const body = await resp.json().catch(() => ({}));
+    showError(`Download refused: ${body.message || resp.status}`);
+    return;
+  }
+  const url = URL.createObjectURL(await resp.blob());
+  const a = h('a', { href: url, download: `${k.collection}-${k.id}.kernel` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+  announce(`Kernel ${k.id} downloaded (${fmt.bytes(k.bytes)}).`);
+}
+
+/** The name of a serialized enum: `"Int8"`, or the key of `{"Ivf": {…}}`. */
+function kind(v) {
+  if (v && typeof v === 'object') return Object.keys(v)[0] || JSON.stringify(v);
+  return String(v);
+}
+
+function report(k) {
+  const m = k.manifest;
+  const r = m.report;
+  const parts = [
+    h('h2', null, 'Manifest'),
+    stats([
+      ['Rows', fmt.num(m.rows)],
+      ['Original ids', fmt.num(m.ids)],
+      ['File', fmt.bytes(m.file_bytes)],
+      ['Quantization', kind(m.quantization)],
+      ['Index', kind(m.index)],
+      ['Text kept', m.keep_text ? 'yes' : 'no'],
+      ['Signing key id', h('code', null, m.key_id)],
+      ['Expires', m.expires ? fmt.time(m.expires * 1000) : 'never'],
+    ], 'Manifest'),
+  ];
+  if (r) {
+    parts.push(
+      h('h2', null, 'Compression report'),
+      stats([
+        ['Records in', fmt.num(r.records_in)],
+        ['Rows out', fmt.num(r.rows_out)],
+        ['Consolidated', fmt.num(r.consolidated)],
+        ['Raw bytes', fmt.bytes(r.raw.total)],
+        ['Compression', m.file_bytes ? `${(r.raw.total / m.file_bytes).toFixed(2)}×` : '—'],
+        ['Build', `${r.build_secs.toFixed(2)} s`],
+      ], 'Compression report'),
+    );
+    if (r.eval) {
+      const e = r.eval;
+      parts.push(
+        h('p', { id: 'kernel-recall' }, `Recall@${e.k} against exact search over the original records: ${e.recall.toFixed(3)} at ${e.param} ${e.chosen} (the default), over ${e.queries} queries (${e.source}).`),
+        h('figure', { id: 'recall-curve' },
+          barChart(`Recall@${e.k} by ${e.param}`, e.curve.map(([p, rec]) => ({ label: `${e.param} ${p}`, value: rec })), (v) => v.toFixed(3)),
+          h('figcaption', null, `Recall@${e.k} at each ${e.param} tried: more probing costs query time, not file size.`)),
+      );
+    }
+  }
+  return parts;
+}
+
+async function detail(root, id) {
+  const k = await api('GET', `/v1/kernels/${encodeURIComponent(id)}`);
+  const writable = can.write(k.collection);
+  const parts = [
+    h('h1', null, `Kernel ${k.id}`),
+    h('p', { class: 'actions' }, h('a', { href: '#/kernels' }, 'All kernels'), h('a', { href: `#/collections/${encodeURIComponent(k.collection)}` }, `Collection ${k.collection}`)),
+    h('p', { id: 'kernel-state', 'aria-live': 'polite' }, 'State: ', progressCell(k), k.error ? ` — ${k.error}` : ''),
+  ];
+  if (k.state === 'succeeded' && k.manifest) {
+    parts.push(h('div', { class: 'actions' }, button('Download kernel', () => download(k))), ...report(k));
+  }
+  if (writable && k.state !== 'running') {
+    parts.push(h('h2', null, 'Delete'), button(`Delete kernel ${k.id}`, async () => {
+      if (!window.confirm(`Delete kernel ${k.id}?`)) return;
+      try {
+        await api('DELETE', `/v1/kernels/${encodeURIComponent(k.id)}`);
+        announce(`Kernel ${k.id} deleted.`);
+        location.hash = '#/kernels';
+      } catch (e) {
+        showError(describe(e));
+      }
+    }, { class: 'danger' }));
+  }
+  root.replaceChildren(...parts);
+  if (k.state === 'running') {
+    // Re-read while this view is shown; the finished kernel replaces the progress.
+    setTimeout(async () => {
+      if (!root.isConnected || location.hash !== `#/kernels/${encodeURIComponent(id)}`) return;
+      try {
+        await detail(root, id);
+      } catch (e) {
+        showError(describe(e));
+      }
+    }, POLL_MS);
+  }
+}
+
+export async function render(root, { args }) {
+  if (args[0]) await detail(root, args[0]);
+  else await list(root);
+}
