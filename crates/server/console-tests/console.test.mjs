@@ -12,7 +12,7 @@
 
 import { chromium } from 'playwright-core';
 import { createRequire } from 'node:module';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 
@@ -22,6 +22,8 @@ if (!base || !adminKey || !artifacts) {
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
+// Only this run's screenshots in the directory.
+for (const f of readdirSync(artifacts)) if (f.endsWith('.png') || f.endsWith('.kernel')) rmSync(join(artifacts, f));
 const require = createRequire(import.meta.url);
 const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const executablePath = process.env.KZ_CHROMIUM || '/usr/bin/chromium';
@@ -217,6 +219,7 @@ try {
   assert.match(await page.locator('#kernel-recall').textContent(), /^Recall@\d+ against exact search over the original records: \d\.\d{3}/);
   assert.ok((await page.locator('#recall-curve svg rect.bar').count()) >= 1, 'the recall curve is drawn');
   assert.match(await page.locator('#kernel-state').textContent(), /succeeded/);
+  await page.getByText(/^ivf \(nlist \d+, nprobe \d+\)$/).waitFor();
   const [dl] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download kernel' }).click()]);
   const kernelFile = join(artifacts, 'docs.kernel');
   await dl.saveAs(kernelFile);

@@ -80,10 +80,12 @@ async function download(k) {
   announce(`Kernel ${k.id} downloaded (${fmt.bytes(k.bytes)}).`);
 }
 
-/** The name of a serialized enum: `"Int8"`, or the key of `{"Ivf": {…}}`. */
+/** A serialized enum for people: `"int8"`; `{"kind": "ivf", "nlist": 8, …}` as `ivf (nlist 8, …)`. */
 function kind(v) {
-  if (v && typeof v === 'object') return Object.keys(v)[0] || JSON.stringify(v);
-  return String(v);
+  if (!v || typeof v !== 'object') return String(v);
+  const { kind: name, ...rest } = v;
+  const params = Object.entries(rest).map(([k, x]) => `${k} ${x}`).join(', ');
+  return `${name || JSON.stringify(v)}${params ? ` (${params})` : ''}`;
 }
 
 function report(k) {
@@ -110,7 +112,7 @@ function report(k) {
         ['Rows out', fmt.num(r.rows_out)],
         ['Consolidated', fmt.num(r.consolidated)],
         ['Raw bytes', fmt.bytes(r.raw.total)],
-        ['Compression', m.file_bytes ? `${(r.raw.total / m.file_bytes).toFixed(2)}×` : '—'],
+        ['Raw ÷ file bytes', m.file_bytes ? `${(r.raw.total / m.file_bytes).toFixed(2)}×` : '—'],
         ['Build', `${r.build_secs.toFixed(2)} s`],
       ], 'Compression report'),
     );
