@@ -615,9 +615,7 @@ async fn readyz(State(st): St) -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", body = Object), Errors))]
 async fn openapi_json() -> Response {
-    let mut r = Json(openapi()).into_response();
-    r.extensions_mut().insert(PublicCache);
-    r
+    Json(openapi()).into_response()
 }
 
 /// API reference as HTML, rendered from the OpenAPI document on the server (no scripts).
@@ -650,9 +648,6 @@ impl PagePolicy {
     pub const API: PagePolicy =
         PagePolicy { csp: "default-src 'none'; frame-ancestors 'none'", cache_control: "no-store" };
 }
-/// Marks a response as cacheable public content.
-#[derive(Debug, Clone, Copy)]
-pub struct PublicCache;
 
 struct Security;
 
