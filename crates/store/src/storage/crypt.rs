@@ -95,20 +95,17 @@ fn new_header(id: &KeyId, key: &DataKey) -> io::Result<(Vec<u8>, LessSafeKey)> {
     Ok((h, fkey))
 }
 
-/// Writes of at least this many bytes are sealed on several threads.
-const PARALLEL_SEAL_MIN: usize = 4 * RECORD_MAX;
-
 /// Seals `plain` as records starting at plaintext offset `plain_off`, appending to `out`.
-/// The records are laid out first (head, plaintext, room for the tag: one copy, no
-/// zero-fill), then sealed in place; they are independent (own nonce, own tag, the offset
-/// in their AAD), so a large write seals them on up to 4 threads (an ingesting writer
-/// leaves the other cores idle).
+/// Each record is laid out (head, plaintext, room for the tag: one copy, no zero-fill)
+/// and sealed in place while its bytes are still in cache; records are independent (own
+/// nonce, own tag, the offset in their AAD). One thread: sealing a large write on several
+/// (a thread per write) cost more CPU and wall time than it saved (BENCHMARKS.md,
+/// encryption at rest).
 fn seal_records(key: &LessSafeKey, plain_off: u64, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let n = plain.len().div_ceil(RECORD_MAX);
     let mut nonces = vec![0u8; n * NONCE_LEN];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonces)
         .map_err(|_| io::Error::other("the system random generator failed"))?;
-    let start = out.len();
     out.reserve(plain.len() + n * (RECORD_HEAD + TAG_LEN));
     let mut off = plain_off;
     for (chunk, nonce) in plain.chunks(RECORD_MAX).zip(nonces.chunks_exact_mut(NONCE_LEN)) {
@@ -116,44 +113,17 @@ fn seal_records(key: &LessSafeKey, plain_off: u64, plain: &[u8], out: &mut Vec<u
             // The all-zero nonce is the header tag's.
             nonce[NONCE_LEN - 1] = 1;
         }
+        let start = out.len();
         let len = chunk.len() as u32;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&head_crc(off, len).to_le_bytes());
         out.extend_from_slice(nonce);
         out.extend_from_slice(chunk);
         out.extend_from_slice(&[0u8; TAG_LEN]);
+        seal_record(key, off, &mut out[start..])?;
         off += u64::from(len);
     }
-    let mut jobs: Vec<(u64, &mut [u8])> = Vec::with_capacity(n);
-    let mut rest = &mut out[start..];
-    let mut off = plain_off;
-    for chunk in plain.chunks(RECORD_MAX) {
-        let (dst, tail) = std::mem::take(&mut rest).split_at_mut(RECORD_HEAD + chunk.len() + TAG_LEN);
-        rest = tail;
-        jobs.push((off, dst));
-        off += chunk.len() as u64;
-    }
-    let threads = if plain.len() >= PARALLEL_SEAL_MIN {
-        std::thread::available_parallelism().map_or(1, |p| p.get()).min(4).min(n)
-    } else {
-        1
-    };
-    if threads <= 1 {
-        return jobs.into_iter().try_for_each(|(off, dst)| seal_record(key, off, dst));
-    }
-    let per = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        let mut groups = jobs.chunks_mut(per);
-        let first = groups.next();
-        let handles: Vec<_> = groups
-            .map(|g| s.spawn(move || g.iter_mut().try_for_each(|(off, dst)| seal_record(key, *off, dst))))
-            .collect();
-        let mine = first.map_or(Ok(()), |g| g.iter_mut().try_for_each(|(off, dst)| seal_record(key, *off, dst)));
-        handles.into_iter().fold(mine, |acc, h| {
-            let r = h.join().unwrap_or_else(|_| Err(io::Error::other("a sealing thread panicked")));
-            acc.and(r)
-        })
-    })
+    Ok(())
 }
 
 /// Seals one laid-out record in place (head written, plaintext, room for the tag).

@@ -56,24 +56,59 @@ impl fmt::Debug for Mapped {
 /// A growable byte buffer for the resident plaintext of sealed files (tens of MiB each):
 /// anonymous memory that asks for 2 MiB pages (`MADV_HUGEPAGE`) where the kernel grants
 /// them, so filling it takes a few hundred page faults instead of one per 4 KiB (on a VM
-/// those faults cost as much as the AES-GCM pass over the same bytes). Small buffers, and
-/// any whose mapping fails, live on the heap.
+/// those faults cost as much as the AES-GCM pass over the same bytes). A mapping whose
+/// segment is gone (replaced by a compaction, or its collection closed) goes back to a
+/// small pool for the next flush instead of to the kernel: fresh anonymous memory is
+/// zeroed page by page on first touch, reused memory is not. Small buffers, and any whose
+/// mapping fails, live on the heap.
 pub(crate) enum ResidentBuf {
     /// Anonymous mapping and the bytes used of it.
-    Map(memmap2::MmapMut, usize),
+    Map(PooledMap, usize),
     /// Plain heap bytes.
     Heap(Vec<u8>),
 }
 
+/// Freed resident mappings waiting to be reused: at most `max_bytes` in all (the memory
+/// of about two flushed segments of the default memtable size), so what the process
+/// keeps beyond its live segments is bounded. Their old bytes are never read: a reused
+/// buffer starts empty and exposes only what is written to it.
+struct MapPool {
+    maps: parking_lot::Mutex<Vec<memmap2::MmapMut>>,
+    max_bytes: usize,
+}
+
+impl MapPool {
+    /// A pooled mapping with room for `cap` bytes and at most twice that.
+    fn take(&self, cap: usize) -> Option<memmap2::MmapMut> {
+        let mut maps = self.maps.lock();
+        let i = maps.iter().position(|m| m.len() >= cap && m.len() <= 2 * cap)?;
+        Some(maps.swap_remove(i))
+    }
+
+    /// Keeps `map` for reuse if the pool has room for it (else it is unmapped).
+    fn give(&self, map: memmap2::MmapMut) {
+        let mut maps = self.maps.lock();
+        if maps.iter().map(|m| m.len()).sum::<usize>() + map.len() <= self.max_bytes {
+            maps.push(map);
+        }
+    }
+}
+
+static POOL: MapPool = MapPool { maps: parking_lot::Mutex::new(Vec::new()), max_bytes: 256 << 20 };
+
 impl ResidentBuf {
     /// A buffer with room for `cap` bytes before it has to move.
     pub(crate) fn with_capacity(cap: usize) -> ResidentBuf {
-        if cap >= 2 << 20
-            && let Ok(map) = memmap2::MmapMut::map_anon(cap)
-        {
+        if cap < 2 << 20 {
+            return ResidentBuf::Heap(Vec::with_capacity(cap));
+        }
+        if let Some(map) = POOL.take(cap) {
+            return ResidentBuf::Map(PooledMap(Some(map)), 0);
+        }
+        if let Ok(map) = memmap2::MmapMut::map_anon(cap) {
             #[cfg(target_os = "linux")]
             let _ = map.advise(memmap2::Advice::HugePage);
-            return ResidentBuf::Map(map, 0);
+            return ResidentBuf::Map(PooledMap(Some(map)), 0);
         }
         ResidentBuf::Heap(Vec::with_capacity(cap))
     }
@@ -103,6 +138,30 @@ impl ResidentBuf {
             ResidentBuf::Heap(v) => v.clear(),
             ResidentBuf::Map(_, len) => *len = 0,
         }
+    }
+}
+
+/// A resident mapping that goes back to the pool when dropped.
+pub(crate) struct PooledMap(Option<memmap2::MmapMut>);
+
+impl Drop for PooledMap {
+    fn drop(&mut self) {
+        if let Some(map) = self.0.take() {
+            POOL.give(map);
+        }
+    }
+}
+
+impl Deref for PooledMap {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl std::ops::DerefMut for PooledMap {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
     }
 }
 
@@ -174,5 +233,36 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn resident_mappings_are_reused_within_the_pool_bound_and_start_empty() {
+        let pool = MapPool { maps: parking_lot::Mutex::new(Vec::new()), max_bytes: 8 << 20 };
+        let mut a = memmap2::MmapMut::map_anon(4 << 20).unwrap();
+        a[0] = 42;
+        let addr = a.as_ptr();
+        pool.give(a);
+        // Too small for 9 MiB, and too large to spend on 1 MiB.
+        assert!(pool.take(9 << 20).is_none());
+        assert!(pool.take(1 << 20).is_none());
+        let b = pool.take(3 << 20).unwrap();
+        assert_eq!(b.as_ptr(), addr, "the freed mapping is the one reused");
+        assert!(pool.take(3 << 20).is_none(), "taken once");
+        // The bound: 4 + 4 MiB fit, a third mapping is unmapped instead of kept.
+        pool.give(b);
+        pool.give(memmap2::MmapMut::map_anon(4 << 20).unwrap());
+        pool.give(memmap2::MmapMut::map_anon(4 << 20).unwrap());
+        assert_eq!(pool.maps.lock().len(), 2);
+        // A buffer built on a reused mapping shows only what is written to it.
+        let mut buf = ResidentBuf::Map(PooledMap(pool.take(4 << 20)), 0);
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"abc");
+        assert_eq!(&*buf, b"abc");
     }
 }
