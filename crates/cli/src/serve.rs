@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Per-key sustained requests per second.
     #[arg(long, env = "KERNELIZE_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
+    /// Log searches taking at least this many milliseconds, with their explain (and keep
+    /// the last 100 for `GET /v1/slow-queries`); 0 turns it off.
+    #[arg(long, env = "KERNELIZE_SLOW_QUERY_MS")]
+    pub slow_query_ms: Option<u64>,
     /// Print the listening address as `listening on ADDR` on stdout (for scripts).
     #[arg(long, hide = true)]
     pub print_addr: bool,
@@ -107,6 +111,9 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
     }
     if let Some(f) = &a.log_format {
         c.log_format = f.clone();
+    }
+    if let Some(ms) = a.slow_query_ms {
+        c.slow_query_ms = ms;
     }
     if let Some(r) = a.rate_limit {
         c.limits.rate_per_sec = r;

@@ -74,6 +74,42 @@ pub trait Space: Sync {
     fn prefetch(&self, _node: u32) {}
 }
 
+/// A space that counts its distance computations (for a query's explain): searches
+/// through it are separate monomorphic copies, so a search that is not explained pays
+/// nothing for the count.
+pub struct Counted<'a, S> {
+    /// The space measured.
+    pub inner: &'a S,
+    /// Distances computed so far (one thread writes it: a plain load and store).
+    pub count: std::sync::atomic::AtomicU64,
+}
+
+impl<'a, S: Space> Counted<'a, S> {
+    /// Counts from zero.
+    pub fn new(inner: &'a S) -> Counted<'a, S> {
+        Counted { inner, count: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Distances computed.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl<S: Space> Space for Counted<'_, S> {
+    type Query = S::Query;
+    #[inline]
+    fn dist(&self, q: &Self::Query, node: u32) -> f32 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.count.store(self.count.load(Relaxed) + 1, Relaxed);
+        self.inner.dist(q, node)
+    }
+    #[inline]
+    fn prefetch(&self, node: u32) {
+        self.inner.prefetch(node);
+    }
+}
+
 /// Read access to a graph's links.
 pub trait Links: Sync {
     /// Entry node and its (top) level, if the graph has any node.

@@ -90,6 +90,79 @@ pub struct Hit {
     pub record: Arc<Record>,
 }
 
+/// What a query did, stage by stage: asked for with [`Searcher::search_explained`] (the
+/// API's `explain`), and what the server's slow-query log records. A search that is not
+/// explained collects none of it (no clocks read, no counters kept).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Explain {
+    /// The ranking asked for.
+    pub mode: Mode,
+    /// Each segment, per stage (a hybrid query meets each segment twice: vector, keyword).
+    pub segments: Vec<SegmentExplain>,
+    /// The memtable's records (not yet flushed), scanned exactly.
+    pub memtable: MemtableExplain,
+    /// Reciprocal rank fusion (hybrid only), microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fusion_us: Option<f64>,
+    /// Rows decoded from segments (or taken from the memtable) for the results.
+    pub rows_decoded: usize,
+    /// Decoding them, microseconds.
+    pub decode_us: f64,
+    /// The whole search (after validation), microseconds.
+    pub total_us: f64,
+    /// Embedding the query text, microseconds (filled by a caller that embedded it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed_us: Option<f64>,
+}
+
+/// One segment's part in a query.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct SegmentExplain {
+    /// The segment's file name.
+    pub segment: String,
+    /// `vector` or `keyword`.
+    pub stage: String,
+    /// `walk` (the graph, skipping rows the filter rejects), `scan` (the matching rows
+    /// exactly), `walk+scan` (a filtered walk came back short, the matching rows were
+    /// scanned), `exact` (an exact query), or `bm25`.
+    pub plan: String,
+    /// Rows in the segment.
+    pub rows: usize,
+    /// Rows the filter accepts (filtered queries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matching: Option<usize>,
+    /// Candidates scored: distances computed (walk and re-rank, or scan), or BM25
+    /// postings lists read.
+    pub scored: u64,
+    /// Candidates this segment gave to the merge.
+    pub candidates: usize,
+    /// Evaluating the filter over the segment's payload index, microseconds.
+    pub filter_us: f64,
+    /// The walk, scan or BM25 lookup, microseconds.
+    pub us: f64,
+}
+
+/// The memtable's part in a query.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct MemtableExplain {
+    /// Records in the memtable.
+    pub rows: usize,
+    /// Records scored (those the filter accepts).
+    pub scored: usize,
+    /// Microseconds.
+    pub us: f64,
+}
+
+/// Microseconds since `t`.
+fn us_since(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
+
+/// A clock read only when explaining.
+fn clock(ex: &Option<&mut Explain>) -> Option<std::time::Instant> {
+    ex.is_some().then(std::time::Instant::now)
+}
+
 /// Why a query was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -307,7 +380,17 @@ impl<'a> Searcher<'a> {
     /// Runs a query.
     pub fn search(&self, q: &Query) -> Result<Vec<Hit>, SearchError> {
         validate(q, self.collection.config().dim)?;
-        self.search_in(&self.view()?, q)
+        self.search_in(&self.view()?, q, None)
+    }
+
+    /// Runs a query and says what it did ([`Explain`]).
+    pub fn search_explained(&self, q: &Query) -> Result<(Vec<Hit>, Explain), SearchError> {
+        validate(q, self.collection.config().dim)?;
+        let t = std::time::Instant::now();
+        let mut ex = Explain { mode: q.mode, ..Explain::default() };
+        let hits = self.search_in(&self.view()?, q, Some(&mut ex))?;
+        ex.total_us = us_since(t);
+        Ok((hits, ex))
     }
 
     /// Runs many queries against one snapshot, in parallel on the current rayon pool;
@@ -320,12 +403,12 @@ impl<'a> Searcher<'a> {
             .par_iter()
             .map(|q| {
                 validate(q, dim)?;
-                self.search_in(&view, q)
+                self.search_in(&view, q, None)
             })
             .collect())
     }
 
-    fn search_in(&self, view: &View, q: &Query) -> Result<Vec<Hit>, SearchError> {
+    fn search_in(&self, view: &View, q: &Query, mut ex: Option<&mut Explain>) -> Result<Vec<Hit>, SearchError> {
         let cfg = self.collection.config();
         if let Some(f) = &q.filter {
             check_fields(f, view)?;
@@ -333,30 +416,64 @@ impl<'a> Searcher<'a> {
         let ranked: Vec<(f32, Src)> = match q.mode {
             Mode::Vector => {
                 let v = q.vector.as_deref().unwrap_or(&[]);
-                self.vector_search(view, v, q, q.k)?.into_iter().map(|(d, s)| (to_score(cfg.metric, d), s)).collect()
+                self.vector_search(view, v, q, q.k, ex.as_deref_mut())?
+                    .into_iter()
+                    .map(|(d, s)| (to_score(cfg.metric, d), s))
+                    .collect()
             }
-            Mode::Keyword => keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), q.k)?,
+            Mode::Keyword => {
+                keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), q.k, ex.as_deref_mut())?
+            }
             Mode::Hybrid => {
                 let depth = (2 * q.k).clamp(50, MAX_K);
                 let v = q.vector.as_deref().unwrap_or(&[]);
-                let vec_list = self.vector_search(view, v, q, depth)?;
-                let kw_list = keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), depth)?;
-                fuse(&[vec_list.into_iter().map(|(_, s)| s).collect(), kw_list.into_iter().map(|(_, s)| s).collect()])
+                let vec_list = self.vector_search(view, v, q, depth, ex.as_deref_mut())?;
+                let kw_list =
+                    keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), depth, ex.as_deref_mut())?;
+                let t = clock(&ex);
+                let fused = fuse(&[
+                    vec_list.into_iter().map(|(_, s)| s).collect(),
+                    kw_list.into_iter().map(|(_, s)| s).collect(),
+                ]);
+                if let (Some(e), Some(t)) = (ex.as_deref_mut(), t) {
+                    e.fusion_us = Some(us_since(t));
+                }
+                fused
             }
         };
-        ranked.into_iter().take(q.k).map(|(score, src)| resolve(view, score, src)).collect()
+        let t = clock(&ex);
+        let hits = ranked
+            .into_iter()
+            .take(q.k)
+            .map(|(score, src)| resolve(view, score, src))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(e), Some(t)) = (ex, t) {
+            e.rows_decoded = hits.len();
+            e.decode_us = us_since(t);
+        }
+        Ok(hits)
     }
 
     /// Vector candidates, exact distances, closest first.
-    fn vector_search(&self, view: &View, v: &[f32], q: &Query, k: usize) -> Result<Vec<(f32, Src)>, SearchError> {
+    fn vector_search(
+        &self,
+        view: &View,
+        v: &[f32],
+        q: &Query,
+        k: usize,
+        mut ex: Option<&mut Explain>,
+    ) -> Result<Vec<(f32, Src)>, SearchError> {
         let metric = self.collection.config().metric;
         let ef = q.ef.unwrap_or(DEFAULT_EF).max(k);
         let mut all: Vec<(f32, Src)> = Vec::new();
         for (si, (seg, ix)) in view.snap.segments().iter().zip(&view.indexes).enumerate() {
+            let t = clock(&ex);
             let matching = match &q.filter {
                 Some(f) => Some(ix.payload().evaluate(f)?),
                 None => None,
             };
+            let filter_us = t.map_or(0.0, us_since);
+            let t = clock(&ex);
             let shadowable = view.snap.has_newer_than(si);
             let live = |i: u32| {
                 !seg.is_tombstone(i as usize)
@@ -375,17 +492,42 @@ impl<'a> Searcher<'a> {
                     Plan::Walk => false,
                     Plan::Scan => matching.is_some(),
                 };
-            let mut cands = if scan_exactly {
-                exact_rows(ix, seg, v, k, matching.as_ref(), &live)
+            let mut scored = 0u64;
+            let want_count = ex.is_some();
+            let mut plan = if q.exact {
+                "exact"
+            } else if scan_exactly {
+                "scan"
             } else {
-                ix.search(seg, v, k, ef, &live)?
+                "walk"
+            };
+            let mut cands = if scan_exactly {
+                exact_rows(ix, seg, v, k, matching.as_ref(), &live, &mut scored)
+            } else {
+                ix.search_counting(seg, v, k, ef, &live, want_count.then_some(&mut scored))?
             };
             // A filtered walk can come back short; the matching set is the ground truth.
             if cands.len() < k && count > cands.len() && !scan_exactly {
-                cands = exact_rows(ix, seg, v, k, matching.as_ref(), &live);
+                cands = exact_rows(ix, seg, v, k, matching.as_ref(), &live, &mut scored);
+                plan = "walk+scan";
+            }
+            if let (Some(e), Some(t)) = (ex.as_deref_mut(), t) {
+                e.segments.push(SegmentExplain {
+                    segment: segment_name(seg),
+                    stage: "vector".into(),
+                    plan: plan.into(),
+                    rows: n,
+                    matching: matching.as_ref().map(Bitset::count),
+                    scored,
+                    candidates: cands.len(),
+                    filter_us,
+                    us: us_since(t),
+                });
             }
             all.extend(cands.into_iter().map(|c| (c.d, Src::Seg(si, c.id))));
         }
+        let t = clock(&ex);
+        let mut mem_scored = 0usize;
         let pq = crate::space::prepare_query(metric, v);
         for r in &view.memtable {
             if q.filter.as_ref().is_some_and(|f| !f.matches(r.metadata.as_ref())) {
@@ -397,12 +539,23 @@ impl<'a> Searcher<'a> {
             } else {
                 1.0
             };
+            mem_scored += 1;
             all.push((crate::space::metric_dist(metric, &pq, &r.vector, inv), Src::Mem(r.clone())));
+        }
+        if let (Some(e), Some(t)) = (ex, t) {
+            e.memtable.rows = view.memtable.len();
+            e.memtable.scored += mem_scored;
+            e.memtable.us += us_since(t);
         }
         all.sort_by(|a, b| a.0.total_cmp(&b.0));
         all.truncate(k);
         Ok(all)
     }
+}
+
+/// A segment's file name, as the explain names it.
+fn segment_name(seg: &Segment) -> String {
+    seg.path().file_name().map_or_else(|| seg.path().display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn is_shadowed(snap: &Snapshot, si: usize, seg: &Segment, row: u32) -> bool {
@@ -419,12 +572,14 @@ fn exact_rows(
     k: usize,
     matching: Option<&Bitset>,
     live: &impl Fn(u32) -> bool,
+    scored: &mut u64,
 ) -> Vec<Cand> {
     let rows: Box<dyn Iterator<Item = u32>> = match matching {
         Some(b) => Box::new(b.iter_ones()),
         None => Box::new(0..seg.len() as u32),
     };
     let mut c = ix.exact(seg, v, rows.filter(|&i| live(i)));
+    *scored += c.len() as u64;
     let k = k.min(c.len());
     if k > 0 && k < c.len() {
         c.select_nth_unstable(k - 1);
@@ -476,7 +631,13 @@ fn collect_paths(m: &serde_json::Map<String, serde_json::Value>, prefix: &str, o
 }
 
 /// BM25 over every source; best first.
-fn keyword_search(view: &View, text: &str, filter: Option<&Filter>, k: usize) -> Result<Vec<(f32, Src)>, SearchError> {
+fn keyword_search(
+    view: &View,
+    text: &str,
+    filter: Option<&Filter>,
+    k: usize,
+    mut ex: Option<&mut Explain>,
+) -> Result<Vec<(f32, Src)>, SearchError> {
     let terms = tokenize(text);
     let mut stats = Bm25Stats::new();
     for ix in &view.indexes {
@@ -489,14 +650,20 @@ fn keyword_search(view: &View, text: &str, filter: Option<&Filter>, k: usize) ->
     }
     let mut all: Vec<(f32, Src)> = Vec::new();
     for (si, (seg, ix)) in view.snap.segments().iter().zip(&view.indexes).enumerate() {
+        let t = clock(&ex);
         let matching = match filter {
             Some(f) => Some(ix.payload().evaluate(f)?),
             None => None,
         };
+        let filter_us = t.map_or(0.0, us_since);
+        let t = clock(&ex);
         let shadowable = view.snap.has_newer_than(si);
+        let before = all.len();
+        let mut lookups = 0u64;
         // Ask for more until `k` rows survive the shadow check or the segment runs out.
         let mut want = k;
         loop {
+            lookups += terms.len() as u64;
             let found = ix.bm25().search(&terms, &stats, want, matching.as_ref());
             let exhausted = found.len() < want;
             let kept: Vec<(f32, Src)> = found
@@ -511,15 +678,36 @@ fn keyword_search(view: &View, text: &str, filter: Option<&Filter>, k: usize) ->
             }
             want *= 4;
         }
+        if let (Some(e), Some(t)) = (ex.as_deref_mut(), t) {
+            e.segments.push(SegmentExplain {
+                segment: segment_name(seg),
+                stage: "keyword".into(),
+                plan: "bm25".into(),
+                rows: seg.len(),
+                matching: matching.as_ref().map(Bitset::count),
+                scored: lookups,
+                candidates: all.len() - before,
+                filter_us,
+                us: us_since(t),
+            });
+        }
     }
+    let t = clock(&ex);
+    let mut mem_scored = 0usize;
     for (r, toks) in view.memtable.iter().zip(&mem_tokens) {
         if filter.is_some_and(|f| !f.matches(r.metadata.as_ref())) {
             continue;
         }
+        mem_scored += 1;
         let s = score_doc(toks, &terms, &stats);
         if s > 0.0 {
             all.push((s, Src::Mem(r.clone())));
         }
+    }
+    if let (Some(e), Some(t)) = (ex, t) {
+        e.memtable.rows = view.memtable.len();
+        e.memtable.scored += mem_scored;
+        e.memtable.us += us_since(t);
     }
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     all.truncate(k);

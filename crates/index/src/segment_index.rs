@@ -595,6 +595,20 @@ impl SegmentIndex {
         ef: usize,
         allow: &impl Fn(u32) -> bool,
     ) -> Result<Vec<Cand>, IndexError> {
+        self.search_counting(segment, query, k, ef, allow, None)
+    }
+
+    /// [`SegmentIndex::search`], adding the distances it computes (walk and re-rank) to
+    /// `scored` when given (a query's explain).
+    pub fn search_counting(
+        &self,
+        segment: &Segment,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allow: &impl Fn(u32) -> bool,
+        scored: Option<&mut u64>,
+    ) -> Result<Vec<Cand>, IndexError> {
         let graph = self.graph_view();
         let n = self.meta.nodes as usize;
         let (metric, dim) = (self.meta.metric, self.meta.dim);
@@ -609,9 +623,30 @@ impl SegmentIndex {
         };
         let exact = F32Space::new(vectors, dim, metric, self.f32s(Tag::InvNorms));
         let q = crate::space::prepare_query(metric, query);
+        // The walk, through a counting space only when the count is wanted.
+        fn walk<S: hnsw::Space, L: hnsw::Links>(
+            s: &S,
+            graph: &L,
+            n: usize,
+            q: &S::Query,
+            (k, ef): (usize, usize),
+            allow: &impl Fn(u32) -> bool,
+            scored: &mut Option<&mut u64>,
+        ) -> Vec<Cand> {
+            match scored {
+                None => hnsw::search(s, graph, n, q, k, ef, allow),
+                Some(count) => {
+                    let counted = hnsw::Counted::new(s);
+                    let r = hnsw::search(&counted, graph, n, q, k, ef, allow);
+                    **count += counted.count();
+                    r
+                }
+            }
+        }
+        let mut scored = scored;
         let pool = match self.meta.settings.quantization {
             Quantization::None => {
-                let mut r = hnsw::search(&exact, &graph, n, &q, k, ef, allow);
+                let mut r = walk(&exact, &graph, n, &q, (k, ef), allow, &mut scored);
                 r.truncate(k);
                 return Ok(r);
             }
@@ -624,14 +659,17 @@ impl SegmentIndex {
                     dim,
                     metric,
                 };
-                hnsw::search(&s, &graph, n, &s.query(query), k, ef, allow)
+                walk(&s, &graph, n, &s.query(query), (k, ef), allow, &mut scored)
             }
             Quantization::Rabitq1 | Quantization::Rabitq4 => {
                 let Some(model) = &self.rabitq else { return Ok(Vec::new()) };
                 let s = RabitqSpace { model, codes: self.bytes(Tag::RabitqCodes), factors: self.factors(), metric };
-                hnsw::search(&s, &graph, n, &s.query(query), k, ef, allow)
+                walk(&s, &graph, n, &s.query(query), (k, ef), allow, &mut scored)
             }
         };
+        if let Some(count) = scored {
+            *count += pool.len() as u64;
+        }
         let mut exact_pool = hnsw::score(&exact, &q, pool.iter().map(|c| c.id));
         exact_pool.truncate(k);
         Ok(exact_pool)

@@ -436,6 +436,13 @@ async fn list_backups(State(st): St, Auth(p): Auth) -> Result<Json<BackupList>, 
     Ok(Json(st.list_backups(&p).await?))
 }
 
+/// The slow-query log: searches at or over `slow_query_ms`, with their explain (admin).
+#[utoipa::path(get, path = "/v1/slow-queries", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "The threshold and the last slow searches, newest first", body = SlowQueryList), Errors))]
+async fn slow_queries(State(st): St, Auth(p): Auth) -> Result<Json<SlowQueryList>, ApiError> {
+    Ok(Json(st.slow_queries(&p)?))
+}
+
 /// Status of a backup job (admin).
 #[utoipa::path(get, path = "/v1/backups/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = String, Path, description = "Backup id")),
@@ -676,7 +683,7 @@ impl Modify for Security {
         list_collections, create_collection, describe_collection, drop_collection,
         upsert, scan, get_record, delete_record, delete_records, search, embed,
         build_kernel, list_kernels, describe_kernel, delete_kernel, download_kernel, query_kernel, kernel_signing_key,
-        start_backup, list_backups, backup_status, usage,
+        start_backup, list_backups, backup_status, usage, slow_queries,
         create_key, list_keys, rotate_key, revoke_key, mint_token, audit_log, audit_verify,
         metrics, healthz, readyz, openapi_json, docs
     ),
@@ -720,6 +727,7 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/backups", get(list_backups).post(start_backup))
         .route("/v1/backups/{id}", get(backup_status))
         .route("/v1/usage", get(usage))
+        .route("/v1/slow-queries", get(slow_queries))
         .route("/v1/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
@@ -767,6 +775,7 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("GET", "/v1/backups") => "backups.list",
         ("GET", "/v1/backups/{id}") => "backups.status",
         ("GET", "/v1/usage") => "usage.read",
+        ("GET", "/v1/slow-queries") => "slow_queries.read",
         ("POST", "/v1/keys") => "keys.create",
         ("GET", "/v1/keys") => "keys.list",
         ("POST", "/v1/keys/{id}/rotate") => "keys.rotate",

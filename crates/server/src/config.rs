@@ -38,6 +38,10 @@ pub struct Config {
     pub durability: String,
     /// Memtable size in MiB before it is flushed to a segment (`--memtable-mb`).
     pub memtable_mb: usize,
+    /// Searches taking at least this many milliseconds are logged with their explain
+    /// (target `kernelize::slow_query`) and kept, the last 100, for `GET
+    /// /v1/slow-queries`; 0 (the default) turns the slow-query log off.
+    pub slow_query_ms: u64,
     /// Limits.
     pub limits: Limits,
     /// Origins allowed by CORS; empty (the default) allows none.
@@ -198,6 +202,7 @@ impl Default for Config {
             backup_dir: None,
             durability: "always".into(),
             memtable_mb: 64,
+            slow_query_ms: 0,
             limits: Limits::default(),
             cors_origins: Vec::new(),
             log_format: "json".into(),

@@ -414,9 +414,17 @@ impl AppState {
         }
         let embedder = if req.vector.is_none() && mode != Mode::Keyword { Some(self.embedder()?) } else { None };
         let include_vectors = req.include_vectors.unwrap_or(false);
+        let asked = req.explain.unwrap_or(false);
+        let slow_ms = self.config.slow_query_ms;
+        // Explained when asked, or when the slow-query log may need it (a few clock reads
+        // per segment); otherwise the search collects nothing.
+        let explain = asked || slow_ms > 0;
+        let exact = req.exact.unwrap_or(false);
+        let text_chars = req.text.as_deref().map_or(0, |t| t.chars().count());
+        let filter_text = filter.as_ref().map(|f| crate::audit::bounded(&f.to_string(), 500));
         let state = self.clone();
         let embedded = embedder.is_some();
-        let (hits, took) = cancellable(move |cancel| {
+        let (hits, took, ex) = cancellable(move |cancel| {
             let t = std::time::Instant::now();
             let mut vector = req.vector;
             if let Some(e) = &embedder {
@@ -424,18 +432,17 @@ impl AppState {
                 vector = e.embed_cancellable(&[text], cancel.flag()).map_err(embed_error)?.into_iter().next();
                 cancel.check()?;
             }
-            let q = Query {
-                vector,
-                text: req.text,
-                k,
-                ef,
-                filter,
-                mode,
-                exact: req.exact.unwrap_or(false),
-                ..Default::default()
+            let embed_us = embedded.then(|| t.elapsed().as_secs_f64() * 1e6);
+            let q = Query { vector, text: req.text, k, ef, filter, mode, exact, ..Default::default() };
+            let searcher = Searcher::new(&c, &**state.db.storage(), &state.cache);
+            let (hits, ex) = if explain {
+                let (hits, mut ex) = searcher.search_explained(&q)?;
+                ex.embed_us = embed_us;
+                (hits, Some(ex))
+            } else {
+                (searcher.search(&q)?, None)
             };
-            let hits = Searcher::new(&c, &**state.db.storage(), &state.cache).search(&q)?;
-            Ok((hits, t.elapsed().as_secs_f64() * 1e3))
+            Ok((hits, t.elapsed().as_secs_f64() * 1e3, ex))
         })
         .await?;
         if embedded {
@@ -443,6 +450,38 @@ impl AppState {
             self.metrics.texts_embedded.inc();
         }
         self.metrics.searches.get_or_create(&CollectionLabels { collection: name.to_owned() }).inc();
+        if slow_ms > 0
+            && took >= slow_ms as f64
+            && let Some(ex) = &ex
+        {
+            let slow = SlowQuery {
+                at_ms: crate::state::now_ms(),
+                request_id: current_request_id(),
+                key_id: p.key_id.clone(),
+                collection: name.to_owned(),
+                mode: format!("{mode:?}").to_lowercase(),
+                k,
+                ef,
+                filter: filter_text,
+                text_chars,
+                exact,
+                took_ms: took,
+                explain: ex.clone(),
+            };
+            tracing::warn!(
+                target: "kernelize::slow_query",
+                collection = %slow.collection,
+                key_id = %slow.key_id,
+                took_ms = took,
+                explain = %serde_json::to_string(&slow.explain).unwrap_or_default(),
+                "slow search"
+            );
+            let mut kept = self.slow_queries.lock();
+            if kept.len() >= crate::state::SLOW_QUERIES_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(slow);
+        }
         let hits = hits
             .into_iter()
             .map(|h| SearchHit {
@@ -453,7 +492,14 @@ impl AppState {
                 vector: include_vectors.then(|| h.record.vector.clone()),
             })
             .collect();
-        Ok(SearchResponse { hits, took_ms: took })
+        Ok(SearchResponse { hits, took_ms: took, explain: if asked { ex } else { None } })
+    }
+
+    /// The slow-query log (admin).
+    pub fn slow_queries(&self, p: &Principal) -> Result<SlowQueryList, ApiError> {
+        p.require(Role::Admin, None)?;
+        let queries = self.slow_queries.lock().iter().rev().cloned().collect();
+        Ok(SlowQueryList { threshold_ms: self.config.slow_query_ms, queries })
     }
 
     /// Embeds texts with the built-in model.

@@ -254,6 +254,11 @@ pub struct SearchRequest {
     /// Include vectors in the hits (default false).
     #[serde(default)]
     pub include_vectors: Option<bool>,
+    /// Say what the search did (default false): the plan per segment and stage (`walk`,
+    /// `scan`, `walk+scan`, `exact`, `bm25`), candidates scored, rows decoded, and the
+    /// time of each stage, in `explain` of the response.
+    #[serde(default)]
+    pub explain: Option<bool>,
 }
 
 /// One search result.
@@ -282,6 +287,53 @@ pub struct SearchResponse {
     pub hits: Vec<SearchHit>,
     /// Milliseconds the search took in the engine.
     pub took_ms: f64,
+    /// What the search did, when asked for (`explain: true`): `segments` (per segment and
+    /// stage: `segment`, `stage`, `plan`, `rows`, `matching`, `scored`, `candidates`,
+    /// `filter_us`, `us`), `memtable` (`rows`, `scored`, `us`), `fusion_us`,
+    /// `rows_decoded`, `decode_us`, `embed_us`, `total_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub explain: Option<kernelize_index::search::Explain>,
+}
+
+/// One search the slow-query log kept.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SlowQuery {
+    /// When it finished (Unix milliseconds).
+    pub at_ms: i64,
+    /// The request id (as in the audit log and the server's log).
+    pub request_id: String,
+    /// The key that asked.
+    pub key_id: String,
+    /// Collection.
+    pub collection: String,
+    /// `vector`, `keyword` or `hybrid`.
+    pub mode: String,
+    /// Results asked for.
+    pub k: usize,
+    /// Beam width used.
+    pub ef: Option<usize>,
+    /// The filter, as parsed (at most 500 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Characters of query text (the text itself is not kept).
+    pub text_chars: usize,
+    /// Whether it was an exact search.
+    pub exact: bool,
+    /// Milliseconds in the engine.
+    pub took_ms: f64,
+    /// What it did.
+    #[schema(value_type = Object)]
+    pub explain: kernelize_index::search::Explain,
+}
+
+/// `GET /v1/slow-queries`: the threshold and the slowest recent searches, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SlowQueryList {
+    /// The configured threshold (`slow_query_ms`; 0: the log is off).
+    pub threshold_ms: u64,
+    /// Up to the last 100 searches at or over it, newest first.
+    pub queries: Vec<SlowQuery>,
 }
 
 /// `POST /v1/embed`.

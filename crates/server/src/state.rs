@@ -46,6 +46,8 @@ pub struct AppState {
     pub fleet: kernelize_fleet::Fleet,
     /// LLM programs: the local model (loaded on first use) and compile jobs.
     pub programs: crate::programs::Programs,
+    /// The last searches at or over `slow_query_ms` (at most [`SLOW_QUERIES_KEPT`]).
+    pub slow_queries: Mutex<std::collections::VecDeque<crate::model::SlowQuery>>,
     /// Authenticated requests being served (load shedding beyond `limits.concurrency`).
     pub inflight: Arc<tokio::sync::Semaphore>,
     /// Slots of `inflight` held by each key (at most [`AppState::per_key_slots`]).
@@ -70,6 +72,9 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
     }
 }
+
+/// Slow searches kept for `GET /v1/slow-queries`.
+pub const SLOW_QUERIES_KEPT: usize = 100;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
@@ -132,6 +137,7 @@ impl AppState {
             programs: crate::programs::Programs::new(config.llm_model.clone(), config.data_dir.clone()),
             inflight,
             slots_by_key: Mutex::new(HashMap::new()),
+            slow_queries: Mutex::new(std::collections::VecDeque::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
             handlers: std::sync::atomic::AtomicUsize::new(0),
             keys: Mutex::new(HashMap::new()),

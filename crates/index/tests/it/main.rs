@@ -10,6 +10,7 @@
 mod cache;
 mod deletes;
 mod errors;
+mod explain;
 mod filtered;
 mod fixture;
 mod keyword;

@@ -227,3 +227,77 @@ async fn health_docs_headers_and_closed_cors() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
     ts.shutdown().await;
 }
+
+/// `explain: true` says what a search did (and only then); the slow-query log keeps the
+/// explain of searches at or over `slow_query_ms`, for admins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_explain_and_the_slow_query_log() {
+    let ts = TestServer::start_with(Backend::Sqlite, |c| {
+        c.slow_query_ms = 1;
+        c.memtable_mb = 1;
+    })
+    .await;
+    let k = ADMIN_KEY;
+    ts.create_collection("e", 384).await;
+    // 1,500 records of 384 floats (2.3 MB) fill the 1 MiB memtable: at least one segment.
+    for chunk in (0..1500u64).collect::<Vec<_>>().chunks(500) {
+        let recs: Vec<Value> = chunk
+            .iter()
+            .map(|&i| json!({"id": format!("r{i}"), "vector": vector(i, 384), "text": format!("record number {i}"), "metadata": {"i": i}}))
+            .collect();
+        let (s, v) = ts.post(k, "/v1/collections/e/records", json!({"records": recs})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let mut segments = 0;
+    for _ in 0..100 {
+        let (_, info) = ts.get(k, "/v1/collections/e").await;
+        segments = info["segments"].as_u64().unwrap_or(0);
+        if segments > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(segments > 0, "a flush should have written a segment");
+
+    // Not asked: no explain in the response.
+    let (s, r) = ts.post(k, "/v1/collections/e/search", json!({"vector": vector(3, 384), "k": 5})).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(r.get("explain").is_none(), "{r}");
+    // Asked: the plan per segment, the work counted, and the same hits.
+    let (_, e) =
+        ts.post(k, "/v1/collections/e/search", json!({"vector": vector(3, 384), "k": 5, "explain": true})).await;
+    assert_eq!(e["hits"], r["hits"]);
+    let ex = &e["explain"];
+    let segs = ex["segments"].as_array().unwrap();
+    assert_eq!(segs.len() as u64, segments, "{ex}");
+    for s in segs {
+        assert_eq!((s["stage"].as_str(), s["plan"].as_str()), (Some("vector"), Some("walk")), "{s}");
+        assert!(s["scored"].as_u64().unwrap() >= 5 && s["rows"].as_u64().unwrap() > 0, "{s}");
+    }
+    assert_eq!(ex["rows_decoded"], 5, "{ex}");
+    assert!(ex["total_us"].as_f64().unwrap() > 0.0 && ex.get("embed_us").is_none(), "{ex}");
+    // A filter that one record in 1,500 passes is scanned, not walked.
+    let q = json!({"vector": vector(3, 384), "k": 5, "explain": true, "filter": "i = 7"});
+    let (_, e) = ts.post(k, "/v1/collections/e/search", q).await;
+    assert_eq!(e["hits"][0]["id"], "r7", "{e}");
+    assert!(e["explain"]["segments"].as_array().unwrap().iter().all(|s| s["plan"] == "scan"), "{e}");
+
+    // Slow: embedding a long text takes well over 1 ms; the log keeps it with its explain,
+    // the text's length but not the text.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(40);
+    let (s, e) = ts.post(k, "/v1/collections/e/search", json!({"text": long, "k": 3, "explain": true})).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert!(e["explain"]["embed_us"].as_f64().unwrap() > 0.0, "{e}");
+    let (s, log) = ts.get(k, "/v1/slow-queries").await;
+    assert_eq!(s, StatusCode::OK, "{log}");
+    assert_eq!(log["threshold_ms"], 1);
+    let newest = &log["queries"][0];
+    assert_eq!((newest["collection"].as_str(), newest["mode"].as_str()), (Some("e"), Some("vector")), "{log}");
+    assert_eq!(newest["text_chars"], long.chars().count());
+    assert!(newest["took_ms"].as_f64().unwrap() >= 1.0, "{newest}");
+    assert!(newest["explain"]["segments"].is_array() && newest["request_id"].is_string(), "{newest}");
+    assert!(!log.to_string().contains("quick brown fox"), "the query text is not kept");
+    // Admins only.
+    let reader = ts.key("reader", None).await;
+    assert_eq!(ts.get(&reader, "/v1/slow-queries").await.0, StatusCode::FORBIDDEN);
+}
