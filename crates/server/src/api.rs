@@ -776,7 +776,10 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("POST", "/v1/tokens") => "tokens.mint",
         ("GET", "/v1/audit") => "audit.read",
         ("GET", "/v1/audit/verify") => "audit.verify",
-        _ => return crate::fleet::audit_action(method, route).or_else(|| crate::programs::audit_action(method, route))
-            .or_else(|| crate::oidc::audit_action(method, route)),
+        _ => {
+            return crate::fleet::audit_action(method, route)
+                .or_else(|| crate::programs::audit_action(method, route))
+                .or_else(|| crate::oidc::audit_action(method, route));
+        }
     })
 }

@@ -172,8 +172,9 @@ fn principal_axes(
     let n = if d == 0 { 0 } else { x.len() / d };
     let mut axes: Vec<(Vec<f64>, f64)> = Vec::with_capacity(2);
     for c in 0..2u64 {
-        let mut v: Vec<f64> =
-            (0..d as u64).map(|i| (mix(seed ^ mix(c * 1_000_003 + i)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5).collect();
+        let mut v: Vec<f64> = (0..d as u64)
+            .map(|i| (mix(seed ^ mix(c * 1_000_003 + i)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5)
+            .collect();
         let mut lambda = 0.0;
         for _ in 0..MAX_ITERATIONS {
             cancel.check()?;
@@ -186,7 +187,7 @@ fn principal_axes(
             }
             // w = Xᵀ (X v)
             let mut w = vec![0.0; d];
-            for row in x.chunks_exact(d) {
+            for row in x.chunks_exact(d.max(1)) {
                 let s = dot(row, &v);
                 w.iter_mut().zip(row).for_each(|(wi, ri)| *wi += s * ri);
             }
@@ -384,6 +385,9 @@ mod tests {
         assert_eq!(field(Some(&meta), "a.b"), Some(&Value::from("x")));
         assert_eq!(field(Some(&meta), "c"), Some(&Value::from(3)));
         assert_eq!(field(Some(&meta), "a.z"), None);
-        assert_eq!(shown(&serde_json::json!({"k": "v".repeat(100)})).as_str().unwrap().chars().count(), VALUE_CHARS + 1);
+        assert_eq!(
+            shown(&serde_json::json!({"k": "v".repeat(100)})).as_str().unwrap().chars().count(),
+            VALUE_CHARS + 1
+        );
     }
 }

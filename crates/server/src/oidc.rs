@@ -145,7 +145,11 @@ fn check_url(what: &str, text: &str) -> anyhow::Result<reqwest::Url> {
     let u = reqwest::Url::parse(text).map_err(|e| anyhow::anyhow!("sso.{what}: {e} ({text:?})"))?;
     let host = u.host_str().unwrap_or_default();
     let loopback = host == "localhost"
-        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
     anyhow::ensure!(
         u.scheme() == "https" || (u.scheme() == "http" && loopback),
         "sso.{what} must be an https URL (plain http only on a loopback address), got {text:?}"
@@ -164,10 +168,7 @@ impl SsoSettings {
             "sso.redirect_uri must be this server's /v1/sso/callback, got {:?}",
             self.redirect_uri
         );
-        anyhow::ensure!(
-            !self.client_id.is_empty() && self.client_id.len() <= 256,
-            "sso.client_id: 1 to 256 bytes"
-        );
+        anyhow::ensure!(!self.client_id.is_empty() && self.client_id.len() <= 256, "sso.client_id: 1 to 256 bytes");
         anyhow::ensure!(self.scopes.iter().any(|s| s == "openid"), "sso.scopes must include \"openid\"");
         anyhow::ensure!(
             self.scopes.iter().all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"')),
@@ -452,7 +453,12 @@ impl Sso {
             if pending.len() >= MAX_PENDING {
                 return Err(refuse("busy", "too many sign-ins in progress"));
             }
-            let p = Pending { nonce: nonce.clone(), verifier, binding: sha256(binding.as_bytes()), started: Instant::now() };
+            let p = Pending {
+                nonce: nonce.clone(),
+                verifier,
+                binding: sha256(binding.as_bytes()),
+                started: Instant::now(),
+            };
             pending.insert(state.clone(), p);
         }
         let s = &self.settings;
@@ -552,7 +558,7 @@ impl Sso {
         let user = ["name", "preferred_username", "email"]
             .iter()
             .find_map(|k| claims.get(*k).and_then(Value::as_str).filter(|v| !v.is_empty()))
-            .unwrap_or(&subject)
+            .unwrap_or(subject.as_str())
             .to_owned();
         let user = clip(&user, 128).into_owned();
         let Some(m) = s.groups.iter().find(|m| groups.iter().any(|g| *g == m.group)) else {
@@ -574,7 +580,7 @@ impl Sso {
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
         )
         .bind(&sid)
-        .bind(clip(&subject, 255).as_ref())
+        .bind(clip(&subject, 255).into_owned())
         .bind(&user)
         .bind(m.role.as_str())
         .bind(collections)
@@ -630,10 +636,11 @@ impl Sso {
         {
             return Ok(Some(row.clone()));
         }
-        let row = sqlx::query("SELECT subject, role, collections, expires_ms, revoked_ms FROM sso_sessions WHERE id = $1")
-            .bind(sid)
-            .fetch_optional(st.meta.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT subject, role, collections, expires_ms, revoked_ms FROM sso_sessions WHERE id = $1")
+                .bind(sid)
+                .fetch_optional(st.meta.pool())
+                .await?;
         let row = match row {
             None => None,
             Some(r) => {
@@ -795,7 +802,9 @@ fn groups_of(claims: &Value, claim: &str) -> Result<Option<Vec<String>>, String>
             if a.len() > MAX_GROUPS {
                 return Err(format!("the {claim} claim lists more than {MAX_GROUPS} groups"));
             }
-            Ok(Some(a.iter().filter_map(Value::as_str).filter(|g| g.len() <= MAX_GROUP_BYTES).map(str::to_owned).collect()))
+            Ok(Some(
+                a.iter().filter_map(Value::as_str).filter(|g| g.len() <= MAX_GROUP_BYTES).map(str::to_owned).collect(),
+            ))
         }
         Some(_) => Err(format!("the {claim} claim is neither a string nor a list")),
     }
@@ -840,7 +849,14 @@ impl AppState {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn audit_sso(&self, actor: &str, action: &str, target: &str, outcome: &str, detail: &str) -> Result<(), ApiError> {
+    async fn audit_sso(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<(), ApiError> {
         self.audit(&current_request_id(), actor, action, target, outcome, detail).await
     }
 }
@@ -881,8 +897,12 @@ async fn login(State(st): St) -> Result<Response, ApiError> {
         Ok(r) => Ok(r),
         Err(r) => {
             tracing::warn!(code = r.code, detail = r.detail, "single sign-on could not start");
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sso_unavailable", format!("single sign-on: {}", r.detail))
-                .retry_after(5))
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sso_unavailable",
+                format!("single sign-on: {}", r.detail),
+            )
+            .retry_after(5))
         }
     }
 }
@@ -937,12 +957,15 @@ async fn callback(State(st): St, QueryParams(q): QueryParams<CallbackQuery>, hea
                 return console_refused("internal");
             }
             let mut r = redirect(CONSOLE_DONE);
-            r.headers_mut().append(header::SET_COOKIE, sso.cookie_header(HANDOFF_COOKIE, &handoff, HANDOFF_SECS, "Strict"));
+            r.headers_mut()
+                .append(header::SET_COOKIE, sso.cookie_header(HANDOFF_COOKIE, &handoff, HANDOFF_SECS, "Strict"));
             r
         }
         Err(r) => {
             tracing::warn!(code = r.code, detail = r.detail, "single sign-on refused");
-            if let Err(e) = st.audit_sso("anonymous", "sso.signin", "-", "denied", &format!("{}: {}", r.code, r.detail)).await {
+            if let Err(e) =
+                st.audit_sso("anonymous", "sso.signin", "-", "denied", &format!("{}: {}", r.code, r.detail)).await
+            {
                 tracing::error!(error = %e, "the audit entry of a refused sign-in could not be written");
             }
             console_refused(r.code)
@@ -1079,7 +1102,10 @@ mod tests {
         assert!(verify_id_token(&mallory.sign(Some("k1"), &good()), &keys, &expect()).is_err());
         // HS256 keyed with something public, and alg none.
         let hs = jsonwebtoken::encode(
-            &jsonwebtoken::Header { kid: Some("k1".into()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256) },
+            &jsonwebtoken::Header {
+                kid: Some("k1".into()),
+                ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+            },
             &good(),
             &jsonwebtoken::EncodingKey::from_secret(b"kz"),
         )
@@ -1129,7 +1155,10 @@ mod tests {
         let bad = |s: SsoSettings| s.validate(86_400).unwrap_err().to_string();
         assert!(bad(SsoSettings { issuer: "http://idp.example".into(), ..good.clone() }).contains("https"));
         SsoSettings { issuer: "http://127.0.0.1:8080".into(), ..good.clone() }.validate(86_400).unwrap();
-        assert!(bad(SsoSettings { redirect_uri: "https://kz.example/elsewhere".into(), ..good.clone() }).contains("callback"));
+        assert!(
+            bad(SsoSettings { redirect_uri: "https://kz.example/elsewhere".into(), ..good.clone() })
+                .contains("callback")
+        );
         assert!(bad(SsoSettings { groups: vec![], ..good.clone() }).contains("groups"));
         assert!(bad(SsoSettings { scopes: vec!["email".into()], ..good.clone() }).contains("openid"));
         assert!(bad(SsoSettings { session_ttl_secs: 10, ..good.clone() }).contains("session_ttl_secs"));

@@ -46,7 +46,10 @@ async fn map_is_a_bounded_deterministic_projection_that_keeps_clusters_apart() {
     clustered(&ts, "docs", 400).await;
     let (s, m) = ts.get(ADMIN_KEY, "/v1/collections/docs/map?sample=300&color_by=pos&seed=7").await;
     assert_eq!(s, StatusCode::OK, "{m}");
-    assert_eq!((m["collection"].as_str(), m["examined"].as_u64(), m["seed"].as_u64()), (Some("docs"), Some(1200), Some(7)));
+    assert_eq!(
+        (m["collection"].as_str(), m["examined"].as_u64(), m["seed"].as_u64()),
+        (Some("docs"), Some(1200), Some(7))
+    );
     assert_eq!((m["truncated"].as_bool(), m["color_by"].as_str()), (Some(false), Some("pos")));
     let points = m["points"].as_array().unwrap();
     assert_eq!(points.len(), 300);
@@ -56,7 +59,10 @@ async fn map_is_a_bounded_deterministic_projection_that_keeps_clusters_apart() {
     sorted.dedup();
     assert_eq!(got, sorted, "unique ids in id order");
     let explained: Vec<f64> = m["explained"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-    assert!(explained[0] >= explained[1] && explained[1] > 0.0 && explained[0] + explained[1] <= 1.0 + 1e-4, "{explained:?}");
+    assert!(
+        explained[0] >= explained[1] && explained[1] > 0.0 && explained[0] + explained[1] <= 1.0 + 1e-4,
+        "{explained:?}"
+    );
     // Three clusters in 16 dimensions span a plane: the first two components hold most of it.
     assert!(explained[0] + explained[1] > 0.8, "{explained:?}");
     let mut by_label: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
@@ -76,7 +82,8 @@ async fn map_is_a_bounded_deterministic_projection_that_keeps_clusters_apart() {
     };
     let dist = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
     let cs: Vec<(f64, f64)> = by_label.values().map(|v| centroid(v)).collect();
-    let spread = by_label.values().zip(&cs).map(|(v, c)| v.iter().map(|p| dist(*p, *c)).fold(0.0, f64::max)).fold(0.0, f64::max);
+    let spread =
+        by_label.values().zip(&cs).map(|(v, c)| v.iter().map(|p| dist(*p, *c)).fold(0.0, f64::max)).fold(0.0, f64::max);
     for i in 0..3 {
         for j in i + 1..3 {
             assert!(dist(cs[i], cs[j]) > 2.0 * spread, "clusters {i} and {j} overlap: {cs:?}, spread {spread}");
@@ -87,11 +94,16 @@ async fn map_is_a_bounded_deterministic_projection_that_keeps_clusters_apart() {
     let (_, again) = ts.get(ADMIN_KEY, "/v1/collections/docs/map?sample=300&color_by=pos&seed=7").await;
     assert_eq!(again, m);
     let (_, other) = ts.get(ADMIN_KEY, "/v1/collections/docs/map?sample=300&color_by=pos&seed=8").await;
-    let (a, b): (BTreeSet<String>, BTreeSet<String>) = (ids(&m).into_iter().collect(), ids(&other).into_iter().collect());
+    let (a, b): (BTreeSet<String>, BTreeSet<String>) =
+        (ids(&m).into_iter().collect(), ids(&other).into_iter().collect());
     assert!(a.intersection(&b).count() < 200, "seeds 7 and 8 drew nearly the same sample");
     // ... and the same sample after compaction-free rewrites of unrelated records.
     let (s, v) = ts
-        .post(ADMIN_KEY, "/v1/collections/docs/records", json!({"records": [{"id": "zz-extra", "vector": vec![5.0f32; DIM]}]}))
+        .post(
+            ADMIN_KEY,
+            "/v1/collections/docs/records",
+            json!({"records": [{"id": "zz-extra", "vector": vec![5.0f32; DIM]}]}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (_, with_extra) = ts.get(ADMIN_KEY, "/v1/collections/docs/map?sample=300&seed=7").await;
@@ -108,7 +120,13 @@ async fn map_is_a_bounded_deterministic_projection_that_keeps_clusters_apart() {
     assert_eq!(dflt["points"].as_array().unwrap().len(), 1201.min(kernelize_server::map::DEFAULT_SAMPLE));
 
     // Errors: bounds, an unknown field, a bad field path, a missing collection.
-    for (q, what) in [("sample=0", "sample"), ("sample=5001", "sample"), ("sample=x", "query"), ("color_by=nope", "color_by"), ("color_by=a..b", "color_by")] {
+    for (q, what) in [
+        ("sample=0", "sample"),
+        ("sample=5001", "sample"),
+        ("sample=x", "query"),
+        ("color_by=nope", "color_by"),
+        ("color_by=a..b", "color_by"),
+    ] {
         let (s, v) = ts.get(ADMIN_KEY, &format!("/v1/collections/docs/map?{q}")).await;
         assert_eq!((s, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{q}: {v}");
         assert!(v["message"].as_str().unwrap().starts_with(what), "{q}: {v}");

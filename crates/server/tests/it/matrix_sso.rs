@@ -6,7 +6,13 @@ use crate::matrix::{Keys, Who, expected};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-pub async fn exercise(ts: &TestServer, keys: &Keys, method: &str, template: &str, who: Who) -> (StatusCode, Value, StatusCode) {
+pub async fn exercise(
+    ts: &TestServer,
+    keys: &Keys,
+    method: &str,
+    template: &str,
+    who: Who,
+) -> (StatusCode, Value, StatusCode) {
     let key = keys.of(who);
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let m = if method == "post" { Method::POST } else { Method::GET };
@@ -42,7 +48,11 @@ pub async fn exercise(ts: &TestServer, keys: &Keys, method: &str, template: &str
         }
         // Only an SSO session can sign out; a key is told so.
         ("post", "/v1/sso/logout") => {
-            if who == Who::Anonymous { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST }
+            if who == Who::Anonymous {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            }
         }
         _ => panic!("route {method} {template} has no case in the role matrix"),
     };

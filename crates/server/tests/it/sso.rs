@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// A provider and a server on fixed ports of the suite's range, the server's `[sso]`
 /// pointing at the provider: `admins` → admin, `readers` → reader of `docs`.
-async fn start(backend: Backend) -> (OidcProvider, TestServer) {
+async fn start(backend: Backend) -> (OidcProvider, TestServer, tempfile::TempDir) {
     let (server_port, provider_port) = (free_port(), free_port());
     let redirect = format!("http://127.0.0.1:{server_port}/v1/sso/callback");
     let provider = tokio::task::spawn_blocking({
@@ -46,9 +46,7 @@ async fn start(backend: Backend) -> (OidcProvider, TestServer) {
         });
     })
     .await;
-    // The secret file lives as long as the server's data directory.
-    std::mem::forget(secret_dir);
-    (provider, ts)
+    (provider, ts, secret_dir)
 }
 
 fn no_redirects() -> reqwest::Client {
@@ -81,7 +79,7 @@ async fn callback(ts: &TestServer, client: &reqwest::Client, query: &str, cookie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sso_refuses_bad_state_foreign_browsers_unknown_codes_and_other_issuers() {
-    let (provider, ts) = start(Backend::Sqlite).await;
+    let (provider, ts, _secret) = start(Backend::Sqlite).await;
     let client = no_redirects();
     let (s, v) = ts.call(None, reqwest::Method::GET, "/v1/sso/config", None).await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({"enabled": true, "label": "Sign in with Test IdP"})));
@@ -178,7 +176,7 @@ async fn sso_is_off_unless_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sso_in_chromium() {
     let dir = console_tests();
-    let (provider, ts) = start(Backend::Sqlite).await;
+    let (provider, ts, _secret) = start(Backend::Sqlite).await;
     ts.create_collection("docs", 4).await;
     let records: Vec<Value> = (0..5)
         .map(|i| json!({"id": format!("d{i}"), "vector": [1.0, i as f32, 0.0, 0.5], "text": format!("document {i}")}))
