@@ -21,8 +21,8 @@ const check = checker(artifactDir(dir), log);
 const problems = [];
 const browser = await launch();
 
+const { page } = await openPage(browser, base, problems);
 try {
-  const { page } = await openPage(browser, base, problems);
   await page.goto(`${base}/console/`);
   await page.locator('input[name="api-key"]').fill(key);
   await page.keyboard.press('Enter');
@@ -80,6 +80,8 @@ try {
   assert.deepEqual(problems, [], 'no CSP refusals or script errors');
   log('passed');
 } catch (e) {
+  await page.screenshot({ path: `${dir}/failure.png`, fullPage: true }).catch(() => {});
+  console.error(`alert: ${await page.locator('#alert').textContent().catch(() => '?')}`);
   console.error(e);
   if (problems.length) console.error(`browser problems:\n${problems.join('\n')}`);
   process.exitCode = 1;

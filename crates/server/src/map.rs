@@ -260,7 +260,7 @@ impl AppState {
                 }
                 let value = color_by.as_deref().and_then(|f| field(r.metadata.as_ref(), f)).map(shown);
                 let text = r.text.as_deref().map(|t| crate::error::clip(t, SNIPPET_CHARS).into_owned());
-                heap.push(Picked { priority: pr, id: r.id, vector: r.vector, text, value });
+                heap.push(Picked { priority: pr, id: r.id.clone(), vector: r.vector.clone(), text, value });
                 if heap.len() > sample {
                     heap.pop();
                 }

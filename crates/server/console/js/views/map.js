@@ -114,7 +114,7 @@ function scatter(m, colourBy) {
         ),
       )
     : null;
-  return [h('div', { class: 'map-wrap' }, svg, h('div', { class: 'map-side' }, hint, legendList, detail))];
+  return h('div', { class: 'map-wrap' }, svg, h('div', { class: 'map-side' }, hint, legendList, detail));
 }
 
 export async function render(root, { args, query, rerender }) {
