@@ -169,7 +169,7 @@ fn principal_axes(
     seed: u64,
     cancel: &crate::engine::Cancel,
 ) -> Result<[(Vec<f64>, f64); 2], ApiError> {
-    let n = if d == 0 { 0 } else { x.len() / d };
+    let n = x.len().checked_div(d).unwrap_or(0);
     let mut axes: Vec<(Vec<f64>, f64)> = Vec::with_capacity(2);
     for c in 0..2u64 {
         let mut v: Vec<f64> = (0..d as u64)

@@ -567,7 +567,7 @@ impl Sso {
             .unwrap_or(subject.as_str())
             .to_owned();
         let user = clip(&user, 128).into_owned();
-        let Some(m) = s.groups.iter().find(|m| groups.iter().any(|g| *g == m.group)) else {
+        let Some(m) = s.groups.iter().find(|m| groups.contains(&m.group)) else {
             return Err(Refusal {
                 code: "no_group",
                 detail: format!(
