@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# What the web console's browser tests need (crates/server/tests/it/console.rs runs
-# crates/server/console-tests/console.test.mjs with node): Debian's Chromium at
+# What the web console's browser tests need (crates/server/tests/it/console.rs, sso.rs and
+# map.rs run crates/server/console-tests/*.test.mjs with node): Debian's Chromium at
 # /usr/bin/chromium and Node.js (scripts/deps.sh --console; never a browser that a package
-# downloads itself), then `npm ci` of the committed lockfile (playwright-core, axe-core)
-# when node_modules does not match it. No-op once everything is in place.
+# downloads itself), then `npm ci` of the committed lockfile (playwright-core, axe-core,
+# oidc-provider: the real OpenID provider the single sign-on test starts) when
+# node_modules does not match it. No-op once everything is in place.
 #   scripts/console-tests.sh --prepare
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -348,6 +348,7 @@ impl AppState {
             jti: random_id(),
             role,
             collections: scope.to_list(),
+            sid: None,
         };
         let token = self.secrets.sign_token(&claims)?;
         Ok(TokenResponse { token, expires_at: rfc3339(exp as i64 * 1000), role, collections: claims.collections })

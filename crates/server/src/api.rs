@@ -94,7 +94,7 @@ fn scope_text(collections: Option<&[String]>) -> String {
 #[derive(Debug, Clone)]
 pub struct AuditDetail(pub String);
 
-fn audited(detail: String, status: StatusCode, body: impl IntoResponse) -> Response {
+pub(crate) fn audited(detail: String, status: StatusCode, body: impl IntoResponse) -> Response {
     let mut r = (status, body).into_response();
     r.extensions_mut().insert(AuditDetail(detail));
     r
@@ -705,6 +705,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::fleet::FleetApiDoc::openapi());
     doc.merge(crate::programs::ProgramsApiDoc::openapi());
+    doc.merge(crate::oidc::SsoApiDoc::openapi());
+    doc.merge(crate::map::MapApiDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }
@@ -783,6 +785,10 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("POST", "/v1/tokens") => "tokens.mint",
         ("GET", "/v1/audit") => "audit.read",
         ("GET", "/v1/audit/verify") => "audit.verify",
-        _ => return crate::fleet::audit_action(method, route).or_else(|| crate::programs::audit_action(method, route)),
+        _ => {
+            return crate::fleet::audit_action(method, route)
+                .or_else(|| crate::programs::audit_action(method, route))
+                .or_else(|| crate::oidc::audit_action(method, route));
+        }
     })
 }

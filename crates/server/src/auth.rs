@@ -98,6 +98,8 @@ pub struct Principal {
     pub scope: Scope,
     /// Authenticated with a minted token rather than the key itself.
     pub via_token: bool,
+    /// The single sign-on session the token belongs to (then `key_id` is `sso:<subject>`).
+    pub sso_session: Option<String>,
 }
 
 impl Principal {
@@ -124,6 +126,9 @@ impl Principal {
     }
     /// Who, for the audit log.
     pub fn actor(&self) -> String {
+        if self.sso_session.is_some() {
+            return self.key_id.clone();
+        }
         if self.via_token { format!("token:{}", self.key_id) } else { format!("key:{}", self.key_id) }
     }
 }
@@ -267,6 +272,10 @@ pub struct TokenClaims {
     /// Collections (within the key's scope); absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collections: Option<Vec<String>>,
+    /// The single sign-on session this token stands for (`sub` is then `sso:<subject>`);
+    /// absent: a token minted with an API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Lowercase hex.
@@ -326,6 +335,7 @@ mod tests {
             jti: random_id(),
             role: Role::Reader,
             collections: Some(vec!["docs".into()]),
+            sid: None,
         };
         let t = s.sign_token(&claims).unwrap();
         assert_eq!(s.verify_token(&t).unwrap().collections, claims.collections);
@@ -362,6 +372,7 @@ mod tests {
             role: Role::Writer,
             scope: Scope::from_list(Some(vec!["a".into()])),
             via_token: false,
+            sso_session: None,
         };
         assert!(p.require(Role::Reader, Some("a")).is_ok());
         assert!(p.require(Role::Writer, Some("a")).is_ok());

@@ -61,6 +61,8 @@ pub struct Config {
     pub master_key: Option<kernelize_store::MasterKey>,
     /// The fleet control plane.
     pub fleet: FleetSettings,
+    /// Single sign-on with an OpenID provider (`[sso]`, `crate::oidc`); none: API keys only.
+    pub sso: Option<crate::oidc::SsoSettings>,
 }
 
 /// Settings of the fleet control plane (`[fleet]`).
@@ -211,6 +213,7 @@ impl Default for Config {
             master_key_command: None,
             master_key: None,
             fleet: FleetSettings::default(),
+            sso: None,
         }
     }
 }
@@ -297,6 +300,9 @@ impl Config {
         anyhow::ensure!((1..=22).contains(&f.delta_level), "fleet.delta_level must be in [1, 22]");
         anyhow::ensure!((1..=1 << 20).contains(&f.max_kernel_mb), "fleet.max_kernel_mb must be in [1, 1048576]");
         crate::fleet_notify::validate(&f.webhooks, f.mqtt_url.as_deref())?;
+        if let Some(s) = &self.sso {
+            s.validate(l.max_token_ttl_secs)?;
+        }
         Ok(())
     }
 }

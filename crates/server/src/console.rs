@@ -56,6 +56,8 @@ static ASSETS: &[Asset] = assets![
     "js/views/keys.js" => JS,
     "js/views/audit.js" => JS,
     "js/views/usage.js" => JS,
+    "js/sso.js" => JS,
+    "js/views/map.js" => JS,
 ];
 
 /// The strong ETag of each asset (SHA-256 of its bytes), in [`ASSETS`] order.

@@ -21,9 +21,11 @@ pub mod fleet;
 pub mod fleet_notify;
 pub mod http;
 pub mod kernels;
+pub mod map;
 pub mod meta;
 pub mod metrics;
 pub mod model;
+pub mod oidc;
 pub mod programs;
 mod programs_compile;
 pub mod state;
@@ -190,8 +192,11 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     let mut app = api::protected_routes()
         .merge(fleet::protected_routes())
         .merge(programs::protected_routes())
+        .merge(oidc::protected_routes())
+        .merge(map::protected_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard))
         .merge(api::public_routes())
+        .merge(oidc::public_routes())
         .merge(console::routes())
         .merge(fleet::device_routes(state.clone()))
         .fallback(api::not_found)

@@ -55,6 +55,8 @@ pub struct AppState {
     /// Protected handlers still running, including those whose client already got a
     /// timeout: shutdown waits for them, so no acknowledged write loses its audit entry.
     pub handlers: std::sync::atomic::AtomicUsize,
+    /// Single sign-on (`[sso]`), when configured.
+    pub sso: Option<crate::oidc::Sso>,
     /// Set when shutdown begins: responses then close their connections.
     pub draining: std::sync::atomic::AtomicBool,
     keys: Mutex<HashMap<String, (KeyRow, Instant)>>,
@@ -135,6 +137,7 @@ impl AppState {
             audit_keys,
             fleet,
             programs: crate::programs::Programs::new(config.llm_model.clone(), config.data_dir.clone()),
+            sso: config.sso.clone().map(crate::oidc::Sso::new),
             inflight,
             slots_by_key: Mutex::new(HashMap::new()),
             slow_queries: Mutex::new(std::collections::VecDeque::new()),
@@ -217,6 +220,10 @@ impl AppState {
             if claims.exp.saturating_sub(claims.iat) > max || claims.exp > now_s.saturating_add(max) {
                 return Err(deny(&claimed, "token lifetime beyond limits.max_token_ttl_secs"));
             }
+            if let Some(sid) = &claims.sid {
+                let claimed = crate::error::clip(&claims.sub, 64).into_owned();
+                return self.sso_principal(sid, &claims).await.map_err(|why| deny(&claimed, &why));
+            }
             let row =
                 self.key_row(&claims.sub).await.map_err(|e| (e, claimed.clone(), "metadata store error".into()))?;
             let Some(row) = row.filter(|r| r.active(now)) else {
@@ -227,7 +234,7 @@ impl AppState {
             if claims.role > key.role || !key.scope.covers(&scope) {
                 return Err(deny(&claimed, "token claims more than its key holds"));
             }
-            return Ok(Principal { key_id: row.id, role: claims.role, scope, via_token: true });
+            return Ok(Principal { key_id: row.id, role: claims.role, scope, via_token: true, sso_session: None });
         }
         Err(deny("anonymous", "credential is neither a key nor a token"))
     }
@@ -367,5 +374,5 @@ pub fn principal_of(row: &KeyRow, via_token: bool) -> Result<Principal, String> 
         None => None,
         Some(json) => Some(serde_json::from_str::<Vec<String>>(json).map_err(|e| format!("stored scope: {e}"))?),
     };
-    Ok(Principal { key_id: row.id.clone(), role, scope: Scope::from_list(list), via_token })
+    Ok(Principal { key_id: row.id.clone(), role, scope: Scope::from_list(list), via_token, sso_session: None })
 }

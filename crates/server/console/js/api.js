@@ -154,6 +154,17 @@ export async function signIn(key) {
   return session;
 }
 
+/**
+ * Adopts a session made elsewhere (single sign-on: the body of POST /v1/sso/session,
+ * `{token, role, collections, expires_at, user, via}`).
+ */
+export function adopt(t) {
+  session = { token: t.token, role: t.role, collections: t.collections || null, expires_at: t.expires_at, user: t.user || null, via: t.via || null };
+  save();
+  arm();
+  return session;
+}
+
 /** Ends the session; `reason` is shown on the sign-in form (none: the user signed out). */
 export function signOut(reason) {
   const was = session;

@@ -11,6 +11,8 @@ import * as kernels from './views/kernels.js';
 import * as keys from './views/keys.js';
 import * as audit from './views/audit.js';
 import * as usage from './views/usage.js';
+import * as map from './views/map.js';
+import { completeSso, endSession, ssoPanel } from './sso.js';
 
 /** Views in navigation order; `admin` ones need an admin key of all collections. */
 const VIEWS = [
@@ -18,6 +20,7 @@ const VIEWS = [
   { path: 'collections', label: 'Collections', view: collections },
   { path: 'records', label: 'Records', view: records },
   { path: 'search', label: 'Search', view: search },
+  { path: 'map', label: 'Map', view: map },
   { path: 'kernels', label: 'Kernels', view: kernels },
   { path: 'keys', label: 'Keys', view: keys, admin: true },
   { path: 'audit', label: 'Audit log', view: audit, admin: true },
@@ -61,11 +64,12 @@ function renderChrome(active) {
     ),
   );
   const scope = s.collections ? s.collections.join(', ') : 'all collections';
+  const user = s.user ? `${s.user} · ` : '';
   const until = new Date(s.expires_at).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit' });
   who.hidden = false;
   who.replaceChildren(
-    h('span', { id: 'session-info' }, `Signed in: ${s.role} · ${scope} · until ${until}`),
-    button('Sign out', () => signOut(), { class: 'secondary' }),
+    h('span', { id: 'session-info' }, `Signed in: ${user}${s.role} · ${scope} · until ${until}`),
+    button('Sign out', () => endSession(), { class: 'secondary' }),
   );
 }
 
@@ -106,6 +110,9 @@ function renderSignIn() {
     form,
   );
   key.focus();
+  ssoPanel().then((panel) => {
+    if (panel && main.contains(form)) form.after(panel);
+  });
 }
 
 async function render() {
@@ -167,5 +174,7 @@ document.querySelector('.skip').addEventListener('click', (ev) => {
 });
 
 restore();
+const ssoRefused = await completeSso();
+if (ssoRefused) signOut(ssoRefused);
 render();
 

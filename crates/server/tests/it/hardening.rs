@@ -233,6 +233,7 @@ async fn token_with_lifetime_beyond_max_ttl_is_refused() {
             jti: "t".into(),
             role: kernelize_server::auth::Role::Reader,
             collections: None,
+            sid: None,
         };
         ts.running().state().secrets.sign_token(&claims).unwrap()
     };

@@ -2,6 +2,7 @@
 //! the data directory and the PostgreSQL at 127.0.0.1:5432).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
+mod browser;
 mod common;
 mod console;
 mod encryption;
@@ -11,9 +12,12 @@ mod functional;
 mod hardening;
 mod health;
 mod kernels;
+mod map;
 mod matrix;
 mod matrix_fleet;
 mod matrix_programs;
+mod matrix_sso;
 mod openai_client;
 mod programs;
 mod security;
+mod sso;

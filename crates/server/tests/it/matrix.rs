@@ -296,6 +296,9 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
         _ if template.starts_with("/v1/programs") || template == "/v1/models" || template == "/v1/chat/completions" => {
             crate::matrix_programs::exercise(ts, keys, method, template, who).await
         }
+        _ if template.starts_with("/v1/sso/") || template == "/v1/collections/{name}/map" => {
+            crate::matrix_sso::exercise(ts, keys, method, template, who).await
+        }
         _ if template.starts_with("/v1/fleet/") => {
             crate::matrix_fleet::exercise(ts, keys, &ids.fleet, method, template, who).await
         }
