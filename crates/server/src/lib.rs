@@ -24,6 +24,7 @@ pub mod kernels;
 pub mod meta;
 pub mod metrics;
 pub mod model;
+pub mod progress;
 pub mod programs;
 mod programs_compile;
 pub mod state;

@@ -11,8 +11,13 @@ import * as kernels from './views/kernels.js';
 import * as keys from './views/keys.js';
 import * as audit from './views/audit.js';
 import * as usage from './views/usage.js';
+import * as fleet from './views/fleet.js';
+import * as backups from './views/backups.js';
 
-/** Views in navigation order; `admin` ones need an admin key of all collections. */
+/**
+ * Views in navigation order; `admin` ones need an admin key of all collections, `all`
+ * ones a key (any role) of all collections.
+ */
 const VIEWS = [
   { path: 'overview', label: 'Overview', view: overview },
   { path: 'collections', label: 'Collections', view: collections },
@@ -22,6 +27,8 @@ const VIEWS = [
   { path: 'keys', label: 'Keys', view: keys, admin: true },
   { path: 'audit', label: 'Audit log', view: audit, admin: true },
   { path: 'usage', label: 'Usage', view: usage, admin: true },
+  { path: 'fleet', label: 'Fleet', view: fleet, all: true },
+  { path: 'backups', label: 'Backups', view: backups, admin: true },
 ];
 
 const main = document.getElementById('main');
@@ -36,7 +43,7 @@ function route() {
 }
 
 function visible(v) {
-  return !v.admin || can.admin();
+  return (!v.admin || can.admin()) && (!v.all || (!!current() && !current().collections));
 }
 
 function renderChrome(active) {
@@ -120,7 +127,8 @@ async function render() {
     showError(`There is no view "${r.name}".`);
     entry = VIEWS[0];
   } else if (!visible(entry)) {
-    showError(`The ${entry.label} view needs an admin key of all collections; this session is ${current().role}.`);
+    const need = entry.admin ? 'an admin key of all collections' : 'a key of all collections';
+    showError(`The ${entry.label} view needs ${need}; this session is ${current().role}.`);
     entry = VIEWS[0];
   } else {
     showError(null);
