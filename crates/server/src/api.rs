@@ -315,8 +315,8 @@ async fn describe_kernel(
     responses((status = 200, description = "text/event-stream of KernelInfo", content_type = "text/event-stream", body = String), Errors))]
 async fn kernel_events(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
     st.describe_kernel(&p, &id).await?;
-    let s = st.clone();
-    crate::progress::job_stream(&st, &id, "kernel", move || {
+    let (s, job) = (st.clone(), id.clone());
+    crate::progress::job_stream(&st, &job, "kernel", move || {
         let (s, p, id) = (s.clone(), p.clone(), id.clone());
         async move { serde_json::to_value(s.describe_kernel(&p, &id).await?).map_err(ApiError::internal) }
     })
@@ -472,8 +472,8 @@ async fn backup_status(
     responses((status = 200, description = "text/event-stream of BackupInfo", content_type = "text/event-stream", body = String), Errors))]
 async fn backup_events(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
     st.backup_status(&p, &id).await?;
-    let s = st.clone();
-    crate::progress::job_stream(&st, &id, "backup", move || {
+    let (s, job) = (st.clone(), id.clone());
+    crate::progress::job_stream(&st, &job, "backup", move || {
         let (s, p, id) = (s.clone(), p.clone(), id.clone());
         async move { serde_json::to_value(s.backup_status(&p, &id).await?).map_err(ApiError::internal) }
     })

@@ -45,23 +45,19 @@ export function subnav(active) {
 }
 
 /**
- * Follows the fleet's events while `root` is shown: `onEvent(e)` for each, and
- * `refresh()` once the stream is live (again) and after a `lagged` notice. The returned
+ * Follows the fleet's events while `root` is shown: `onEvent(kind, event)` for each, and
+ * `refresh()` each time the stream is live (again) and after a `lagged` notice. The returned
  * element shows the stream's state (`#fleet-live`).
  */
 export function live(root, onEvent, refresh) {
   const badge = h('p', { id: 'fleet-live', class: 'muted live', role: 'status' }, 'Live updates: connecting…');
-  let wasLive = false;
   follow('/v1/fleet/events', {
     view: root,
     onState: (st) => {
       badge.textContent = st === 'live' ? 'Live updates: on' : `Live updates: ${st}`;
       badge.dataset.state = st === 'live' ? 'live' : 'off';
-      // Anything that happened while the stream was being (re)opened is read again.
-      if (st === 'live') {
-        if (wasLive) refresh();
-        wasLive = true;
-      }
+      // What happened before the stream was (re)opened is read again, once.
+      if (st === 'live') refresh();
     },
     onEvent: (e) => {
       if (e.type === 'lagged') refresh();
