@@ -70,6 +70,8 @@ page.on('dialog', (d) => d.accept());
 let shots = 0;
 async function check(name) {
   await page.waitForFunction(() => !document.querySelector('[aria-busy="true"]'));
+  const text = await page.locator('main').innerText();
+  assert.ok(!/\b(null|undefined|NaN)\b|\[object /.test(text), `${name}: a value leaked into the page: ${text}`);
   shots += 1;
   await page.screenshot({ path: join(artifacts, `${String(shots).padStart(2, '0')}-${name}.png`), fullPage: true });
   if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(axeSource);

@@ -418,7 +418,7 @@ pub fn spawn(state: &Arc<AppState>) -> Result<()> {
         for (i, w) in f.webhooks.iter().enumerate() {
             let wants = if w.events.is_empty() {
                 // Every event but the per-device execution changes, which must be named.
-                u32::MAX & !(1 << kind_index(EventKind::ExecutionChanged))
+                !(1 << kind_index(EventKind::ExecutionChanged))
             } else {
                 KINDS
                     .iter()

@@ -86,11 +86,7 @@ impl Kernels {
     pub fn load(data_dir: &std::path::Path) -> anyhow::Result<Kernels> {
         fs_err::create_dir_all(data_dir)?;
         let signing = SigningKey::load_or_generate(&data_dir.join("kernel-signing.key"))?;
-        Ok(Kernels {
-            signing,
-            open: Mutex::default(),
-            incarnation_lock: tokio::sync::Mutex::new(()),
-        })
+        Ok(Kernels { signing, open: Mutex::default(), incarnation_lock: tokio::sync::Mutex::new(()) })
     }
 }
 

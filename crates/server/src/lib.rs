@@ -24,9 +24,9 @@ pub mod kernels;
 pub mod meta;
 pub mod metrics;
 pub mod model;
-pub mod progress;
 pub mod programs;
 mod programs_compile;
+pub mod progress;
 pub mod state;
 
 pub use config::{Config, Limits};

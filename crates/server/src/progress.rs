@@ -106,8 +106,7 @@ where
         if !s.first {
             tokio::time::sleep(MIN_GAP).await;
             // Wait for a change, the job's end, or shutdown.
-            loop {
-                let Some(rx) = s.rx.as_mut() else { break };
+            while let Some(rx) = s.rx.as_mut() {
                 let changed = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
                 match changed {
                     Ok(Ok(())) => break,
@@ -151,7 +150,7 @@ mod tests {
     fn a_finished_job_is_forgotten_and_its_receivers_see_the_end() {
         let jobs = Jobs::default();
         let tx = jobs.start("a", "starting");
-        let mut rx = jobs.subscribe("a").unwrap();
+        let rx = jobs.subscribe("a").unwrap();
         tx.send_replace(Stage { stage: "dedup".into(), fraction: 0.5 });
         assert_eq!(jobs.get("a").unwrap().stage, "dedup");
         assert!(rx.has_changed().unwrap());

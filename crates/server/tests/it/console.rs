@@ -131,7 +131,11 @@ async fn read_events(mut r: reqwest::Response, secs: u64) -> Vec<(String, String
         .filter_map(|block| {
             let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_owned);
             let data = field("data: ")?;
-            Some((field("event: ").unwrap_or_default(), field("id: ").unwrap_or_default(), serde_json::from_str(&data).unwrap()))
+            Some((
+                field("event: ").unwrap_or_default(),
+                field("id: ").unwrap_or_default(),
+                serde_json::from_str(&data).unwrap(),
+            ))
         })
         .collect()
 }

@@ -99,7 +99,7 @@ async fn job_events(ts: &TestServer, key: Option<&str>, path: &str, event: &str)
         return (s, serde_json::from_str(&text).unwrap_or(Value::Null));
     }
     assert!(text.contains(&format!("event: {event}\n")), "{path}: {text}");
-    let last = text.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    let last = text.lines().filter_map(|l| l.strip_prefix("data: ")).next_back().unwrap();
     (s, serde_json::from_str(last).unwrap())
 }
 

@@ -24,15 +24,15 @@ export async function render(root) {
     const sorted = [...rows.values()].sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0));
     list.replaceChildren(
       table('Backup jobs, newest first', [
-        { title: 'Id', cell: (b) => h('code', null, b.id) },
+        { title: 'Id', clip: true, cell: (b) => h('code', null, b.id) },
         { title: 'State', cell: stateCell },
         { title: 'Format', cell: (b) => b.format },
         { title: 'Collections', num: true, cell: (b) => fmt.num(b.collections) },
         { title: 'Bytes', num: true, cell: (b) => fmt.bytes(b.bytes) },
         { title: 'Started', cell: (b) => fmt.time(b.created_at) },
         { title: 'Finished', cell: (b) => fmt.time(b.finished_at) },
-        { title: 'Path on the server', cell: (b) => h('code', null, b.path) },
-        { title: 'Error', cell: (b) => b.error || '' },
+        { title: 'Path on the server', clip: true, cell: (b) => h('code', null, b.path) },
+        { title: 'Error', clip: true, cell: (b) => b.error || '' },
       ], sorted, (b) => ({ 'data-backup': b.id })),
     );
   }

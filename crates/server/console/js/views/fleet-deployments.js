@@ -31,7 +31,7 @@ function targetText(t) {
 }
 
 function phaseText(p) {
-  return p.percent !== undefined ? `${p.percent}%` : `${p.count} devices`;
+  return p.percent !== undefined ? `${p.percent}%` : `${p.count} device${p.count === 1 ? '' : 's'}`;
 }
 
 /** "1, 10%, 100%" → phases: a bare number is a count, `N%` a share (both cumulative). */
@@ -268,7 +268,7 @@ export async function deployment(root, id) {
     const approval = d.state === 'awaiting_approval'
       ? h('p', { class: 'notice', id: 'approval-note' }, `Waiting for approval by an admin other than ${d.created_by}. Approving confirms digest `, h('code', null, d.digest.slice(0, 16)), ' (the plan and target as shown).')
       : null;
-    head.replaceChildren(
+    head.replaceChildren(...[
       stats([
         ['State', stateTag(d.state)],
         ['Phase', `${Math.min(d.current_phase + 1, d.plan.phases.length)} of ${d.plan.phases.length}`],
@@ -282,7 +282,7 @@ export async function deployment(root, id) {
       d.reason ? h('p', { id: 'deployment-reason' }, `Reason: ${d.reason}`) : null,
       approval,
       h('div', { class: 'actions', id: 'deployment-actions' }, deploymentActions(d, load)),
-    );
+    ].filter((x) => x !== null));
     const prows = phaseRows(d, execs);
     phasesSlot.replaceChildren(table('Phases', [
       { title: 'Phase', cell: (p) => String(p.index + 1) },

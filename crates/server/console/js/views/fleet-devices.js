@@ -143,7 +143,7 @@ export async function device(root, id) {
 
   function labelForm() {
     if (!fleetCan.admin()) return [];
-    const key = h('input', { type: 'text', name: 'label-key', required: true, maxlength: '128', autocomplete: 'off', pattern: '[A-Za-z0-9_-]+' });
+    const key = h('input', { type: 'text', name: 'label-key', required: true, maxlength: '128', autocomplete: 'off', pattern: '[A-Za-z0-9_\\-]+' });
     const value = h('input', { type: 'text', name: 'label-value', maxlength: '128', autocomplete: 'off' });
     const form = h('form', { class: 'inline', 'aria-labelledby': 'label-title' },
       field('Label', key, 'letters, digits, _ and -'),
