@@ -1056,6 +1056,7 @@ impl Fleet {
                 continue;
             }
             let e = self.execution(&dep, device).await?;
+            self.execution_changed(&ExecutionInfo { state: ExecState::Queued, ..e.clone() }, ExecState::Offered, None);
             let delta = self.delta_for(&release, e.from_release.as_deref());
             let v = e.version;
             return Ok(Some(self.offer(OfferKind::Install, &e, v, release, delta, now, timeout_ms(&plan)).await?));
@@ -1300,7 +1301,19 @@ impl Fleet {
         if u.rows_affected() != 1 {
             return Err(FleetError::Conflict("stale status: the execution changed meanwhile".into()));
         }
+        if state != e.state || !revert.is_empty() && e.revert.as_deref() != Some(revert) {
+            self.execution_changed(e, state, (!revert.is_empty()).then_some(revert));
+        }
         Ok(())
+    }
+
+    /// Emits [`EventKind::ExecutionChanged`] for `e` entering `state`.
+    fn execution_changed(&self, e: &ExecutionInfo, state: ExecState, revert: Option<&str>) {
+        let mut detail = serde_json::json!({"state": state.as_str(), "from": e.state.as_str(), "phase": e.phase});
+        if let Some(r) = revert.or(e.revert.as_deref()) {
+            detail["revert"] = serde_json::Value::from(r);
+        }
+        self.events.emit(EventKind::ExecutionChanged, Some(&e.device_id), Some(&e.deployment_id), detail);
     }
 
     // ------------------------------------------------------------------ periodic

@@ -35,6 +35,10 @@ pub enum EventKind {
     DeploymentCompleted,
     /// A release was published.
     ReleasePublished,
+    /// One device's execution in a deployment changed state (offered, downloading, …,
+    /// succeeded, failed); progress reports within a state are not events. Webhooks get
+    /// it only when they name it (one per device and state: a large rollout sends many).
+    ExecutionChanged,
 }
 
 impl EventKind {
@@ -53,6 +57,7 @@ impl EventKind {
             EventKind::DeploymentAborted => "deployment_aborted",
             EventKind::DeploymentCompleted => "deployment_completed",
             EventKind::ReleasePublished => "release_published",
+            EventKind::ExecutionChanged => "execution_changed",
         }
     }
 }

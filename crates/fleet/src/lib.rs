@@ -140,7 +140,8 @@ impl Fleet {
     /// Periodic work, called by the server about four times a second: writes heartbeat
     /// times, marks silent devices offline, times out stuck executions, aborts deployments
     /// over their failure threshold, advances phases whose bake is over, ends deployments
-    /// past their end time. Returns the events it emitted.
+    /// past their end time. Returns the events it emitted (per-device `execution_changed`
+    /// events go to the stream only).
     pub async fn tick(&self, now: i64) -> Result<Vec<Event>> {
         let mut out = self.flush_liveness(now).await?;
         out.extend(self.tick_deployments(now).await?);

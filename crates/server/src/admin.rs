@@ -42,6 +42,7 @@ fn backup_info(b: BackupRow) -> BackupInfo {
         finished_at: b.finished_ms.map(rfc3339),
         bytes: b.bytes,
         collections: b.collections,
+        progress: None,
         error: b.error,
     }
 }
@@ -419,6 +420,7 @@ impl AppState {
             error: None,
         };
         self.meta.insert_backup(&row).await?;
+        let progress = self.jobs.start(&id, "copying");
         let state = self.clone();
         let mut done = row.clone();
         tokio::spawn(async move {
@@ -426,7 +428,11 @@ impl AppState {
             let result = blocking(move || {
                 crate::files::private_dir(&dir).map_err(ApiError::internal)?;
                 let fmt = if format == BackupFormatName::Tar { BackupFormat::Tar } else { BackupFormat::Dir };
-                let r = kernelize_store::backup(&db, &path, fmt, &[], &mut |_, _| {}).map_err(ApiError::internal)?;
+                let mut report = |done: u64, total: u64| {
+                    let fraction = if total == 0 { 1.0 } else { (done as f64 / total as f64) as f32 };
+                    progress.send_replace(crate::progress::Stage { stage: "copying".into(), fraction });
+                };
+                let r = kernelize_store::backup(&db, &path, fmt, &[], &mut report).map_err(ApiError::internal)?;
                 if format == BackupFormatName::Tar {
                     crate::files::private_file(&path)
                 } else {
@@ -451,6 +457,7 @@ impl AppState {
             if let Err(e) = state.meta.finish_backup(&done).await {
                 tracing::error!(backup = done.id, error = %e, "could not record the end of a backup");
             }
+            state.jobs.finish(&done.id);
             let _ = state
                 .audit(
                     "-",
@@ -462,7 +469,13 @@ impl AppState {
                 )
                 .await;
         });
-        Ok(backup_info(row))
+        Ok(self.backup_info(row))
+    }
+
+    /// A backup job with its progress while it runs.
+    fn backup_info(&self, b: BackupRow) -> BackupInfo {
+        let progress = (b.state == "running").then(|| self.jobs.get(&b.id).map_or(0.0, |s| s.fraction));
+        BackupInfo { progress, ..backup_info(b) }
     }
 
     /// One backup job.
@@ -471,14 +484,14 @@ impl AppState {
         self.meta
             .backup(id)
             .await?
-            .map(backup_info)
+            .map(|b| self.backup_info(b))
             .ok_or_else(|| ApiError::not_found(format!("no backup {}", quote(id))))
     }
 
     /// Every backup job.
     pub async fn list_backups(&self, p: &Principal) -> Result<BackupList, ApiError> {
         p.require(Role::Admin, None)?;
-        Ok(BackupList { backups: self.meta.backups().await?.into_iter().map(backup_info).collect() })
+        Ok(BackupList { backups: self.meta.backups().await?.into_iter().map(|b| self.backup_info(b)).collect() })
     }
 
     /// The Prometheus exposition (collection gauges refreshed first).

@@ -281,7 +281,7 @@ async fn embed(State(st): St, Auth(p): Auth, Body(req): Body<EmbedRequest>) -> R
 /// Build a knowledge kernel of a collection in the background (writer on the collection).
 #[utoipa::path(post, path = "/v1/kernels", tag = "kernels", security(("bearer" = [])),
     request_body = KernelBuildRequest,
-    responses((status = 202, description = "Started; poll GET /v1/kernels/{id}", body = KernelInfo), Errors))]
+    responses((status = 202, description = "Started; follow GET /v1/kernels/{id}/events", body = KernelInfo), Errors))]
 async fn build_kernel(State(st): St, Auth(p): Auth, Body(req): Body<KernelBuildRequest>) -> Result<Response, ApiError> {
     let k = st.start_kernel_build(&p, req).await?;
     Ok(audited(format!("kernel={} collection={}", k.id, k.collection), StatusCode::ACCEPTED, Json(k)))
@@ -304,6 +304,22 @@ async fn describe_kernel(
     PathParams(id): PathParams<String>,
 ) -> Result<Json<KernelInfo>, ApiError> {
     Ok(Json(st.describe_kernel(&p, &id).await?))
+}
+
+/// A kernel's build as server-sent events (reader on its collection): event `kernel`
+/// with the kernel now (state, stage, progress), after each change of its progress (at
+/// most ten a second) and when the build has ended (with the manifest); then the stream
+/// ends. Every event is the whole kernel, so a reconnect starts from the current state.
+#[utoipa::path(get, path = "/v1/kernels/{id}/events", tag = "kernels", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Kernel id")),
+    responses((status = 200, description = "text/event-stream of KernelInfo", content_type = "text/event-stream", body = String), Errors))]
+async fn kernel_events(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
+    st.describe_kernel(&p, &id).await?;
+    let (s, job) = (st.clone(), id.clone());
+    crate::progress::job_stream(&st, &job, "kernel", move || {
+        let (s, p, id) = (s.clone(), p.clone(), id.clone());
+        async move { serde_json::to_value(s.describe_kernel(&p, &id).await?).map_err(ApiError::internal) }
+    })
 }
 
 /// Delete a kernel (writer on its collection).
@@ -453,6 +469,21 @@ async fn backup_status(
     PathParams(id): PathParams<String>,
 ) -> Result<Json<BackupInfo>, ApiError> {
     Ok(Json(st.backup_status(&p, &id).await?))
+}
+
+/// A backup job as server-sent events (admin): event `backup` with the job now, after
+/// each change of its progress (at most ten a second) and when it has ended; then the
+/// stream ends. Every event is the whole job, so a reconnect starts from the current state.
+#[utoipa::path(get, path = "/v1/backups/{id}/events", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Backup id")),
+    responses((status = 200, description = "text/event-stream of BackupInfo", content_type = "text/event-stream", body = String), Errors))]
+async fn backup_events(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
+    st.backup_status(&p, &id).await?;
+    let (s, job) = (st.clone(), id.clone());
+    crate::progress::job_stream(&st, &job, "backup", move || {
+        let (s, p, id) = (s.clone(), p.clone(), id.clone());
+        async move { serde_json::to_value(s.backup_status(&p, &id).await?).map_err(ApiError::internal) }
+    })
 }
 
 /// Usage per key: requests, records written, texts embedded, bytes stored (admin).
@@ -682,8 +713,8 @@ impl Modify for Security {
     paths(
         list_collections, create_collection, describe_collection, drop_collection,
         upsert, scan, get_record, delete_record, delete_records, search, embed,
-        build_kernel, list_kernels, describe_kernel, delete_kernel, download_kernel, query_kernel, kernel_signing_key,
-        start_backup, list_backups, backup_status, usage, slow_queries,
+        build_kernel, list_kernels, describe_kernel, kernel_events, delete_kernel, download_kernel, query_kernel,
+        kernel_signing_key, start_backup, list_backups, backup_status, backup_events, usage, slow_queries,
         create_key, list_keys, rotate_key, revoke_key, mint_token, audit_log, audit_verify,
         metrics, healthz, readyz, openapi_json, docs
     ),
@@ -723,11 +754,13 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/embed", post(embed))
         .route("/v1/kernels", get(list_kernels).post(build_kernel))
         .route("/v1/kernels/{id}", get(describe_kernel).delete(delete_kernel))
+        .route("/v1/kernels/{id}/events", get(kernel_events))
         .route("/v1/kernels/{id}/download", get(download_kernel))
         .route("/v1/kernels/{id}/query", post(query_kernel))
         .route("/v1/kernel-signing-key", get(kernel_signing_key))
         .route("/v1/backups", get(list_backups).post(start_backup))
         .route("/v1/backups/{id}", get(backup_status))
+        .route("/v1/backups/{id}/events", get(backup_events))
         .route("/v1/usage", get(usage))
         .route("/v1/slow-queries", get(slow_queries))
         .route("/v1/keys", get(list_keys).post(create_key))
@@ -776,6 +809,7 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("POST", "/v1/backups") => "backups.start",
         ("GET", "/v1/backups") => "backups.list",
         ("GET", "/v1/backups/{id}") => "backups.status",
+        ("GET", "/v1/backups/{id}/events") => "backups.status",
         ("GET", "/v1/usage") => "usage.read",
         ("GET", "/v1/slow-queries") => "slow_queries.read",
         ("POST", "/v1/keys") => "keys.create",

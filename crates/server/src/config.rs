@@ -156,6 +156,9 @@ pub struct Limits {
     /// Largest share of `concurrency` one key may hold, in percent (at least one slot);
     /// beyond, its requests are shed with 503 `overloaded`.
     pub per_key_concurrency_percent: u8,
+    /// Server-sent event streams open at once (fleet events, kernel build and backup
+    /// progress); more are refused with 503 `overloaded`. They hold no request slot.
+    pub max_event_streams: usize,
     /// Longest lifetime of a minted token, in seconds.
     pub max_token_ttl_secs: u64,
     /// How long a rotated key keeps working, in seconds (unless the request says).
@@ -179,6 +182,7 @@ impl Default for Limits {
             header_read_timeout_ms: 10_000,
             concurrency: 256,
             per_key_concurrency_percent: 50,
+            max_event_streams: 256,
             max_token_ttl_secs: 24 * 3600,
             rotation_grace_secs: 24 * 3600,
             auth_failures_per_sec: 10,

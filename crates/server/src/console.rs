@@ -58,6 +58,11 @@ static ASSETS: &[Asset] = assets![
     "js/views/usage.js" => JS,
     "js/sso.js" => JS,
     "js/views/map.js" => JS,
+    "js/sse.js" => JS,
+    "js/views/fleet.js" => JS,
+    "js/views/fleet-devices.js" => JS,
+    "js/views/fleet-deployments.js" => JS,
+    "js/views/backups.js" => JS,
 ];
 
 /// The strong ETag of each asset (SHA-256 of its bytes), in [`ASSETS`] order.

@@ -479,7 +479,9 @@ pub struct EventQuery {
 }
 
 /// Fleet events as server-sent events: device offline/online, enrollments, phases,
-/// aborts, completions (reader).
+/// aborts, completions, each device's execution state changes (reader). Resume with
+/// `Last-Event-ID` (or `after`) within the backlog; a `lagged` event says how many a slow
+/// reader missed (read the lists again).
 #[utoipa::path(get, path = "/v1/fleet/events", tag = "fleet", security(("bearer" = [])), params(EventQuery),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), Errors))]
 async fn events(
@@ -490,18 +492,20 @@ async fn events(
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     p.require(Role::Reader, None)?;
+    let permit = crate::progress::stream_slot(&st)?;
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let (past, rx) = st.fleet.events().subscribe(q.after.or(last));
     let to_sse = |e: &kernelize_fleet::Event| {
         Event::default().id(e.seq.to_string()).event(e.kind.as_str()).data(serde_json::to_string(e).unwrap_or_default())
     };
     let past: Vec<Result<Event, std::convert::Infallible>> = past.iter().map(|e| Ok(to_sse(e))).collect();
-    let live = futures_util::stream::unfold(rx, move |mut rx| async move {
+    // The stream holds its slot of `limits.max_event_streams` until the client goes.
+    let live = futures_util::stream::unfold((rx, permit), move |(mut rx, permit)| async move {
         match rx.recv().await {
-            Ok(e) => Some((Ok(to_sse(&e)), rx)),
+            Ok(e) => Some((Ok(to_sse(&e)), (rx, permit))),
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 let lag = Event::default().event("lagged").data(format!("{{\"missed\":{n}}}"));
-                Some((Ok(lag), rx))
+                Some((Ok(lag), (rx, permit)))
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }

@@ -45,7 +45,7 @@ pub use kernelize_fleet::wake_topic;
 
 /// Every event kind, for validating `events` filters. The match in `kind_index` stops
 /// the build when a kind is added to the fleet and not here.
-const KINDS: [EventKind; 12] = [
+const KINDS: [EventKind; 13] = [
     EventKind::DeviceEnrolled,
     EventKind::DeviceStatusChanged,
     EventKind::DeviceOffline,
@@ -58,6 +58,7 @@ const KINDS: [EventKind; 12] = [
     EventKind::DeploymentAborted,
     EventKind::DeploymentCompleted,
     EventKind::ReleasePublished,
+    EventKind::ExecutionChanged,
 ];
 
 fn kind_index(k: EventKind) -> usize {
@@ -74,6 +75,7 @@ fn kind_index(k: EventKind) -> usize {
         EventKind::DeploymentAborted => 9,
         EventKind::DeploymentCompleted => 10,
         EventKind::ReleasePublished => 11,
+        EventKind::ExecutionChanged => 12,
     }
 }
 
@@ -415,7 +417,8 @@ pub fn spawn(state: &Arc<AppState>) -> Result<()> {
         let mut hooks = Vec::with_capacity(f.webhooks.len());
         for (i, w) in f.webhooks.iter().enumerate() {
             let wants = if w.events.is_empty() {
-                u32::MAX
+                // Every event but the per-device execution changes, which must be named.
+                !(1 << kind_index(EventKind::ExecutionChanged))
             } else {
                 KINDS
                     .iter()

@@ -64,10 +64,10 @@ fn open_kernel_file(
     Ok((kernel, sha))
 }
 
-/// The server's kernel signing key, build progress and open kernels.
+/// The server's kernel signing key and open kernels (build progress is in
+/// [`AppState::jobs`]).
 pub struct Kernels {
     signing: SigningKey,
-    progress: Arc<Mutex<HashMap<String, (String, f32)>>>,
     open: Mutex<HashMap<String, (Arc<Kernel>, String)>>,
     incarnation_lock: tokio::sync::Mutex<()>,
 }
@@ -86,12 +86,7 @@ impl Kernels {
     pub fn load(data_dir: &std::path::Path) -> anyhow::Result<Kernels> {
         fs_err::create_dir_all(data_dir)?;
         let signing = SigningKey::load_or_generate(&data_dir.join("kernel-signing.key"))?;
-        Ok(Kernels {
-            signing,
-            progress: Arc::default(),
-            open: Mutex::default(),
-            incarnation_lock: tokio::sync::Mutex::new(()),
-        })
+        Ok(Kernels { signing, open: Mutex::default(), incarnation_lock: tokio::sync::Mutex::new(()) })
     }
 }
 
@@ -267,7 +262,7 @@ impl AppState {
             _ => None,
         };
         let (stage, progress) = match row.state.as_str() {
-            "running" => self.kernels.progress.lock().get(&row.id).cloned().map_or((None, 0.0), |(s, f)| (Some(s), f)),
+            "running" => self.jobs.get(&row.id).map_or((None, 0.0), |s| (Some(s.stage), s.fraction)),
             "succeeded" => (None, 1.0),
             _ => (None, 0.0),
         };
@@ -344,7 +339,7 @@ impl AppState {
             incarnation: Some(incarnation),
         };
         self.meta.insert_kernel(&row).await?;
-        self.kernels.progress.lock().insert(row.id.clone(), ("starting".into(), 0.0));
+        let progress = self.jobs.start(&row.id, "starting");
         let state = self.clone();
         let mut done = row.clone();
         let path = self.kernel_path(&row.id);
@@ -357,8 +352,6 @@ impl AppState {
             ..opts
         };
         tokio::spawn(async move {
-            let progress = state.kernels.progress.clone();
-            let id = done.id.clone();
             let st = state.clone();
             let result = blocking(move || {
                 let snap = coll.snapshot();
@@ -373,7 +366,7 @@ impl AppState {
                     seq: snap.seq(),
                 };
                 let report = |stage: &str, f: f32| {
-                    progress.lock().insert(id.clone(), (stage.to_owned(), f));
+                    progress.send_replace(crate::progress::Stage { stage: stage.to_owned(), fraction: f });
                 };
                 let built =
                     kernelize_kernel::build(units, cfg.dim, cfg.metric, source, &opts, &st.kernels.signing, &report)?;
@@ -406,7 +399,7 @@ impl AppState {
             if let Err(e) = state.meta.finish_kernel(&done).await {
                 tracing::error!(kernel = done.id, error = %e, "could not record the end of a kernel build");
             }
-            state.kernels.progress.lock().remove(&done.id);
+            state.jobs.finish(&done.id);
             let outcome = if done.state == "succeeded" { "ok" } else { "error" };
             let _ = state.audit("-", "system", "kernels.finish", &done.id, outcome, &done.state).await;
         });

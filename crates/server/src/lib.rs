@@ -28,6 +28,7 @@ pub mod model;
 pub mod oidc;
 pub mod programs;
 mod programs_compile;
+pub mod progress;
 pub mod state;
 
 pub use config::{Config, Limits};

@@ -398,6 +398,9 @@ pub struct BackupInfo {
     /// Collections captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collections: Option<i64>,
+    /// While it runs: the share of the bytes to copy that are copied, 0–1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f32>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -50,6 +50,10 @@ pub struct AppState {
     pub slow_queries: Mutex<std::collections::VecDeque<crate::model::SlowQuery>>,
     /// Authenticated requests being served (load shedding beyond `limits.concurrency`).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Open server-sent event streams (at most `limits.max_event_streams`).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Progress of running kernel builds and backups, for their event streams.
+    pub jobs: crate::progress::Jobs,
     /// Slots of `inflight` held by each key (at most [`AppState::per_key_slots`]).
     pub(crate) slots_by_key: Mutex<HashMap<String, usize>>,
     /// Protected handlers still running, including those whose client already got a
@@ -139,6 +143,8 @@ impl AppState {
             programs: crate::programs::Programs::new(config.llm_model.clone(), config.data_dir.clone()),
             sso: config.sso.clone().map(crate::oidc::Sso::new),
             inflight,
+            event_streams: Arc::new(tokio::sync::Semaphore::new(l.max_event_streams)),
+            jobs: crate::progress::Jobs::default(),
             slots_by_key: Mutex::new(HashMap::new()),
             slow_queries: Mutex::new(std::collections::VecDeque::new()),
             draining: std::sync::atomic::AtomicBool::new(false),

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
 mod common;
+mod console;
 mod e2e;
 mod hostile;
 mod mqtt;

@@ -13,8 +13,13 @@ import * as audit from './views/audit.js';
 import * as usage from './views/usage.js';
 import * as map from './views/map.js';
 import { completeSso, endSession, ssoPanel } from './sso.js';
+import * as fleet from './views/fleet.js';
+import * as backups from './views/backups.js';
 
-/** Views in navigation order; `admin` ones need an admin key of all collections. */
+/**
+ * Views in navigation order; `admin` ones need an admin key of all collections, `all`
+ * ones a key (any role) of all collections.
+ */
 const VIEWS = [
   { path: 'overview', label: 'Overview', view: overview },
   { path: 'collections', label: 'Collections', view: collections },
@@ -25,6 +30,8 @@ const VIEWS = [
   { path: 'keys', label: 'Keys', view: keys, admin: true },
   { path: 'audit', label: 'Audit log', view: audit, admin: true },
   { path: 'usage', label: 'Usage', view: usage, admin: true },
+  { path: 'fleet', label: 'Fleet', view: fleet, all: true },
+  { path: 'backups', label: 'Backups', view: backups, admin: true },
 ];
 
 const main = document.getElementById('main');
@@ -39,7 +46,7 @@ function route() {
 }
 
 function visible(v) {
-  return !v.admin || can.admin();
+  return (!v.admin || can.admin()) && (!v.all || (!!current() && !current().collections));
 }
 
 function renderChrome(active) {
@@ -127,7 +134,8 @@ async function render() {
     showError(`There is no view "${r.name}".`);
     entry = VIEWS[0];
   } else if (!visible(entry)) {
-    showError(`The ${entry.label} view needs an admin key of all collections; this session is ${current().role}.`);
+    const need = entry.admin ? 'an admin key of all collections' : 'a key of all collections';
+    showError(`The ${entry.label} view needs ${need}; this session is ${current().role}.`);
     entry = VIEWS[0];
   } else {
     showError(null);

@@ -119,6 +119,105 @@ async fn record_pages_filter_on_the_server_and_the_audit_chain_is_verified_over_
     ts.shutdown().await;
 }
 
+/// Reads server-sent events from `r` until the stream ends or `secs` pass: (event, id,
+/// data) in order.
+async fn read_events(mut r: reqwest::Response, secs: u64) -> Vec<(String, String, Value)> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut text = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, r.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_owned);
+            let data = field("data: ")?;
+            Some((
+                field("event: ").unwrap_or_default(),
+                field("id: ").unwrap_or_default(),
+                serde_json::from_str(&data).unwrap(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_builds_and_backups_stream_their_progress_and_event_streams_are_capped() {
+    let ts = TestServer::start_with(Backend::Sqlite, |c| c.limits.max_event_streams = 2).await;
+    ts.create_collection("docs", 8).await;
+    let records: Vec<Value> = (0..3000)
+        .map(|i| json!({"id": format!("r{i}"), "vector": crate::common::vector(i, 8), "text": format!("record {i}")}))
+        .collect();
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/collections/docs/records", json!({"records": records})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, k) = ts.post(ADMIN_KEY, "/v1/kernels", json!({"collection": "docs"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{k}");
+    let id = k["id"].as_str().unwrap();
+    let reader = ts.key("reader", None).await;
+    let r = ts.client.get(format!("{}/v1/kernels/{id}/events", ts.base)).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = read_events(r, 120).await;
+    assert!(!events.is_empty(), "the stream sent something and ended");
+    for (i, (name, eid, doc)) in events.iter().enumerate() {
+        assert_eq!(name, "kernel");
+        assert_eq!(eid, &(i + 1).to_string(), "numbered from 1");
+        assert_eq!(doc["id"], id, "{doc}");
+        let f = doc["progress"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f), "{doc}");
+    }
+    let last = &events.last().unwrap().2;
+    assert_eq!(last["state"], "succeeded", "the last event is the finished kernel: {last}");
+    assert!(last["manifest"]["rows"].as_u64().unwrap() > 0, "{last}");
+    assert!(events[..events.len() - 1].iter().all(|e| e.2["state"] == "running"), "only the last has ended");
+    // A finished kernel: one event, then the end. Out of scope or unknown: refused.
+    let r = ts.client.get(format!("{}/v1/kernels/{id}/events", ts.base)).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(read_events(r, 10).await.len(), 1);
+    let outsider = ts.key("reader", Some(vec!["other"])).await;
+    let (s, v) = ts.get(&outsider, &format!("/v1/kernels/{id}/events")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = ts.get(ADMIN_KEY, "/v1/kernels/nope/events").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    // A backup: its stream ends with the finished job; readers may not follow it.
+    let (s, b) = ts.post(ADMIN_KEY, "/v1/backups", json!({"format": "tar"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let bid = b["id"].as_str().unwrap();
+    let (s, v) = ts.get(&reader, &format!("/v1/backups/{bid}/events")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let r = ts.client.get(format!("{}/v1/backups/{bid}/events", ts.base)).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    let events = read_events(r, 60).await;
+    let last = &events.last().unwrap().2;
+    assert_eq!((last["id"].as_str(), last["state"].as_str()), (Some(bid), Some("succeeded")), "{events:?}");
+    assert!(last["bytes"].as_i64().unwrap() > 0 && last.get("progress").is_none(), "{last}");
+
+    // limits.max_event_streams = 2: a third open stream is refused until one closes.
+    let open = |key: &str| ts.client.get(format!("{}/v1/fleet/events", ts.base)).bearer_auth(key.to_owned()).send();
+    let a = open(ADMIN_KEY).await.unwrap();
+    let b = open(&reader).await.unwrap();
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    let c = open(ADMIN_KEY).await.unwrap();
+    assert_eq!(c.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(c.headers().contains_key("retry-after"));
+    let v: Value = c.json().await.unwrap();
+    assert_eq!(v["code"], "overloaded", "{v}");
+    let (s, _) = ts.get(ADMIN_KEY, &format!("/v1/kernels/{id}/events")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "job streams count too");
+    drop(a);
+    // The server notices the closed connection at its next write (a keep-alive at the
+    // latest): wait for the slot to come back.
+    let mut again = false;
+    for _ in 0..200 {
+        if open(ADMIN_KEY).await.unwrap().status() == StatusCode::OK {
+            again = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(again, "a closed stream gives its slot back");
+    drop(b);
+    ts.shutdown().await;
+}
+
 /// node and Chromium, or a panic saying how to install them.
 fn browser_tools() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -344,10 +344,30 @@ async fn timeouts_and_retries(backend: Backend) {
     .await;
     let dep1 = d["id"].as_str().unwrap().to_owned();
     let o = stuck[0].offer().await.unwrap().unwrap();
-    stuck[0]
+    let out = stuck[0]
         .report(&dep1, &StatusReport { bytes: Some(4096), ..report(o.execution_version, ExecState::Downloading) })
         .await
         .unwrap();
+    // Progress within a state is not an event; each state the device enters is one.
+    stuck[0]
+        .report(&dep1, &StatusReport { bytes: Some(4096), ..report(out.version, ExecState::Downloading) })
+        .await
+        .unwrap();
+    let changes: Vec<(String, String)> = ts
+        .running()
+        .state()
+        .fleet
+        .events()
+        .recent(100)
+        .into_iter()
+        .filter(|e| e.kind.as_str() == "execution_changed" && e.device.as_deref() == Some(&stuck[0].device_id))
+        .map(|e| {
+            assert_eq!(e.deployment.as_deref(), Some(dep1.as_str()));
+            (e.detail["from"].as_str().unwrap().to_owned(), e.detail["state"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let want = [("queued", "offered"), ("offered", "downloading")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(changes, want);
     // ... and then nothing: the in-progress timeout (1 s) ends it.
     let mut state = Value::Null;
     for _ in 0..40 {

@@ -84,6 +84,25 @@ pub async fn built_kernel(ts: &TestServer) -> String {
     crate::common::build_kernel(ts, json!({"collection": "docs"})).await
 }
 
+/// GETs a job's event stream as `key` (it ends once the job has): the status and, when
+/// granted, the data of its last event (else the error body).
+async fn job_events(ts: &TestServer, key: Option<&str>, path: &str, event: &str) -> (StatusCode, Value) {
+    let r = ts.client.get(format!("{}{path}", ts.base));
+    let r = match key {
+        Some(k) => r.bearer_auth(k),
+        None => r,
+    };
+    let r = r.send().await.unwrap();
+    let s = r.status();
+    let text = tokio::time::timeout(std::time::Duration::from_secs(60), r.text()).await.unwrap().unwrap();
+    if !s.is_success() {
+        return (s, serde_json::from_str(&text).unwrap_or(Value::Null));
+    }
+    assert!(text.contains(&format!("event: {event}\n")), "{path}: {text}");
+    let last = text.lines().filter_map(|l| l.strip_prefix("data: ")).next_back().unwrap();
+    (s, serde_json::from_str(last).unwrap())
+}
+
 /// Calls `method template` as `who` and checks the outcome. Panics on a route it does not know.
 async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, template: &str, who: Who) {
     let (backup_id, kernel_id) = (ids.backup.as_str(), ids.kernel.as_str());
@@ -190,6 +209,13 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             assert_eq!(exists(ts, &format!("/v1/kernels/{id}")).await, !want.is_success());
             (s, v, want)
         }
+        ("get", "/v1/kernels/{id}/events") => {
+            let (s, v) = job_events(ts, key, &format!("/v1/kernels/{kernel_id}/events"), "kernel").await;
+            if s.is_success() {
+                assert_eq!((v["id"].as_str(), v["state"].as_str()), (Some(kernel_id), Some("succeeded")), "{v}");
+            }
+            (s, v, expected(who, Who::Reader, true, StatusCode::OK))
+        }
         ("get", "/v1/kernels/{id}/download") => {
             let r = ts.client.get(format!("{}/v1/kernels/{kernel_id}/download", ts.base));
             let r = match key {
@@ -227,6 +253,13 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
         }
         ("get", "/v1/backups/{id}") => {
             let (s, v) = call(Method::GET, format!("/v1/backups/{backup_id}"), None).await;
+            (s, v, expected(who, Who::Admin, false, StatusCode::OK))
+        }
+        ("get", "/v1/backups/{id}/events") => {
+            let (s, v) = job_events(ts, key, &format!("/v1/backups/{backup_id}/events"), "backup").await;
+            if s.is_success() {
+                assert_eq!((v["id"].as_str(), v["state"].as_str()), (Some(backup_id), Some("succeeded")), "{v}");
+            }
             (s, v, expected(who, Who::Admin, false, StatusCode::OK))
         }
         ("get", "/v1/usage") => {
@@ -346,7 +379,7 @@ async fn route_role_matrix(backend: Backend) {
             }
         }
     }
-    assert!(tested >= 66 * 5, "only {tested} route x role pairs");
+    assert!(tested >= 68 * 5, "only {tested} route x role pairs");
     // Every refusal above is in the audit log, and the chain holds.
     let v = ts.running().state().verify_audit().await.unwrap();
     assert_eq!(v.problem, None);

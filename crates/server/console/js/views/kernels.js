@@ -1,13 +1,12 @@
 // Knowledge kernels: the list, a build (writers of the collection), one kernel's progress
 // and then its signed manifest with the compression report and recall curve, download
-// (the signed file, fetched with the session's token) and delete.
+// (the signed file, fetched with the session's token) and delete. A running build's
+// progress is followed over server-sent events (GET /v1/kernels/{id}/events).
 
 import { api, can, current, describe } from '../api.js';
 import { announce, button, field, fmt, h, select, showError, stats, table } from '../dom.js';
+import { follow } from '../sse.js';
 import { barChart } from './usage.js';
-
-/** How often a running build is re-read (the API has no event stream for builds yet). */
-const POLL_MS = 1000;
 
 function progressCell(k) {
   if (k.state !== 'running') return h('span', { class: k.state === 'succeeded' ? 'good' : 'bad' }, k.state);
@@ -154,15 +153,27 @@ async function detail(root, id) {
   }
   root.replaceChildren(...parts);
   if (k.state === 'running') {
-    // Re-read while this view is shown; the finished kernel replaces the progress.
-    setTimeout(async () => {
-      if (!root.isConnected || location.hash !== `#/kernels/${encodeURIComponent(id)}`) return;
-      try {
-        await detail(root, id);
-      } catch (e) {
-        showError(describe(e));
-      }
-    }, POLL_MS);
+    // Progress arrives as server-sent events while this view is shown; the finished
+    // kernel (the last event) replaces the progress with its report.
+    follow(`/v1/kernels/${encodeURIComponent(id)}/events`, {
+      view: root,
+      until: (e) => e.data && e.data.state !== 'running',
+      onEvent: async (e) => {
+        const now = e.data;
+        if (!now || typeof now !== 'object' || now.id !== id || !root.isConnected) return;
+        if (now.state === 'running') {
+          const el = root.querySelector('#kernel-state');
+          if (el) el.replaceChildren('State: ', progressCell(now));
+          return;
+        }
+        try {
+          await detail(root, id);
+          announce(`Kernel ${id} ${now.state}.`);
+        } catch (err) {
+          showError(describe(err));
+        }
+      },
+    });
   }
 }
 
