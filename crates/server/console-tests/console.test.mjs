@@ -10,23 +10,19 @@
 // refused. Screenshots of every view go to <artifact-dir>; axe-core runs over every view
 // (zero serious or critical violations). Exits non-zero on the first failure.
 
-import { chromium } from 'playwright-core';
-import { createRequire } from 'node:module';
-import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import { artifactDir, checker, launch, openPage } from './harness.mjs';
 
 const [base, adminKey, artifacts] = process.argv.slice(2);
 if (!base || !adminKey || !artifacts) {
   console.error('usage: node console.test.mjs <base-url> <admin-key> <artifact-dir>');
   process.exit(2);
 }
-mkdirSync(artifacts, { recursive: true });
-// Only this run's screenshots in the directory.
-for (const f of readdirSync(artifacts)) if (f.endsWith('.png') || f.endsWith('.kernel')) rmSync(join(artifacts, f));
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
-const executablePath = process.env.KZ_CHROMIUM || '/usr/bin/chromium';
+artifactDir(artifacts);
+// Only this run's downloads in the directory.
+for (const f of readdirSync(artifacts)) if (f.endsWith('.kernel')) rmSync(join(artifacts, f));
 
 const log = (msg) => console.error(`[console-test] ${msg}`);
 
@@ -52,41 +48,18 @@ function rng(seed) {
   };
 }
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-const page = await context.newPage();
+const browser = await launch();
 const problems = [];
-page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-page.on('console', (m) => {
-  const t = m.text();
-  // Refused by the CSP, or a script that failed: the console must run clean under its policy.
-  if (/Content Security Policy|Refused to/i.test(t)) problems.push(`CSP: ${t}`);
-  else if (m.type() === 'error' && !/status of 40[13]|status of 429/.test(t)) problems.push(`console error: ${t}`);
-});
+// Refused by the CSP, or a script that failed: the console must run clean under its policy.
+const { page } = await openPage(browser, base, problems, /status of 40[13]|status of 429/);
 page.on('dialog', (d) => d.accept());
 
+const shared = checker(artifacts, log);
 let shots = 0;
 /** Screenshot and axe-core over the current view. */
 async function check(name) {
-  await page.waitForFunction(() => !document.querySelector('[aria-busy="true"]'));
   shots += 1;
-  await page.screenshot({ path: join(artifacts, `${String(shots).padStart(2, '0')}-${name}.png`), fullPage: true });
-  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(axeSource);
-  const result = await page.evaluate(async () => {
-    const r = await window.axe.run(document, { resultTypes: ['violations'] });
-    return {
-      passes: r.passes.length,
-      violations: r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 5) })),
-    };
-  });
-  assert.ok(result.passes >= 10, `${name}: axe checked the page (${result.passes} rules passed)`);
-  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-  assert.deepEqual(bad, [], `${name}: serious or critical accessibility violations: ${JSON.stringify(bad, null, 1)}`);
-  log(`${name}: ok (axe: ${result.passes} rules passed, ${result.violations.length} minor findings${result.violations.length ? `: ${result.violations.map((v) => v.id).join(', ')}` : ''})`);
+  await shared(page, name);
 }
 
 async function goto(hash) {

@@ -15,10 +15,7 @@
 // over every view (no serious or critical violations) and screenshots go to
 // <artifact-dir>. Exits non-zero on the first failure.
 
-import { chromium } from 'playwright-core';
-import { createRequire } from 'node:module';
-import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { artifactDir, checker, launch, openPage } from './harness.mjs';
 import assert from 'node:assert/strict';
 
 const [base, adminKey, admin2Key, artifacts, agentBPid] = process.argv.slice(2);
@@ -31,12 +28,8 @@ const watchdog = setTimeout(() => {
   console.error('[fleet-test] timed out after 300 s');
   process.exit(1);
 }, 300000);
-mkdirSync(artifacts, { recursive: true });
-for (const f of readdirSync(artifacts)) if (f.endsWith('.png')) rmSync(join(artifacts, f));
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
-const executablePath = process.env.KZ_CHROMIUM || '/usr/bin/chromium';
 const log = (msg) => console.error(`[fleet-test] ${msg}`);
+const shared = checker(artifactDir(artifacts), log);
 
 async function call(method, path, body, key = adminKey) {
   const r = await fetch(base + path, {
@@ -49,43 +42,21 @@ async function call(method, path, body, key = adminKey) {
   return text ? JSON.parse(text) : null;
 }
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-const page = await context.newPage();
-page.setDefaultTimeout(30000);
+const browser = await launch();
 const problems = [];
-page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-page.on('console', (m) => {
-  const t = m.text();
-  if (/Content Security Policy|Refused to/i.test(t)) problems.push(`CSP: ${t}`);
-  // 401/403/409 are answers the test provokes (a creator approving its own deployment).
-  else if (m.type() === 'error' && !/status of 40[139]|status of 429/.test(t)) problems.push(`console error: ${t}`);
-});
+// 401/403/409 are answers the test provokes (a creator approving its own deployment).
+const { page } = await openPage(browser, base, problems, /status of 40[139]|status of 429/);
+page.setDefaultTimeout(30000);
 page.on('dialog', (d) => d.accept());
 
 let shots = 0;
+/** No value leaked into the view as text, then a screenshot and axe-core. */
 async function check(name) {
+  shots += 1;
   await page.waitForFunction(() => !document.querySelector('[aria-busy="true"]'));
   const text = await page.locator('main').innerText();
   assert.ok(!/\b(null|undefined|NaN)\b|\[object /.test(text), `${name}: a value leaked into the page: ${text}`);
-  shots += 1;
-  await page.screenshot({ path: join(artifacts, `${String(shots).padStart(2, '0')}-${name}.png`), fullPage: true });
-  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(axeSource);
-  const result = await page.evaluate(async () => {
-    const r = await window.axe.run(document, { resultTypes: ['violations'] });
-    return {
-      passes: r.passes.length,
-      violations: r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 5) })),
-    };
-  });
-  assert.ok(result.passes >= 10, `${name}: axe checked the page (${result.passes} rules passed)`);
-  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-  assert.deepEqual(bad, [], `${name}: serious or critical accessibility violations: ${JSON.stringify(bad, null, 1)}`);
-  log(`${name}: ok (axe: ${result.passes} rules passed, ${result.violations.length} minor findings${result.violations.length ? `: ${result.violations.map((v) => v.id).join(', ')}` : ''})`);
+  await shared(page, name);
 }
 
 async function goto(hash) {

@@ -1,4 +1,4 @@
-// What sso.test.mjs and map.test.mjs share: Debian's Chromium through playwright-core
+// What the browser tests (console, fleet, sso, map) share: Debian's Chromium through playwright-core
 // (/usr/bin/chromium or $KZ_CHROMIUM; never a downloaded browser), pages that record CSP
 // refusals and script errors, and `check`: a screenshot plus axe-core (zero serious or
 // critical violations).
@@ -35,9 +35,10 @@ export function launch() {
 
 /**
  * A fresh context and page; `problems` collects CSP refusals and script errors on our
- * own origin (`origin`); requests leaving this machine are aborted.
+ * own origin (`origin`), except failed requests whose status `expected` matches (answers
+ * the test provokes); requests leaving this machine are aborted.
  */
-export async function openPage(browser, origin, problems) {
+export async function openPage(browser, origin, problems, expected = /status of 40[0134]|status of 429/) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   await context.route(/^https?:\/\/(?!127\.0\.0\.1|localhost)/, (route) => route.abort());
   const page = await context.newPage();
@@ -46,7 +47,7 @@ export async function openPage(browser, origin, problems) {
     if (!page.url().startsWith(origin)) return;
     const t = m.text();
     if (/Content Security Policy|Refused to/i.test(t)) problems.push(`CSP: ${t}`);
-    else if (m.type() === 'error' && !/status of 40[0134]|status of 429/.test(t)) problems.push(`console error: ${t}`);
+    else if (m.type() === 'error' && !expected.test(t)) problems.push(`console error: ${t}`);
   });
   return { context, page };
 }

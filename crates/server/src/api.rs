@@ -312,7 +312,7 @@ async fn describe_kernel(
 /// ends. Every event is the whole kernel, so a reconnect starts from the current state.
 #[utoipa::path(get, path = "/v1/kernels/{id}/events", tag = "kernels", security(("bearer" = [])),
     params(("id" = String, Path, description = "Kernel id")),
-    responses((status = 200, description = "text/event-stream of KernelInfo", content_type = "text/event-stream", body = String), Errors))]
+    responses((status = 200, description = "text/event-stream of KernelInfo", content_type = "text/event-stream", body = SseEvent), Errors))]
 async fn kernel_events(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
     st.describe_kernel(&p, &id).await?;
     let (s, job) = (st.clone(), id.clone());
@@ -476,7 +476,7 @@ async fn backup_status(
 /// stream ends. Every event is the whole job, so a reconnect starts from the current state.
 #[utoipa::path(get, path = "/v1/backups/{id}/events", tag = "admin", security(("bearer" = [])),
     params(("id" = String, Path, description = "Backup id")),
-    responses((status = 200, description = "text/event-stream of BackupInfo", content_type = "text/event-stream", body = String), Errors))]
+    responses((status = 200, description = "text/event-stream of BackupInfo", content_type = "text/event-stream", body = SseEvent), Errors))]
 async fn backup_events(State(st): St, Auth(p): Auth, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
     st.backup_status(&p, &id).await?;
     let (s, job) = (st.clone(), id.clone());

@@ -483,7 +483,7 @@ pub struct EventQuery {
 /// `Last-Event-ID` (or `after`) within the backlog; a `lagged` event says how many a slow
 /// reader missed (read the lists again).
 #[utoipa::path(get, path = "/v1/fleet/events", tag = "fleet", security(("bearer" = [])), params(EventQuery),
-    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), Errors))]
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = crate::model::SseEvent), Errors))]
 async fn events(
     State(st): St,
     Auth(p): Auth,

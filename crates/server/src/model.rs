@@ -296,6 +296,20 @@ pub struct SearchResponse {
     pub explain: Option<kernelize_index::search::Explain>,
 }
 
+/// One server-sent event of a `text/event-stream` response, as a client parses it: its
+/// `id` (send it back as `Last-Event-ID` to resume), its type and its data (a JSON
+/// document; which one the route says).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SseEvent {
+    /// Sequence number of the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Event type (`kernel`, `backup`, or a fleet event kind).
+    pub event: String,
+    /// The event's JSON document, as text.
+    pub data: String,
+}
+
 /// One search the slow-query log kept.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SlowQuery {

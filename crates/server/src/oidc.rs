@@ -28,7 +28,7 @@
 use crate::api::{Auth, QueryParams, audited};
 use crate::auth::{Principal, Role, Scope, TOKEN_ISSUER, TokenClaims, random_id};
 use crate::error::{ApiError, clip, current_request_id};
-use crate::state::{AppState, KEY_CACHE_TTL, now_ms, rfc3339};
+use crate::state::{AppState, now_ms, rfc3339};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -293,7 +293,7 @@ pub struct Sso {
     jwks: tokio::sync::Mutex<Option<Cached<Vec<Jwk>>>>,
     pending: Mutex<HashMap<String, Pending>>,
     handoffs: Mutex<HashMap<[u8; 32], Handoff>>,
-    sessions: Mutex<HashMap<String, (SessionRow, Instant)>>,
+    sessions: crate::state::RowCache<SessionRow>,
 }
 
 impl std::fmt::Debug for Sso {
@@ -350,7 +350,7 @@ impl Sso {
             jwks: tokio::sync::Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             handoffs: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: crate::state::RowCache::default(),
         }
     }
 
@@ -635,12 +635,10 @@ impl Sso {
         Ok(secret)
     }
 
-    /// The session row `sid` (cached for at most [`KEY_CACHE_TTL`]).
+    /// The session row `sid` (cached for at most [`crate::state::KEY_CACHE_TTL`]).
     async fn session(&self, st: &AppState, sid: &str) -> Result<Option<SessionRow>, ApiError> {
-        if let Some((row, at)) = self.sessions.lock().get(sid)
-            && at.elapsed() < KEY_CACHE_TTL
-        {
-            return Ok(Some(row.clone()));
+        if let Some(row) = self.sessions.get(sid) {
+            return Ok(Some(row));
         }
         let row =
             sqlx::query("SELECT subject, role, collections, expires_ms, revoked_ms FROM sso_sessions WHERE id = $1")
@@ -666,14 +664,7 @@ impl Sso {
                 })
             }
         };
-        let mut cache = self.sessions.lock();
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        match &row {
-            Some(r) => cache.insert(sid.to_owned(), (r.clone(), Instant::now())),
-            None => cache.remove(sid),
-        };
+        self.sessions.put(sid, row.as_ref());
         Ok(row)
     }
 }
@@ -851,7 +842,7 @@ impl AppState {
             .execute(self.meta.pool())
             .await?;
         if let Some(s) = &self.sso {
-            s.sessions.lock().remove(sid);
+            s.sessions.forget(sid);
         }
         Ok(r.rows_affected() == 1)
     }

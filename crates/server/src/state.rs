@@ -63,7 +63,7 @@ pub struct AppState {
     pub sso: Option<crate::oidc::Sso>,
     /// Set when shutdown begins: responses then close their connections.
     pub draining: std::sync::atomic::AtomicBool,
-    keys: Mutex<HashMap<String, (KeyRow, Instant)>>,
+    keys: RowCache<KeyRow>,
     limiter: DefaultKeyedRateLimiter<String>,
     failures: DefaultKeyedRateLimiter<std::net::IpAddr>,
     usage: Mutex<HashMap<String, UsageRow>>,
@@ -76,6 +76,41 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+/// Rows of the metadata store looked up on every request (keys, single-sign-on sessions),
+/// kept for at most [`KEY_CACHE_TTL`]; at most 100,000 (then it starts over).
+#[derive(Debug)]
+pub(crate) struct RowCache<T>(Mutex<HashMap<String, (T, Instant)>>);
+
+impl<T> Default for RowCache<T> {
+    fn default() -> Self {
+        RowCache(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T: Clone> RowCache<T> {
+    /// The row of `id`, if cached and fresh.
+    pub(crate) fn get(&self, id: &str) -> Option<T> {
+        self.0.lock().get(id).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(row, _)| row.clone())
+    }
+
+    /// Caches what the store said of `id` (`None`: nothing, and the old entry goes).
+    pub(crate) fn put(&self, id: &str, row: Option<&T>) {
+        let mut cache = self.0.lock();
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        match row {
+            Some(r) => cache.insert(id.to_owned(), (r.clone(), Instant::now())),
+            None => cache.remove(id),
+        };
+    }
+
+    /// Drops `id` (after a revocation).
+    pub(crate) fn forget(&self, id: &str) {
+        self.0.lock().remove(id);
     }
 }
 
@@ -149,7 +184,7 @@ impl AppState {
             slow_queries: Mutex::new(std::collections::VecDeque::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
             handlers: std::sync::atomic::AtomicUsize::new(0),
-            keys: Mutex::new(HashMap::new()),
+            keys: RowCache::default(),
             limiter: RateLimiter::keyed(quota),
             failures: RateLimiter::keyed(fail_quota),
             usage: Mutex::new(HashMap::new()),
@@ -166,26 +201,17 @@ impl AppState {
     }
 
     async fn key_row(&self, id: &str) -> Result<Option<KeyRow>, ApiError> {
-        if let Some((row, at)) = self.keys.lock().get(id)
-            && at.elapsed() < KEY_CACHE_TTL
-        {
-            return Ok(Some(row.clone()));
+        if let Some(row) = self.keys.get(id) {
+            return Ok(Some(row));
         }
         let row = self.meta.key(id).await?;
-        let mut cache = self.keys.lock();
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        match &row {
-            Some(r) => cache.insert(id.to_owned(), (r.clone(), Instant::now())),
-            None => cache.remove(id),
-        };
+        self.keys.put(id, row.as_ref());
         Ok(row)
     }
 
     /// Drops a key from the lookup cache (after revocation or rotation).
     pub fn forget_key(&self, id: &str) {
-        self.keys.lock().remove(id);
+        self.keys.forget(id);
     }
 
     /// Establishes who sent `authorization` (the header's value). Every failure is the

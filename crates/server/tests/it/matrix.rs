@@ -266,6 +266,10 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             let (s, v) = call(Method::GET, "/v1/usage".into(), None).await;
             (s, v, expected(who, Who::Admin, false, StatusCode::OK))
         }
+        ("get", "/v1/slow-queries") => {
+            let (s, v) = call(Method::GET, "/v1/slow-queries".into(), None).await;
+            (s, v, expected(who, Who::Admin, false, StatusCode::OK))
+        }
         ("post", "/v1/keys") => {
             let before = ts.get(ADMIN_KEY, "/v1/keys").await.1["keys"].as_array().unwrap().len();
             let (s, v) = call(Method::POST, "/v1/keys".into(), Some(json!({"name": "k", "role": "admin"}))).await;
