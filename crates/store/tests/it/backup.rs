@@ -18,33 +18,49 @@ fn online_backup_is_consistent_and_restores_in_both_formats() {
     for i in 0..200 {
         c.upsert(vec![rec(&format!("p{i}"), i as f32, 0.0)]).unwrap();
     }
-    for fmt in [BackupFormat::Dir, BackupFormat::Tar] {
+    // Each round writes new ids (its own prefix), so every write adds one record and
+    // the record count equals the sequence number. (Re-using ids across rounds made
+    // the count lag the sequence whenever the writer got ahead of the snapshot.)
+    let mut base = 200;
+    for (round, fmt) in [BackupFormat::Dir, BackupFormat::Tar].into_iter().enumerate() {
         let dest = tmp.path().join(if fmt == BackupFormat::Tar { "b.tar" } else { "b" });
-        // Writers keep going while the backup runs.
+        let prefix = format!("r{round}-");
+        let written = std::sync::atomic::AtomicUsize::new(0);
+        // Writers keep going while the backup runs: the backup starts only once the
+        // writer is under way, so the two overlap on every run.
         let report = std::thread::scope(|s| {
             let writer = s.spawn(|| {
                 for i in 0..300 {
-                    c.upsert(vec![rec(&format!("q{i}"), i as f32, 1.0)]).unwrap();
+                    c.upsert(vec![rec(&format!("{prefix}{i}"), i as f32, 1.0)]).unwrap();
+                    written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             });
+            while written.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+                std::thread::yield_now();
+            }
             let r = backup(&db, &dest, fmt, &[], &mut |_, _| {}).unwrap();
             writer.join().unwrap();
             r
         });
         let seq = report.collections[0].seq;
+        assert!((base + 5..=base + 300).contains(&seq), "seq {seq} after base {base}");
         let v = verify(&dest).unwrap();
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         let target = Database::open(&tmp.path().join(format!("restored-{fmt:?}")), opts()).unwrap();
         restore(&target, &dest, None, None).unwrap();
         let r = target.collection("c").unwrap();
         // The restored state is exactly the source's state at `seq`: writes are one
-        // record each, so the first `seq` writes are p0..p199 then q0..q(seq-201).
+        // new record each, so it holds every earlier round's records and this round's
+        // first `seq - base` writes, and none after.
         let n = r.snapshot().count().unwrap();
         assert_eq!(n, seq);
-        for i in 0..(seq - 200) {
-            assert!(r.get(&format!("q{i}")).unwrap().is_some());
+        for i in 0..(seq - base) {
+            assert!(r.get(&format!("{prefix}{i}")).unwrap().is_some(), "{prefix}{i} missing");
         }
-        assert!(r.get(&format!("q{}", seq - 200)).unwrap().is_none());
+        if seq - base < 300 {
+            assert!(r.get(&format!("{prefix}{}", seq - base)).unwrap().is_none());
+        }
+        base += 300;
     }
 }
 
