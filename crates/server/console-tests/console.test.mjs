@@ -155,6 +155,23 @@ try {
   await page.locator('#record-title').waitFor();
   await check('records');
 
+  // A filter whose few matches lie past the server's 10,000-records-per-request bound: the
+  // browser follows the cursor until the page is full or the collection ends.
+  await call('POST', '/v1/collections', { name: 'many', dim: 2 });
+  for (let b = 0; b < 3; b++) {
+    const batch = Array.from({ length: 8000 }, (_, i) => {
+      const n = b * 8000 + i;
+      return { id: `m${n}`, vector: [1, n % 7], metadata: { rare: n % 4000 === 3999 } };
+    });
+    await call('POST', '/v1/collections/many/records', { records: batch });
+  }
+  await goto('#/records/many');
+  await page.locator('#page-info').waitFor();
+  await page.getByLabel('Filter expression').fill('rare = true');
+  await page.getByLabel('Filter expression').press('Enter');
+  await page.waitForFunction(() => /matching the filter/.test(document.querySelector('#page-info').textContent));
+  assert.match(await page.locator('#page-info').textContent(), /^Page 1: 6 records matching the filter; last page \(.*, 3 requests\)\.$/);
+
   // ---------------------------------------------------------------- search with the exact comparison
   await goto('#/search/docs');
   await page.getByLabel('Vector', { exact: true }).check();
