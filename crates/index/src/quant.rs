@@ -147,8 +147,31 @@ pub struct RabitqModel {
     pub dim: usize,
     /// Centroid (`dim`).
     pub centroid: Vec<f32>,
-    /// Row-major `padded × padded` orthogonal matrix.
-    pub rotation: Vec<f32>,
+    /// The orthogonal transform applied before quantizing (`padded × padded`).
+    pub rotation: Rotation,
+}
+
+/// Rounds of the structured rotation ([`Rotation::Hadamard`]).
+pub const HADAMARD_ROUNDS: usize = 3;
+
+/// The random orthogonal transform RaBitQ applies to residuals and queries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rotation {
+    /// A row-major `P × P` orthogonal matrix (Gram–Schmidt on Gaussian rows): segment
+    /// indexes and format-1 kernels. `4·P²` bytes.
+    Dense(Vec<f32>),
+    /// [`HADAMARD_ROUNDS`] rounds of: flip the signs of all `P` coordinates by one sign
+    /// vector, apply the normalised Walsh–Hadamard transform to the first `H` coordinates
+    /// (`H` the largest power of two ≤ `P`), flip by a second sign vector, transform the
+    /// last `H`. Overlapping halves mix every coordinate with every other by the second
+    /// round; each step is orthogonal, so the product is. `signs` holds the
+    /// `2·HADAMARD_ROUNDS` vectors bit-packed (vector `s`, coordinate `i` is bit
+    /// `s·P + i`, least significant bit first; a set bit negates): `P·6/8` bytes, 288 for
+    /// `P` = 384, instead of 590 KB.
+    Hadamard {
+        /// `2 · HADAMARD_ROUNDS · P / 8` bytes.
+        signs: Vec<u8>,
+    },
 }
 
 /// A random orthogonal matrix (Gram–Schmidt on Gaussian rows), row-major.
@@ -170,9 +193,116 @@ fn random_rotation(d: usize, seed: u64) -> Vec<f32> {
     m.into_iter().map(|x| x as f32).collect()
 }
 
+/// In-place normalised Walsh–Hadamard transform (`x.len()` a power of two); its own inverse.
+fn fwht(x: &mut [f32]) {
+    let n = x.len();
+    let mut h = 1;
+    while h < n {
+        for block in x.chunks_exact_mut(2 * h) {
+            let (a, b) = block.split_at_mut(h);
+            for (p, q) in a.iter_mut().zip(b.iter_mut()) {
+                let (u, v) = (*p, *q);
+                *p = u + v;
+                *q = u - v;
+            }
+        }
+        h *= 2;
+    }
+    let s = 1.0 / (n as f32).sqrt();
+    x.iter_mut().for_each(|v| *v *= s);
+}
+
+impl Rotation {
+    /// Bytes of [`Rotation::Hadamard`]'s signs for padded dimension `p`.
+    pub fn hadamard_signs_len(p: usize) -> usize {
+        2 * HADAMARD_ROUNDS * p / 8
+    }
+
+    /// A structured rotation for padded dimension `p` (a multiple of 64), drawn from `seed`.
+    pub fn hadamard(p: usize, seed: u64) -> Rotation {
+        use rand::Rng as _;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        Rotation::Hadamard { signs: (0..Self::hadamard_signs_len(p)).map(|_| rng.random::<u8>()).collect() }
+    }
+
+    /// A dense random rotation for padded dimension `p`, drawn from `seed`.
+    pub fn dense(p: usize, seed: u64) -> Rotation {
+        Rotation::Dense(random_rotation(p, seed))
+    }
+
+    /// Whether this rotation fits padded dimension `p`.
+    pub fn fits(&self, p: usize) -> bool {
+        match self {
+            Rotation::Dense(m) => m.len() == p * p,
+            Rotation::Hadamard { signs } => p % 8 == 0 && signs.len() == Self::hadamard_signs_len(p),
+        }
+    }
+
+    fn flip(signs: &[u8], s: usize, x: &mut [f32]) {
+        let p = x.len();
+        for (i, v) in x.iter_mut().enumerate() {
+            let bit = s * p + i;
+            if signs[bit / 8] >> (bit % 8) & 1 == 1 {
+                *v = -*v;
+            }
+        }
+    }
+
+    /// `R·x` in place (`x` has the padded length).
+    pub fn apply(&self, x: &mut [f32]) {
+        match self {
+            Rotation::Dense(m) => {
+                let d = x.len();
+                let out: Vec<f32> = m.chunks_exact(d).map(|row| distance::dot(row, x)).collect();
+                x.copy_from_slice(&out);
+            }
+            Rotation::Hadamard { signs } => {
+                let p = x.len();
+                let h = 1usize << p.ilog2();
+                for r in 0..HADAMARD_ROUNDS {
+                    Self::flip(signs, 2 * r, x);
+                    fwht(&mut x[..h]);
+                    Self::flip(signs, 2 * r + 1, x);
+                    fwht(&mut x[p - h..]);
+                }
+            }
+        }
+    }
+
+    /// `Rᵀ·x` in place: back from rotated space.
+    pub fn apply_inverse(&self, x: &mut [f32]) {
+        match self {
+            Rotation::Dense(m) => {
+                let d = x.len();
+                let mut out = vec![0f32; d];
+                for (row, &v) in m.chunks_exact(d).zip(x.iter()) {
+                    out.iter_mut().zip(row).for_each(|(o, r)| *o += r * v);
+                }
+                x.copy_from_slice(&out);
+            }
+            Rotation::Hadamard { signs } => {
+                let p = x.len();
+                let h = 1usize << p.ilog2();
+                for r in (0..HADAMARD_ROUNDS).rev() {
+                    fwht(&mut x[p - h..]);
+                    Self::flip(signs, 2 * r + 1, x);
+                    fwht(&mut x[..h]);
+                    Self::flip(signs, 2 * r, x);
+                }
+            }
+        }
+    }
+}
+
 impl RabitqModel {
-    /// Trains on prepared rows: the centroid is their mean; the rotation is drawn from `seed`.
+    /// Trains on prepared rows: the centroid is their mean; a dense rotation is drawn
+    /// from `seed`.
     pub fn train<'a>(bits: u8, dim: usize, rows: impl Iterator<Item = &'a [f32]>, seed: u64) -> RabitqModel {
+        RabitqModel::train_with(bits, dim, rows, Rotation::dense(padded_dim(dim), seed))
+    }
+
+    /// Trains on prepared rows with the given rotation (for the padded dimension).
+    pub fn train_with<'a>(bits: u8, dim: usize, rows: impl Iterator<Item = &'a [f32]>, rotation: Rotation) -> RabitqModel {
         let mut sum = vec![0f64; dim];
         let mut n = 0usize;
         for r in rows {
@@ -180,7 +310,7 @@ impl RabitqModel {
             n += 1;
         }
         let centroid = sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect();
-        RabitqModel { bits, dim, centroid, rotation: random_rotation(padded_dim(dim), seed) }
+        RabitqModel { bits, dim, centroid, rotation }
     }
 
     /// Padded dimension.
@@ -198,17 +328,15 @@ impl RabitqModel {
         let d = self.padded();
         let mut x = vec![0f32; d];
         x[..v.len().min(d)].copy_from_slice(&v[..v.len().min(d)]);
-        self.rotation.chunks_exact(d).map(|row| distance::dot(row, &x)).collect()
+        self.rotation.apply(&mut x);
+        x
     }
 
     /// `Rᵀ·v`: back from rotated space (`v` has the padded length).
     pub fn unrotate(&self, v: &[f32]) -> Vec<f32> {
-        let d = self.padded();
-        let mut out = vec![0f32; d];
-        for (row, &x) in self.rotation.chunks_exact(d).zip(v) {
-            out.iter_mut().zip(row).for_each(|(o, r)| *o += r * x);
-        }
-        out
+        let mut x = v.to_vec();
+        self.rotation.apply_inverse(&mut x);
+        x
     }
 
     /// The quantized residual direction `x̄` of a code (centred grid values, in rotated
@@ -490,6 +618,68 @@ mod tests {
             assert!(e1 < 0.25 * slack, "{metric}: rabitq1 relative error {e1}");
             assert!(e4 < e1, "{metric}: 4 bits ({e4}) should beat 1 bit ({e1})");
         }
+    }
+
+    #[test]
+    fn hadamard_rotation_is_orthogonal_and_inverts() {
+        for p in [64, 128, 384, 448] {
+            let r = Rotation::hadamard(p, 5);
+            assert!(r.fits(p) && !r.fits(p + 64));
+            // Columns R·e_j are orthonormal.
+            let cols: Vec<Vec<f32>> = (0..p)
+                .map(|j| {
+                    let mut e = vec![0f32; p];
+                    e[j] = 1.0;
+                    r.apply(&mut e);
+                    e
+                })
+                .collect();
+            for i in 0..p {
+                for j in 0..p {
+                    let d = distance::scalar::dot(&cols[i], &cols[j]);
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((d - want).abs() < 1e-4, "p {p}, columns {i},{j}: {d}");
+                }
+            }
+            // Every input is spread over most outputs (products of Hadamards may cancel
+            // exactly in places, as in any structured orthogonal transform).
+            let spread = cols.iter().map(|c| c.iter().filter(|x| x.abs() > 1e-6).count()).min().unwrap_or(0);
+            assert!(spread >= p / 2, "p {p}: a coordinate reaches only {spread} outputs");
+            let x: Vec<f32> = (0..p).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut y = x.clone();
+            r.apply(&mut y);
+            r.apply_inverse(&mut y);
+            assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-5), "p {p}: inverse");
+        }
+    }
+
+    #[test]
+    fn hadamard_estimates_are_as_good_as_dense_ones() {
+        // The same data encoded under each rotation: the structured one must estimate
+        // distances about as well as the dense random matrix it replaces.
+        let (n, dim) = (400, 384);
+        let v = data(n, dim, 11);
+        let q = data(20, dim, 12);
+        let err = |rot: Rotation| {
+            let m = RabitqModel::train_with(4, dim, v.chunks_exact(dim), rot);
+            let len = m.code_len();
+            let mut codes = vec![0u8; n * len];
+            let factors: Vec<[f32; 2]> =
+                v.chunks_exact(dim).zip(codes.chunks_exact_mut(len)).map(|(r, c)| m.encode(r, c)).collect();
+            let s = RabitqSpace { model: &m, codes: &codes, factors: &factors, metric: Metric::L2 };
+            let mut e = 0f64;
+            for qv in q.chunks_exact(dim) {
+                let qq = s.query(qv);
+                for (i, row) in v.chunks_exact(dim).enumerate() {
+                    let exact = distance::l2_sq(qv, row);
+                    e += f64::from((s.dist(&qq, i as u32) - exact).abs() / exact.max(1e-6));
+                }
+            }
+            e / (n * 20) as f64
+        };
+        let dense = err(Rotation::dense(padded_dim(dim), 3));
+        let fast = err(Rotation::hadamard(padded_dim(dim), 3));
+        assert!(fast < dense * 1.15, "hadamard {fast} vs dense {dense}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use crate::bm25::Bm25Index;
 use crate::filter::PayloadIndex;
 use crate::hnsw::{self, Builder, Cand, Graph, GraphParts, HnswParams};
-use crate::quant::{Int8Model, Int8Space, RabitqModel, RabitqSpace};
+use crate::quant::{Int8Model, Int8Space, RabitqModel, RabitqSpace, Rotation};
 use crate::space::{F32Space, inverse_norms};
 use kernelize_store::{IndexSettings, Mapped, Metric, Quantization, Segment, Storage};
 use serde::{Deserialize, Serialize};
@@ -280,7 +280,10 @@ pub fn build(segment: &Segment, metric: Metric, settings: IndexSettings) -> Resu
                 factors[2 * i..2 * i + 2].copy_from_slice(&f);
             }
             sections.push((Tag::RabitqCentroid, le_bytes_f32(&model.centroid)));
-            sections.push((Tag::RabitqRotation, le_bytes_f32(&model.rotation)));
+            // `train` draws a dense rotation: segment index files keep the matrix.
+            if let Rotation::Dense(matrix) = &model.rotation {
+                sections.push((Tag::RabitqRotation, le_bytes_f32(matrix)));
+            }
             sections.push((Tag::RabitqCodes, codes));
             sections.push((Tag::RabitqFactors, le_bytes_f32(&factors)));
         }
@@ -456,7 +459,7 @@ impl SegmentIndex {
                 bits,
                 dim: ix.meta.dim,
                 centroid: ix.f32s(Tag::RabitqCentroid).to_vec(),
-                rotation: ix.f32s(Tag::RabitqRotation).to_vec(),
+                rotation: Rotation::Dense(ix.f32s(Tag::RabitqRotation).to_vec()),
             });
         }
         ix.check_shapes()?;
@@ -501,7 +504,7 @@ impl SegmentIndex {
             Quantization::Rabitq1 | Quantization::Rabitq4 => {
                 let Some(m) = &self.rabitq else { return bad("RaBitQ model") };
                 let d = m.padded();
-                if m.centroid.len() != dim || m.rotation.len() != d * d {
+                if m.centroid.len() != dim || !m.rotation.fits(d) {
                     return bad("RaBitQ model");
                 }
                 if self.bytes(Tag::RabitqCodes).len() != n * m.code_len() || self.factors().len() != n {

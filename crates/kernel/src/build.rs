@@ -11,7 +11,7 @@ use crate::keys::SigningKey;
 use crate::{blocks, pack_ids};
 use kernelize_index::distance;
 use kernelize_index::hnsw::{Builder, HnswParams};
-use kernelize_index::quant::{Int8Model, RabitqModel};
+use kernelize_index::quant::{Int8Model, RabitqModel, Rotation};
 use kernelize_index::space::{F32Space, prepare_query};
 use kernelize_store::{Metric, Quantization};
 use rand::SeedableRng;
@@ -272,6 +272,25 @@ fn le_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Centroids of `width` values each, as format 2 stores them (`centroids.i8`): per row a
+/// little-endian f32 scale `s` = max |value| / 127, then `width` signed bytes `c`, the
+/// value being `s·c`.
+fn centroids_i8(v: &[f32], width: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() / width.max(1) * (4 + width));
+    for row in v.chunks_exact(width) {
+        let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        out.extend_from_slice(&scale.to_le_bytes());
+        out.extend(row.iter().map(|&x| if scale > 0.0 { (x / scale).round().clamp(-127.0, 127.0) as i8 as u8 } else { 0 }));
+    }
+    out
+}
+
+/// `row` as a reader of [`centroids_i8`] gets it back.
+fn i8_rounded(row: &[f32]) -> Vec<f32> {
+    let bytes = centroids_i8(row, row.len());
+    crate::kernel::decode_centroids_i8(&bytes, row.len()).unwrap_or_else(|_| row.to_vec())
+}
+
 fn le_u32(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -361,7 +380,7 @@ pub fn build(
     let rabitq = match opts.quantization {
         Quantization::Rabitq1 | Quantization::Rabitq4 => {
             let bits = if opts.quantization == Quantization::Rabitq1 { 1 } else { 4 };
-            Some(RabitqModel::train(bits, dim, (0..rows).map(row_vec), opts.seed))
+            Some(RabitqModel::train_with(bits, dim, (0..rows).map(row_vec), Rotation::hadamard(padded, opts.seed)))
         }
         _ => None,
     };
@@ -380,9 +399,11 @@ pub fn build(
     match (&rabitq, opts.quantization) {
         (Some(model), _) => {
             // Centroids in rotated space: per list (IVF) or the global one (HNSW).
+            // Stored in 8 bits: residuals are taken from the rounded centroids, the ones a
+            // reader decodes.
             let cents: Vec<Vec<f32>> = match opts.index {
-                IndexKind::Ivf { .. } => centroids.par_chunks_exact(dim).map(|c| model.rotate(c)).collect(),
-                IndexKind::Hnsw { .. } => vec![model.rotate(&model.centroid)],
+                IndexKind::Ivf { .. } => centroids.par_chunks_exact(dim).map(|c| i8_rounded(&model.rotate(c))).collect(),
+                IndexKind::Hnsw { .. } => vec![i8_rounded(&model.rotate(&model.centroid))],
             };
             let len = model.code_len();
             let mut codes = vec![0u8; rows * len];
@@ -396,12 +417,14 @@ pub fn build(
                     model.encode_rotated(u, out)
                 })
                 .collect();
-            sections.push(("rabitq.rotation", le_f32(&model.rotation)));
+            if let Rotation::Hadamard { signs } = &model.rotation {
+                sections.push(("rabitq.signs", signs.clone()));
+            }
             sections.push(("rabitq.codes", codes));
             sections.push(("rabitq.factors", le_f32(bytemuck::cast_slice(&factors))));
             let flat: Vec<f32> = cents.into_iter().flatten().collect();
             debug_assert_eq!(flat.len() % padded, 0);
-            sections.push(("centroids", le_f32(&flat)));
+            sections.push(("centroids.i8", centroids_i8(&flat, padded)));
         }
         (None, Quantization::Int8) => {
             let model = Int8Model::train(dim, (0..rows).map(row_vec));
@@ -420,7 +443,7 @@ pub fn build(
     }
     // Without RaBitQ the lists' centroids are only for probing (IVF); graphs need none.
     if rabitq.is_none() && matches!(opts.index, IndexKind::Ivf { .. }) {
-        sections.push(("centroids", le_f32(&centroids)));
+        sections.push(("centroids.i8", centroids_i8(&centroids, dim)));
     }
     let mut index = match opts.index {
         IndexKind::Ivf { .. } => {

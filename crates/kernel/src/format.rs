@@ -12,8 +12,12 @@ use std::ops::Range;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"KZKERNEL";
-/// The container version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The container version this build writes. Version 2 added the structured RaBitQ
+/// rotation (`rabitq.signs`) and 8-bit centroids (`centroids.i8`); the container
+/// itself is unchanged.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest container version this build still reads.
+pub const OLDEST_READABLE: u32 = 1;
 /// Fixed header bytes.
 pub const HEADER: usize = 32;
 /// Signature bytes.
@@ -227,8 +231,8 @@ pub(crate) fn parse_with(b: &[u8], what: &str, trust: &Trust, check_hashes: bool
         return Err(bad(0, "bad magic: not a Kernelize kernel".into()));
     }
     let version = u32_at(b, 8);
-    if version != FORMAT_VERSION {
-        return Err(bad(8, format!("unsupported format version {version} (this build reads {FORMAT_VERSION})")));
+    if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&version) {
+        return Err(bad(8, format!("unsupported format version {version} (this build reads {OLDEST_READABLE} to {FORMAT_VERSION})")));
     }
     if u32_at(b, 12) != 0 {
         return Err(bad(12, "unknown flags".into()));

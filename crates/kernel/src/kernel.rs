@@ -11,7 +11,7 @@ use kernelize_index::bitset::Bitset;
 use kernelize_index::distance;
 use kernelize_index::filter::{Filter, PayloadIndex};
 use kernelize_index::hnsw::{self, Cand, Graph, Space};
-use kernelize_index::quant::{Int8Space, RabitqModel, RabitqQuery, RabitqSpace, padded_dim};
+use kernelize_index::quant::{Int8Space, RabitqModel, RabitqQuery, RabitqSpace, Rotation, padded_dim};
 use kernelize_index::search::to_score;
 use kernelize_index::segment_index::Resident;
 use kernelize_index::space::{F32Space, prepare_query};
@@ -61,6 +61,9 @@ pub struct Kernel {
     bytes: Mapped,
     parsed: Parsed,
     rabitq: Option<RabitqModel>,
+    /// The IVF (or RaBitQ) centroids decoded from `centroids.i8` (format 2); empty when
+    /// the kernel stores them as f32 (`centroids`, format 1), read in place.
+    centroids8: Vec<f32>,
     payload: OnceLock<std::result::Result<PayloadIndex, String>>,
 }
 
@@ -72,6 +75,20 @@ impl std::fmt::Debug for Kernel {
 
 /// Largest squared norm of a query vector: distances to it stay far below f32::MAX.
 pub const MAX_QUERY_NORM2: f64 = kernelize_store::MAX_VECTOR_NORM2;
+
+/// Decodes `centroids.i8` (rows of an f32 scale then `width` signed bytes) to f32;
+/// `Err(row)` names the first row whose scale is not finite and ≥ 0.
+pub(crate) fn decode_centroids_i8(bytes: &[u8], width: usize) -> std::result::Result<Vec<f32>, usize> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, row) in bytes.chunks_exact(4 + width).enumerate() {
+        let scale = f32::from_le_bytes([row[0], row[1], row[2], row[3]]);
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(i);
+        }
+        out.extend(row[4..].iter().map(|&c| scale * f32::from(c as i8)));
+    }
+    Ok(out)
+}
 
 /// A RaBitQ query against rows whose residuals are taken from centroid `c` (rotated):
 /// `w` is the rotated query.
@@ -112,7 +129,7 @@ impl Kernel {
             return Err(KernelError::Invalid("kernels are read in place and need a little-endian machine".into()));
         }
         let parsed = format::parse_with(&bytes, what, trust, check_hashes)?;
-        let mut k = Kernel { what: what.to_owned(), bytes, parsed, rabitq: None, payload: OnceLock::new() };
+        let mut k = Kernel { what: what.to_owned(), bytes, parsed, rabitq: None, centroids8: Vec::new(), payload: OnceLock::new() };
         k.check_shapes()?;
         Ok(k)
     }
@@ -155,6 +172,25 @@ impl Kernel {
 
     fn corrupt(&self, name: &str, reason: impl Into<String>) -> KernelError {
         KernelError::corrupt(&self.what, self.range(name).start as u64, reason)
+    }
+
+    /// The centroids: decoded from 8 bits (format 2) or read in place (format 1).
+    fn centroids(&self) -> &[f32] {
+        if self.centroids8.is_empty() { self.f32s("centroids") } else { &self.centroids8 }
+    }
+
+    /// Checks there are `rows` centroids of `width` values (`centroids.i8`, decoded here,
+    /// or f32 in `centroids`).
+    fn need_centroids(&mut self, rows: usize, width: usize) -> Result<()> {
+        if self.parsed.range("centroids.i8").is_none() {
+            return self.need("centroids", rows * width, 4);
+        }
+        self.need("centroids.i8", rows, 4 + width)?;
+        match decode_centroids_i8(self.section("centroids.i8"), width) {
+            Ok(v) => self.centroids8 = v,
+            Err(row) => return Err(self.corrupt("centroids.i8", format!("centroid {row}: its scale is not a finite number ≥ 0"))),
+        }
+        Ok(())
     }
 
     fn need(&self, name: &str, len: usize, elem: usize) -> Result<()> {
@@ -217,23 +253,25 @@ impl Kernel {
             }
             Quantization::Rabitq1 | Quantization::Rabitq4 => {
                 let bits = if m.quantization == Quantization::Rabitq1 { 1 } else { 4 };
-                self.need("rabitq.rotation", padded * padded, 4)?;
-                let model = RabitqModel {
-                    bits,
-                    dim,
-                    centroid: vec![0.0; dim],
-                    rotation: self.f32s("rabitq.rotation").to_vec(),
+                // Format 2: the structured rotation's signs; format 1: the dense matrix.
+                let rotation = if self.parsed.range("rabitq.signs").is_some() {
+                    self.need("rabitq.signs", Rotation::hadamard_signs_len(padded), 1)?;
+                    Rotation::Hadamard { signs: self.section("rabitq.signs").to_vec() }
+                } else {
+                    self.need("rabitq.rotation", padded * padded, 4)?;
+                    Rotation::Dense(self.f32s("rabitq.rotation").to_vec())
                 };
+                let model = RabitqModel { bits, dim, centroid: vec![0.0; dim], rotation };
                 self.need("rabitq.codes", n * model.code_len(), 1)?;
                 self.need("rabitq.factors", n, 8)?;
-                self.need("centroids", nlist * padded, 4)?;
+                self.need_centroids(nlist, padded)?;
                 self.rabitq = Some(model);
             }
         }
         match m.index {
             IndexSpec::Ivf { .. } => {
                 if self.rabitq.is_none() {
-                    self.need("centroids", nlist * dim, 4)?;
+                    self.need_centroids(nlist, dim)?;
                 }
                 self.need("ivf.offsets", nlist + 1, 4)?;
                 let off = self.u32s("ivf.offsets");
@@ -333,7 +371,7 @@ impl Kernel {
         let m = &self.parsed.manifest;
         let (dim, metric, nlist) = (m.dim, m.metric, self.nlist());
         let offsets = self.u32s("ivf.offsets");
-        let centroids = self.f32s("centroids");
+        let centroids = self.centroids();
         let rotated = self.rabitq.as_ref().map(|model| model.rotate(q));
         let (cq, cdim): (&[f32], usize) = match &rotated {
             Some(w) => (w, padded_dim(dim)),
@@ -454,7 +492,7 @@ impl Kernel {
         let ok = |r: u32| allow.is_none_or(|a| a.get(r));
         let mut out = match (&self.rabitq, m.quantization) {
             (Some(model), _) => {
-                let lq = residual_query(model, metric, &model.rotate(q), self.f32s("centroids"));
+                let lq = residual_query(model, metric, &model.rotate(q), self.centroids());
                 let s = RabitqSpace { model, codes: self.section("rabitq.codes"), factors: self.factors(), metric };
                 let mut pool = hnsw::search(&s, &graph, n, &lq, k, ef.max((k * RERANK_FACTOR).max(RERANK_MIN)), &ok);
                 pool.iter_mut().for_each(|c| c.d = s.dist_f32(&lq, c.id));
@@ -487,7 +525,7 @@ impl Kernel {
         let metric = m.metric;
         let mut all: Vec<Cand> = match &self.rabitq {
             Some(model) => {
-                let lq = residual_query(model, metric, &model.rotate(q), self.f32s("centroids"));
+                let lq = residual_query(model, metric, &model.rotate(q), self.centroids());
                 let s = RabitqSpace { model, codes: self.section("rabitq.codes"), factors: self.factors(), metric };
                 (0..self.rows() as u32).filter(|&r| allow.get(r)).map(|r| Cand { d: s.dist(&lq, r), id: r }).collect()
             }
@@ -620,7 +658,7 @@ impl Kernel {
                 let [nr, _] = self.factors().get(r).copied().unwrap_or([0.0, 0.0]);
                 let l = self.list_of(r as u32);
                 let p = padded_dim(dim);
-                let c = self.f32s("centroids").get(l * p..(l + 1) * p).unwrap_or(&[]);
+                let c = self.centroids().get(l * p..(l + 1) * p).unwrap_or(&[]);
                 // x̄ (centred grid values), scaled to ‖x - c‖, plus the centroid; then un-rotate.
                 let xb = model.dequantize(codes);
                 let norm = distance::norm(&xb).max(1e-30);
