@@ -63,6 +63,9 @@ static ASSETS: &[Asset] = assets![
     "js/views/fleet-devices.js" => JS,
     "js/views/fleet-deployments.js" => JS,
     "js/views/backups.js" => JS,
+    "js/views/programs.js" => JS,
+    "js/views/chat.js" => JS,
+    "js/kernel-verify.js" => JS,
 ];
 
 /// The strong ETag of each asset (SHA-256 of its bytes), in [`ASSETS`] order.

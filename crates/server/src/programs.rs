@@ -478,6 +478,28 @@ pub struct CompileProgress {
     pub calls: u64,
     /// Tokens used.
     pub tokens: u64,
+    /// The score curve: one point per step that scored a candidate on the validation set
+    /// (at most 1000; later steps update only `best_score`).
+    #[serde(default)]
+    pub history: Vec<ScorePoint>,
+}
+
+/// Most points of a compile job's score curve.
+pub const MAX_HISTORY: usize = 1000;
+
+/// A step of a compile job that scored a candidate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ScorePoint {
+    /// Steps done when it was scored.
+    pub step: u64,
+    /// The optimizer's stage (`baseline`, `candidate`, `accept`, …).
+    pub stage: String,
+    /// The candidate's validation score.
+    pub score: f64,
+    /// Best validation score so far.
+    pub best_score: f64,
+    /// Backend calls made by then.
+    pub calls: u64,
 }
 
 /// A compile job.
@@ -491,7 +513,7 @@ pub struct CompileJob {
     pub base_version: i64,
     /// `running`, `succeeded`, `failed` or `cancelled`.
     pub state: String,
-    /// Progress (the last one for a finished job).
+    /// Progress (the last one for a finished job), with the score curve.
     pub progress: CompileProgress,
     /// Who asked.
     pub requested_by: String,
@@ -1539,7 +1561,8 @@ async fn list_runs(
 }
 
 /// Compile a program in the background (writer): the optimizer's result becomes a new
-/// version. Poll `GET /v1/programs/{name}/compile/{job}`.
+/// version. Follow it with `GET /v1/programs/{name}/compile/{job}/events` (or poll
+/// `GET /v1/programs/{name}/compile/{job}`).
 #[utoipa::path(post, path = "/v1/programs/{name}/compile", tag = "programs", security(("bearer" = [])),
     params(("name" = String, Path, description = "Program", example = "qa")),
     request_body = CompileBody,
@@ -1571,6 +1594,30 @@ async fn get_compile_job(
     p.require(Role::Reader, None)?;
     let row = st.job(&name, &id).await?;
     Ok(Json(st.job_info(row)))
+}
+
+/// A compile job as server-sent events (reader): event `job` with the job now (state,
+/// progress, the score curve so far), after each step of the optimizer (at most ten a
+/// second) and when the job has ended (with its report); then the stream ends. Every
+/// event is the whole job, so a reconnect starts from the current state.
+#[utoipa::path(get, path = "/v1/programs/{name}/compile/{job}/events", tag = "programs", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Program", example = "qa"), ("job" = String, Path, description = "Job id")),
+    responses((status = 200, description = "text/event-stream of CompileJob", content_type = "text/event-stream", body = crate::model::SseEvent), ProgramErrors))]
+async fn compile_job_events(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams((name, id)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    p.require(Role::Reader, None)?;
+    st.job(&name, &id).await?;
+    let (s, job) = (st.clone(), id.clone());
+    crate::progress::job_stream(&st, &job, "job", move || {
+        let (s, name, id) = (s.clone(), name.clone(), id.clone());
+        async move {
+            let row = s.job(&name, &id).await?;
+            serde_json::to_value(s.job_info(row)).map_err(ApiError::internal)
+        }
+    })
 }
 
 /// Cancel a compile job (writer); it ends `cancelled` at the optimizer's next step.
@@ -1906,7 +1953,7 @@ fn chat_record(
 #[openapi(
     paths(
         register_program, list_programs, get_program, delete_program, run_program, list_runs,
-        compile_program, get_compile_job, cancel_compile_job, list_models, chat_completions
+        compile_program, get_compile_job, compile_job_events, cancel_compile_job, list_models, chat_completions
     ),
     tags((name = "programs", description = "LLM programs on the local model; OpenAI-compatible chat completions"))
 )]
@@ -1921,6 +1968,7 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/programs/{name}/run", post(run_program))
         .route("/v1/programs/{name}/compile", post(compile_program))
         .route("/v1/programs/{name}/compile/{job}", get(get_compile_job))
+        .route("/v1/programs/{name}/compile/{job}/events", get(compile_job_events))
         .route("/v1/programs/{name}/compile/{job}/cancel", post(cancel_compile_job))
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))

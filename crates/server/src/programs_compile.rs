@@ -7,7 +7,9 @@
 
 use crate::auth::{Principal, random_id};
 use crate::error::ApiError;
-use crate::programs::{CompileBody, CompileProgress, JobProgress, MAX_EXAMPLES, program_error};
+use crate::programs::{
+    CompileBody, CompileProgress, JobProgress, MAX_EXAMPLES, MAX_HISTORY, ScorePoint, program_error,
+};
 use crate::state::{AppState, now_ms};
 use kernelize_programs::module::{Example, Program};
 use serde_json::{Value, json};
@@ -104,6 +106,7 @@ pub(crate) async fn start(
     .await?;
     let live = Arc::new(JobProgress::default());
     st.programs.jobs.lock().insert(row.id.clone(), live.clone());
+    let watch = st.jobs.start(&row.id, "starting");
     let st2 = st.clone();
     let id = row.id.clone();
     let name = name.to_owned();
@@ -118,8 +121,17 @@ pub(crate) async fn start(
             let env = kernelize_programs::module::Env::new(lm);
             let progress_live = live.clone();
             let on_progress = move |e: kernelize_programs::optimize::ProgressEvent| {
-                let mut pr = progress_live.progress.lock();
-                *pr = progress_of(&e, &pr);
+                let stage = {
+                    let mut pr = progress_live.progress.lock();
+                    let next = progress_of(&e, &mut pr);
+                    *pr = next;
+                    crate::progress::Stage {
+                        stage: e.stage.clone(),
+                        fraction: if e.total == 0 { 0.0 } else { (e.done as f32 / e.total as f32).min(1.0) },
+                    }
+                };
+                // Wakes the job's event streams (GET …/compile/{job}/events).
+                watch.send_replace(stage);
             };
             let threads = 1;
             let req = kernelize_programs::optimize::CompileRequest {
@@ -184,6 +196,8 @@ pub(crate) async fn start(
             tracing::error!(job = id, error = %e, "could not record the end of a compile job");
         }
         st2.programs.jobs.lock().remove(&id);
+        // The streams send the finished job once its progress channel is gone.
+        st2.jobs.finish(&id);
         let _ = st2
             .audit(
                 "-",
@@ -198,8 +212,21 @@ pub(crate) async fn start(
     Ok(row)
 }
 
-fn progress_of(e: &kernelize_programs::optimize::ProgressEvent, prev: &CompileProgress) -> CompileProgress {
-    let _ = prev;
+/// The job's progress after event `e`: the latest figures, and one more point of the
+/// score curve when the step scored a candidate.
+fn progress_of(e: &kernelize_programs::optimize::ProgressEvent, prev: &mut CompileProgress) -> CompileProgress {
+    let mut history = std::mem::take(&mut prev.history);
+    if let Some(score) = e.score
+        && history.len() < MAX_HISTORY
+    {
+        history.push(ScorePoint {
+            step: e.done,
+            stage: e.stage.clone(),
+            score,
+            best_score: e.best_score.unwrap_or(score).max(score),
+            calls: e.calls,
+        });
+    }
     CompileProgress {
         stage: Some(e.stage.clone()),
         done: e.done,
@@ -207,5 +234,45 @@ fn progress_of(e: &kernelize_programs::optimize::ProgressEvent, prev: &CompilePr
         best_score: e.best_score,
         calls: e.calls,
         tokens: e.tokens,
+        history,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernelize_programs::optimize::ProgressEvent;
+
+    fn event(stage: &str, done: u64, best: Option<f64>, score: Option<f64>) -> ProgressEvent {
+        ProgressEvent {
+            stage: stage.into(),
+            done,
+            total: 4,
+            best_score: best,
+            score,
+            calls: done * 3,
+            tokens: done * 100,
+        }
+    }
+
+    #[test]
+    fn steps_that_scored_a_candidate_become_points_of_the_curve() {
+        let mut p = CompileProgress::default();
+        for e in [
+            event("baseline", 1, Some(0.5), Some(0.5)),
+            event("bootstrap", 1, Some(0.5), None),
+            event("candidate", 2, Some(0.75), Some(0.75)),
+            event("candidate", 3, Some(0.75), Some(0.25)),
+        ] {
+            p = progress_of(&e, &mut p);
+        }
+        let curve: Vec<(u64, f64, f64)> = p.history.iter().map(|h| (h.step, h.score, h.best_score)).collect();
+        assert_eq!(curve, [(1, 0.5, 0.5), (2, 0.75, 0.75), (3, 0.25, 0.75)]);
+        assert_eq!((p.done, p.calls, p.best_score, p.stage.as_deref()), (3, 9, Some(0.75), Some("candidate")));
+        // Bounded: past MAX_HISTORY points only the figures move on.
+        for i in 0..MAX_HISTORY as u64 + 10 {
+            p = progress_of(&event("candidate", 4 + i, Some(0.75), Some(0.5)), &mut p);
+        }
+        assert_eq!((p.history.len(), p.done), (MAX_HISTORY, MAX_HISTORY as u64 + 13));
     }
 }

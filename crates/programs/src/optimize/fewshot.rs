@@ -83,7 +83,8 @@ pub(crate) async fn bootstrap(
         }
         tried.push(ctx.program.clone());
         done += 1;
-        ctx.emit("baseline", done, total, best.as_ref().map(|b| b.1));
+        let b = best.as_ref().map(|b| b.1);
+        ctx.emit_scored("baseline", done, total, b, b);
     }
     let names: Vec<String> = ctx.program.predictors().iter().map(|p| p.name.clone()).collect();
     // Per training item: not run yet, or the successful run (None when it failed).
@@ -165,7 +166,7 @@ pub(crate) async fn bootstrap(
             best = Some((candidate.clone(), score));
         }
         tried.push(candidate);
-        ctx.emit("candidate", done, total, best.as_ref().map(|b| b.1));
+        ctx.emit_scored("candidate", done, total, best.as_ref().map(|b| b.1), Some(score));
     }
     Ok(match best {
         Some((program, score)) => Outcome { program, score: Some(score) },
@@ -212,6 +213,6 @@ pub(crate) async fn knn(ctx: &Ctx<'_>, k: usize) -> Result<Outcome> {
         Err(e) if is_stop(&e) => None,
         Err(e) => return Err(e),
     };
-    ctx.emit("evaluate", 2, 2, score);
+    ctx.emit_scored("evaluate", 2, 2, score, score);
     Ok(Outcome { program, score })
 }

@@ -302,7 +302,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, minibatch: usize, merge: bool, max_candid
     frontier.add(seed_scores)?;
     let mut pool = vec![Candidate { program: ctx.program.clone(), parents: Vec::new(), next: 0 }];
     let best_avg = |f: &Frontier| f.best_candidate().map(|c| f.average(c));
-    ctx.emit("baseline", 1, max_candidates, best_avg(&frontier));
+    ctx.emit_scored("baseline", 1, max_candidates, best_avg(&frontier), best_avg(&frontier));
     let n_pred = ctx.program.predictors().len();
     let mut epoch: Vec<usize> = Vec::new();
     let mut epoch_pos = 0;
@@ -343,7 +343,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, minibatch: usize, merge: bool, max_candid
                     frontier.add(scores)?;
                     pool.push(Candidate { program: child, parents: vec![a, b], next: 0 });
                 }
-                ctx.emit("merge", pool.len(), max_candidates, best_avg(&frontier));
+                let scored = accepted.then(|| frontier.average(pool.len() - 1));
+                ctx.emit_scored("merge", pool.len(), max_candidates, best_avg(&frontier), scored);
                 continue;
             }
         }
@@ -418,7 +419,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, minibatch: usize, merge: bool, max_candid
         let next = pool[parent].next;
         pool.push(Candidate { program: child, parents: vec![parent], next });
         merge_due = true;
-        ctx.emit("accept", pool.len(), max_candidates, best_avg(&frontier));
+        let scored = Some(frontier.average(pool.len() - 1));
+        ctx.emit_scored("accept", pool.len(), max_candidates, best_avg(&frontier), scored);
     }
     let best = frontier.best_candidate().unwrap_or(0);
     let program = pool.get(best).map_or_else(|| ctx.program.clone(), |c| c.program.clone());

@@ -103,6 +103,9 @@ pub struct ProgressEvent {
     pub total: u64,
     /// Best validation score so far.
     pub best_score: Option<f64>,
+    /// Validation score of the candidate this step scored (`None` when it scored none):
+    /// the points of a compile's score curve.
+    pub score: Option<f64>,
     /// Backend calls so far.
     pub calls: u64,
     /// Tokens so far.
@@ -195,11 +198,17 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn emit(&self, stage: &str, done: usize, total: usize, best_score: Option<f64>) {
+        self.emit_scored(stage, done, total, best_score, None);
+    }
+
+    /// [`Ctx::emit`] for a step that scored a candidate on the validation set.
+    fn emit_scored(&self, stage: &str, done: usize, total: usize, best_score: Option<f64>, score: Option<f64>) {
         (self.progress)(ProgressEvent {
             stage: stage.to_owned(),
             done: done as u64,
             total: total as u64,
             best_score,
+            score,
             calls: self.meter.calls(),
             tokens: self.meter.tokens(),
         });

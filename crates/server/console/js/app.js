@@ -15,6 +15,8 @@ import * as map from './views/map.js';
 import { completeSso, endSession, ssoPanel } from './sso.js';
 import * as fleet from './views/fleet.js';
 import * as backups from './views/backups.js';
+import * as programs from './views/programs.js';
+import * as chat from './views/chat.js';
 
 /**
  * Views in navigation order; `admin` ones need an admin key of all collections, `all`
@@ -27,6 +29,8 @@ const VIEWS = [
   { path: 'search', label: 'Search', view: search },
   { path: 'map', label: 'Map', view: map },
   { path: 'kernels', label: 'Kernels', view: kernels },
+  { path: 'programs', label: 'Programs', view: programs, all: true },
+  { path: 'chat', label: 'Chat', view: chat, all: true },
   { path: 'keys', label: 'Keys', view: keys, admin: true },
   { path: 'audit', label: 'Audit log', view: audit, admin: true },
   { path: 'usage', label: 'Usage', view: usage, admin: true },

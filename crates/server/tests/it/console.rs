@@ -121,7 +121,8 @@ async fn record_pages_filter_on_the_server_and_the_audit_chain_is_verified_over_
 
 /// Reads server-sent events from `r` until the stream ends or `secs` pass: (event, id,
 /// data) in order.
-async fn read_events(mut r: reqwest::Response, secs: u64) -> Vec<(String, String, Value)> {
+/// `(event, id, data)` of a job stream's events, read until it ends or `secs` pass.
+pub async fn read_events(mut r: reqwest::Response, secs: u64) -> Vec<(String, String, Value)> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
     let mut text = String::new();
     while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, r.chunk()).await {

@@ -5,6 +5,7 @@
 mod browser;
 mod common;
 mod console;
+mod console_programs;
 mod encryption;
 mod fleet;
 mod fleet_notify;

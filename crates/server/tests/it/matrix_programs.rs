@@ -94,6 +94,10 @@ pub async fn exercise(
             let (s, v) = call(Method::GET, "/v1/programs/matrix-prog/compile/nojob".into(), None).await;
             (s, v, reader(StatusCode::NOT_FOUND))
         }
+        ("get", "/v1/programs/{name}/compile/{job}/events") => {
+            let (s, v) = call(Method::GET, "/v1/programs/matrix-prog/compile/nojob/events".into(), None).await;
+            (s, v, reader(StatusCode::NOT_FOUND))
+        }
         ("post", "/v1/programs/{name}/compile/{job}/cancel") => {
             let (s, v) = call(Method::POST, "/v1/programs/matrix-prog/compile/nojob/cancel".into(), None).await;
             (s, v, writer(StatusCode::NOT_FOUND))

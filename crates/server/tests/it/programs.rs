@@ -432,6 +432,59 @@ async fn compile_jobs(backend: Backend) {
 
 both_backends!(compile_jobs_both, compile_jobs);
 
+/// A compile job's event stream: the whole job after each step, numbered, ending with the
+/// finished job; its score curve has one point per scored candidate, the best score never
+/// falls, and the finished job's GET answers the same curve. Readers may follow it; keys
+/// scoped to collections and unknown jobs are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compile_job_streams_its_progress_and_score_curve() {
+    let ts = TestServer::start(Backend::Sqlite).await;
+    crate::matrix_programs::register(&ts, "qa").await;
+    let reader = ts.key("reader", None).await;
+    let body = json!({"optimizer": {"optimizer": "bootstrap_few_shot", "max_bootstrapped": 1, "max_labeled": 1, "candidates": 2},
+        "metric": {"metric": "exact_match", "field": "answer"}, "train": examples(2), "val": examples(2),
+        "budget": {"calls": 30}, "seed": 3});
+    let (s, job) = ts.post(ADMIN_KEY, "/v1/programs/qa/compile", body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/programs/qa/compile/{id}/events");
+    let r = ts.client.get(format!("{}{path}", ts.base)).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = crate::console::read_events(r, 120).await;
+    assert!(!events.is_empty(), "the stream sent something and ended");
+    for (i, (name, eid, doc)) in events.iter().enumerate() {
+        assert_eq!((name.as_str(), eid.as_str()), ("job", (i + 1).to_string().as_str()), "{doc}");
+        assert_eq!(doc["id"], id.as_str(), "{doc}");
+    }
+    let last = &events.last().unwrap().2;
+    assert_eq!(last["state"], "succeeded", "the last event is the finished job: {last}");
+    assert!(events[..events.len() - 1].iter().all(|e| e.2["state"] == "running"), "only the last has ended");
+    let curve = last["progress"]["history"].as_array().unwrap();
+    // The baseline and at least the first candidate were scored on the validation set.
+    assert!(curve.len() >= 2, "{last}");
+    assert_eq!(curve[0]["stage"], "baseline", "{last}");
+    let mut best = f64::NEG_INFINITY;
+    for p in curve {
+        let (score, b) = (p["score"].as_f64().unwrap(), p["best_score"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&score) && b >= score && b >= best, "{last}");
+        best = b;
+    }
+    assert_eq!(last["progress"]["best_score"].as_f64(), Some(best), "{last}");
+    let (_, got) = ts.get(&reader, &format!("/v1/programs/qa/compile/{id}")).await;
+    assert_eq!(got["progress"]["history"], last["progress"]["history"], "{got}");
+    // A finished job: one event, then the end.
+    let r = ts.client.get(format!("{}{path}", ts.base)).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(crate::console::read_events(r, 10).await.len(), 1);
+    let scoped = ts.key("reader", Some(vec!["docs"])).await;
+    assert_eq!(ts.get(&scoped, &path).await.0, StatusCode::FORBIDDEN);
+    let (s, v) = ts.get(ADMIN_KEY, "/v1/programs/qa/compile/nojob/events").await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "no compile job");
+    let (s, _) = ts.get(ADMIN_KEY, &format!("/v1/programs/other/compile/{id}/events")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a job is reached through its own program only");
+    ts.shutdown().await;
+}
+
 /// Saved program files (what `kernelize program compile` writes) register as programs:
 /// unsigned, or signed (the origin names the key); a signed file changed after signing,
 /// or of an unknown format version, is refused with 400 saying why.

@@ -1,10 +1,13 @@
 // Knowledge kernels: the list, a build (writers of the collection), one kernel's progress
 // and then its signed manifest with the compression report and recall curve, download
-// (the signed file, fetched with the session's token) and delete. A running build's
-// progress is followed over server-sent events (GET /v1/kernels/{id}/events).
+// (the signed file, fetched with the session's token), verify (the downloaded file checked
+// in the browser under the server's published key: signature, hashes, layout), query
+// (POST /v1/kernels/{id}/query) and delete. A running build's progress is followed over
+// server-sent events (GET /v1/kernels/{id}/events).
 
 import { api, can, current, describe } from '../api.js';
 import { announce, button, field, fmt, h, select, showError, stats, table } from '../dom.js';
+import { verifyKernel } from '../kernel-verify.js';
 import { follow } from '../sse.js';
 import { barChart } from './usage.js';
 
@@ -62,14 +65,21 @@ async function list(root) {
   );
 }
 
-async function download(k) {
-  // The download needs the token in a header, so it is fetched and handed over as a blob.
+/** The kernel file, fetched with the session's token (a header, so not a plain link). */
+async function fetchKernel(k) {
   const resp = await fetch(`/v1/kernels/${encodeURIComponent(k.id)}/download`, { headers: { Authorization: `Bearer ${current().token}` }, cache: 'no-store' });
   if (!resp.ok) {
     const body = await resp.json().catch(() => ({}));
     showError(`Download refused: ${body.message || resp.status}`);
-    return;
+    return null;
   }
+  return resp;
+}
+
+async function download(k) {
+  // The download needs the token in a header, so it is fetched and handed over as a blob.
+  const resp = await fetchKernel(k);
+  if (!resp) return;
   const url = URL.createObjectURL(await resp.blob());
   const a = h('a', { href: url, download: `${k.collection}-${k.id}.kernel` });
   document.body.append(a);
@@ -128,6 +138,82 @@ function report(k) {
   return parts;
 }
 
+/** Verify: the file as a device gets it, checked here under the server's published key. */
+function verifyPanel(k) {
+  const out = h('div', { id: 'kernel-verify', 'aria-live': 'polite' });
+  const run = button('Verify signature and hashes', async () => {
+    out.replaceChildren(h('p', { class: 'muted' }, 'Downloading and checking…'));
+    try {
+      const [resp, key] = await Promise.all([fetchKernel(k), api('GET', '/v1/kernel-signing-key')]);
+      if (!resp) {
+        out.replaceChildren();
+        return;
+      }
+      const r = await verifyKernel(await resp.arrayBuffer(), key, resp.headers.get('etag'));
+      out.replaceChildren(
+        h('p', { class: r.ok ? 'good' : 'bad', id: 'kernel-verdict' }, r.ok ? `Verified: kernel ${k.id} is signed by the server's key ${key.key_id} and intact.` : `Refused: ${r.problem}`),
+        h('ul', null, r.checks.map((c) => h('li', null, c))),
+      );
+      announce(r.ok ? 'Kernel verified.' : 'Kernel refused.');
+    } catch (e) {
+      out.replaceChildren();
+      showError(describe(e));
+    }
+  }, { id: 'kernel-verify-run' });
+  return [
+    h('h2', null, 'Verify'),
+    h('p', { class: 'muted' }, 'Downloads the signed file and checks it in this browser as a device would: header, the manifest\'s ed25519 signature under GET /v1/kernel-signing-key, every section\'s SHA-256, padding, length and expiry.'),
+    h('div', { class: 'actions' }, run),
+    out,
+  ];
+}
+
+/** Query: text (embedded by the server) or a vector, k and probe. */
+function queryPanel(k) {
+  const m = k.manifest;
+  const text = h('textarea', { name: 'kernel-query-text', rows: '2', placeholder: 'text to search for (or a JSON array of numbers)' });
+  const topk = h('input', { type: 'number', name: 'kernel-query-k', min: '1', value: '5', class: 'narrow', required: true });
+  const probe = h('input', { type: 'number', name: 'kernel-query-probe', min: '1', class: 'narrow' });
+  const out = h('div', { id: 'kernel-hits' });
+  const form = h('form', { 'aria-labelledby': 'kernel-query-title', id: 'kernel-query' },
+    field('Query', text, `Text, or a vector of ${m.dim} numbers as JSON`),
+    h('div', { class: 'actions' }, field('k (rows)', topk), field(m.index && m.index.kind === 'hnsw' ? 'Beam width (ef)' : 'Lists probed', probe, 'default: the kernel\'s own'), h('button', { type: 'submit' }, 'Query kernel')));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const q = text.value.trim();
+    const body = { k: Number(topk.value) };
+    if (probe.value) body.probe = Number(probe.value);
+    if (q.startsWith('[')) {
+      try {
+        body.vector = JSON.parse(q);
+      } catch (e) {
+        showError(`The vector must be a JSON array of ${m.dim} numbers: ${e.message}`);
+        return;
+      }
+    } else body.text = q;
+    const t0 = performance.now();
+    try {
+      const r = await api('POST', `/v1/kernels/${encodeURIComponent(k.id)}/query`, body);
+      showError(null);
+      out.replaceChildren(
+        h('p', { id: 'kernel-query-latency' }, `${r.hits.length} row${r.hits.length === 1 ? '' : 's'}: search ${fmt.ms(r.took_ms)}, round trip ${fmt.ms(performance.now() - t0)}.`),
+        table('Rows, best first (a row stands for its ids: the representative, then the near-duplicates folded into it)', [
+          { title: 'Rank', num: true, cell: (x) => String(r.hits.indexOf(x) + 1) },
+          { title: 'Ids', clip: true, cell: (x) => x.ids.join(', ') },
+          { title: 'Score', num: true, cell: (x) => x.score.toFixed(4) },
+          { title: 'Text', clip: true, cell: (x) => fmt.clip(x.text) },
+          { title: 'Metadata', clip: true, cell: (x) => h('code', null, fmt.clip(fmt.json(x.metadata))) },
+        ], r.hits),
+      );
+      announce(`${r.hits.length} rows.`);
+    } catch (e) {
+      out.replaceChildren();
+      showError(describe(e));
+    }
+  });
+  return [h('h2', { id: 'kernel-query-title' }, 'Query'), form, out];
+}
+
 async function detail(root, id) {
   const k = await api('GET', `/v1/kernels/${encodeURIComponent(id)}`);
   const writable = can.write(k.collection);
@@ -137,7 +223,11 @@ async function detail(root, id) {
     h('p', { id: 'kernel-state', 'aria-live': 'polite' }, 'State: ', progressCell(k), k.error ? ` — ${k.error}` : ''),
   ];
   if (k.state === 'succeeded' && k.manifest) {
-    parts.push(h('div', { class: 'actions' }, button('Download kernel', () => download(k))), ...report(k));
+    parts.push(
+      h('div', { class: 'actions' }, button('Download kernel', () => download(k)), k.orphaned || current().collections ? null : h('a', { href: `#/chat?kernel=${encodeURIComponent(k.id)}` }, 'Chat with this kernel')),
+      ...report(k),
+    );
+    if (!k.orphaned) parts.push(...verifyPanel(k), ...queryPanel(k));
   }
   if (writable && k.state !== 'running') {
     parts.push(h('h2', null, 'Delete'), button(`Delete kernel ${k.id}`, async () => {
