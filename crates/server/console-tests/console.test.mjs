@@ -277,7 +277,7 @@ try {
   await signIn(readerKey);
   assert.match(await page.locator('#session-info').textContent(), /reader · all collections/);
   const nav = await page.locator('#nav a').allTextContents();
-  assert.deepEqual(nav, ['Overview', 'Collections', 'Records', 'Search', 'Map', 'Kernels', 'Fleet'], 'no admin views for a reader');
+  assert.deepEqual(nav, ['Overview', 'Collections', 'Records', 'Search', 'Map', 'Kernels', 'Programs', 'Chat', 'Fleet'], 'no admin views for a reader');
   await goto('#/collections');
   await page.getByRole('heading', { name: 'Collections' }).waitFor();
   assert.equal(await page.getByRole('button', { name: 'Create collection' }).count(), 0);

@@ -48,7 +48,7 @@ export async function verifyKernel(buffer, key, etag) {
     if (b.length < HEADER) throw new Refused(0, `file is ${b.length} bytes, shorter than the ${HEADER}-byte header`);
     if (new TextDecoder().decode(b.subarray(0, 8)) !== MAGIC) throw new Refused(0, 'bad magic: not a Kernelize kernel');
     const version = dv.getUint32(8, true);
-    if (version !== 1) throw new Refused(8, `unsupported format version ${version}`);
+    if (version !== 1 && version !== 2) throw new Refused(8, `unsupported format version ${version} (this console reads 1 and 2)`);
     if (dv.getUint32(12, true) !== 0) throw new Refused(12, 'unknown flags');
     const manifestLen = dv.getUint32(16, true);
     if (manifestLen > MAX_MANIFEST) throw new Refused(16, `manifest length ${manifestLen} is over ${MAX_MANIFEST}`);

@@ -219,35 +219,41 @@ async fn kernel_builds_and_backups_stream_their_progress_and_event_streams_are_c
     ts.shutdown().await;
 }
 
-/// node and Chromium, or a panic saying how to install them.
-fn browser_tools() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let chromium = std::env::var("KZ_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let modules = root.join("console-tests/node_modules/playwright-core");
-    assert!(
-        std::path::Path::new(&chromium).exists() && modules.exists(),
-        "the console's browser test needs {chromium} and {}: run scripts/console-tests.sh --prepare",
-        modules.display()
-    );
-    root.join("console-tests/console.test.mjs")
+/// Runs browser test `script` (in `console-tests/`) against `ts` for at most 5 minutes,
+/// screenshots in [`crate::browser::artifacts`]`(sub)`; returns that directory.
+async fn run_browser_test(ts: &TestServer, script: &'static str, sub: &'static str) -> std::path::PathBuf {
+    let dir = crate::browser::console_tests();
+    let artifacts = crate::browser::artifacts(sub);
+    let (base, out) = (ts.base.clone(), artifacts.clone());
+    let (ok, stderr) = tokio::task::spawn_blocking(move || {
+        let args = [script.as_ref(), base.as_ref(), ADMIN_KEY.as_ref(), out.as_os_str()];
+        crate::browser::run_node(&dir, &args, std::time::Duration::from_secs(300))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "the browser test failed (screenshots in {}):\n{stderr}", artifacts.display());
+    eprintln!("{stderr}");
+    artifacts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_chromium() {
-    let script = browser_tools();
-    let artifacts = std::env::var_os("KZ_ARTIFACTS")
-        .map_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console"), std::path::PathBuf::from);
     let ts = TestServer::start(Backend::Sqlite).await;
-    let (base, dir) = (ts.base.clone(), artifacts.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node").arg(script).arg(&base).arg(ADMIN_KEY).arg(&dir).output()
-    })
-    .await
-    .unwrap()
-    .expect("node runs (scripts/console-tests.sh --prepare installs it)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser test failed (screenshots in {}):\n{stderr}", artifacts.display());
-    eprintln!("{stderr}");
+    let artifacts = run_browser_test(&ts, "console.test.mjs", "views").await;
     assert!(artifacts.join("01-sign-in.png").exists());
+    ts.shutdown().await;
+}
+
+/// A key over its rate limit gets 429: the console says so, with the server's wait, and
+/// loads again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_explains_a_rate_limit_in_chromium() {
+    let ts = TestServer::start_with(Backend::Sqlite, |c| {
+        c.limits.rate_per_sec = 1;
+        c.limits.burst = 8;
+    })
+    .await;
+    let artifacts = run_browser_test(&ts, "ratelimit.test.mjs", "rate-limit").await;
+    assert!(artifacts.join("01-rate-limited.png").exists());
     ts.shutdown().await;
 }
