@@ -234,7 +234,7 @@ impl Rotation {
     pub fn fits(&self, p: usize) -> bool {
         match self {
             Rotation::Dense(m) => m.len() == p * p,
-            Rotation::Hadamard { signs } => p % 8 == 0 && signs.len() == Self::hadamard_signs_len(p),
+            Rotation::Hadamard { signs } => p.is_multiple_of(8) && signs.len() == Self::hadamard_signs_len(p),
         }
     }
 
@@ -302,7 +302,12 @@ impl RabitqModel {
     }
 
     /// Trains on prepared rows with the given rotation (for the padded dimension).
-    pub fn train_with<'a>(bits: u8, dim: usize, rows: impl Iterator<Item = &'a [f32]>, rotation: Rotation) -> RabitqModel {
+    pub fn train_with<'a>(
+        bits: u8,
+        dim: usize,
+        rows: impl Iterator<Item = &'a [f32]>,
+        rotation: Rotation,
+    ) -> RabitqModel {
         let mut sum = vec![0f64; dim];
         let mut n = 0usize;
         for r in rows {

@@ -280,7 +280,9 @@ fn centroids_i8(v: &[f32], width: usize) -> Vec<u8> {
     for row in v.chunks_exact(width) {
         let scale = row.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
         out.extend_from_slice(&scale.to_le_bytes());
-        out.extend(row.iter().map(|&x| if scale > 0.0 { (x / scale).round().clamp(-127.0, 127.0) as i8 as u8 } else { 0 }));
+        out.extend(
+            row.iter().map(|&x| if scale > 0.0 { (x / scale).round().clamp(-127.0, 127.0) as i8 as u8 } else { 0 }),
+        );
     }
     out
 }
@@ -402,7 +404,9 @@ pub fn build(
             // Stored in 8 bits: residuals are taken from the rounded centroids, the ones a
             // reader decodes.
             let cents: Vec<Vec<f32>> = match opts.index {
-                IndexKind::Ivf { .. } => centroids.par_chunks_exact(dim).map(|c| i8_rounded(&model.rotate(c))).collect(),
+                IndexKind::Ivf { .. } => {
+                    centroids.par_chunks_exact(dim).map(|c| i8_rounded(&model.rotate(c))).collect()
+                }
                 IndexKind::Hnsw { .. } => vec![i8_rounded(&model.rotate(&model.centroid))],
             };
             let len = model.code_len();

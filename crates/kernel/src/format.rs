@@ -232,7 +232,10 @@ pub(crate) fn parse_with(b: &[u8], what: &str, trust: &Trust, check_hashes: bool
     }
     let version = u32_at(b, 8);
     if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&version) {
-        return Err(bad(8, format!("unsupported format version {version} (this build reads {OLDEST_READABLE} to {FORMAT_VERSION})")));
+        return Err(bad(
+            8,
+            format!("unsupported format version {version} (this build reads {OLDEST_READABLE} to {FORMAT_VERSION})"),
+        ));
     }
     if u32_at(b, 12) != 0 {
         return Err(bad(12, "unknown flags".into()));

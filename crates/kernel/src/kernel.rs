@@ -129,7 +129,14 @@ impl Kernel {
             return Err(KernelError::Invalid("kernels are read in place and need a little-endian machine".into()));
         }
         let parsed = format::parse_with(&bytes, what, trust, check_hashes)?;
-        let mut k = Kernel { what: what.to_owned(), bytes, parsed, rabitq: None, centroids8: Vec::new(), payload: OnceLock::new() };
+        let mut k = Kernel {
+            what: what.to_owned(),
+            bytes,
+            parsed,
+            rabitq: None,
+            centroids8: Vec::new(),
+            payload: OnceLock::new(),
+        };
         k.check_shapes()?;
         Ok(k)
     }
@@ -188,7 +195,11 @@ impl Kernel {
         self.need("centroids.i8", rows, 4 + width)?;
         match decode_centroids_i8(self.section("centroids.i8"), width) {
             Ok(v) => self.centroids8 = v,
-            Err(row) => return Err(self.corrupt("centroids.i8", format!("centroid {row}: its scale is not a finite number ≥ 0"))),
+            Err(row) => {
+                return Err(
+                    self.corrupt("centroids.i8", format!("centroid {row}: its scale is not a finite number ≥ 0"))
+                );
+            }
         }
         Ok(())
     }
