@@ -3,39 +3,27 @@
 
 import { can, current, describe, onSignedOut, restore, signIn, signOut, ApiError } from './api.js';
 import { announce, button, clear, field, h, showError } from './dom.js';
-import * as overview from './views/overview.js';
-import * as collections from './views/collections.js';
-import * as records from './views/records.js';
-import * as search from './views/search.js';
-import * as kernels from './views/kernels.js';
-import * as keys from './views/keys.js';
-import * as audit from './views/audit.js';
-import * as usage from './views/usage.js';
-import * as map from './views/map.js';
 import { completeSso, endSession, ssoPanel } from './sso.js';
-import * as fleet from './views/fleet.js';
-import * as backups from './views/backups.js';
-import * as programs from './views/programs.js';
-import * as chat from './views/chat.js';
 
 /**
  * Views in navigation order; `admin` ones need an admin key of all collections, `all`
- * ones a key (any role) of all collections.
+ * ones a key (any role) of all collections. Each view's module is loaded on its first
+ * visit, so the sign-in form needs none of them.
  */
 const VIEWS = [
-  { path: 'overview', label: 'Overview', view: overview },
-  { path: 'collections', label: 'Collections', view: collections },
-  { path: 'records', label: 'Records', view: records },
-  { path: 'search', label: 'Search', view: search },
-  { path: 'map', label: 'Map', view: map },
-  { path: 'kernels', label: 'Kernels', view: kernels },
-  { path: 'programs', label: 'Programs', view: programs, all: true },
-  { path: 'chat', label: 'Chat', view: chat, all: true },
-  { path: 'keys', label: 'Keys', view: keys, admin: true },
-  { path: 'audit', label: 'Audit log', view: audit, admin: true },
-  { path: 'usage', label: 'Usage', view: usage, admin: true },
-  { path: 'fleet', label: 'Fleet', view: fleet, all: true },
-  { path: 'backups', label: 'Backups', view: backups, admin: true },
+  { path: 'overview', label: 'Overview', load: () => import('./views/overview.js') },
+  { path: 'collections', label: 'Collections', load: () => import('./views/collections.js') },
+  { path: 'records', label: 'Records', load: () => import('./views/records.js') },
+  { path: 'search', label: 'Search', load: () => import('./views/search.js') },
+  { path: 'map', label: 'Map', load: () => import('./views/map.js') },
+  { path: 'kernels', label: 'Kernels', load: () => import('./views/kernels.js') },
+  { path: 'programs', label: 'Programs', load: () => import('./views/programs.js'), all: true },
+  { path: 'chat', label: 'Chat', load: () => import('./views/chat.js'), all: true },
+  { path: 'keys', label: 'Keys', load: () => import('./views/keys.js'), admin: true },
+  { path: 'audit', label: 'Audit log', load: () => import('./views/audit.js'), admin: true },
+  { path: 'usage', label: 'Usage', load: () => import('./views/usage.js'), admin: true },
+  { path: 'fleet', label: 'Fleet', load: () => import('./views/fleet.js'), all: true },
+  { path: 'backups', label: 'Backups', load: () => import('./views/backups.js'), admin: true },
 ];
 
 const main = document.getElementById('main');
@@ -149,7 +137,7 @@ async function render() {
   const body = h('div', { 'aria-busy': 'true' }, h('p', { class: 'muted' }, 'Loading…'));
   main.replaceChildren(body);
   try {
-    await entry.view.render(body, { args: r.args, query: r.query, rerender: render });
+    await (await entry.load()).render(body, { args: r.args, query: r.query, rerender: render });
   } catch (e) {
     if (ticket !== rendering) return;
     if (e instanceof ApiError && e.status === 401) return; // the sign-in form is back
