@@ -8,7 +8,7 @@
 //
 // Prints one JSON line per measured action and one summary line.
 
-import { chromium } from 'playwright-core';
+import { launch } from './harness.mjs';
 
 const [base, adminKey, collection, pagesArg] = process.argv.slice(2);
 if (!base || !adminKey || !collection) {
@@ -16,11 +16,7 @@ if (!base || !adminKey || !collection) {
   process.exit(2);
 }
 const pages = Number(pagesArg || 10);
-const browser = await chromium.launch({
-  executablePath: process.env.KZ_CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
+const browser = await launch();
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const page = await (await browser.newContext()).newPage();
 await page.addInitScript(() => {

@@ -5,25 +5,13 @@
 
 use crate::browser::{artifacts, console_tests, run_node};
 use crate::common::{ADMIN_KEY, Backend, TestServer};
-use reqwest::StatusCode;
-use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn programs_chat_and_kernel_checks_in_chromium() {
     let dir = console_tests();
     let ts = TestServer::start(Backend::Sqlite).await;
-    ts.create_collection("facts", 384).await;
-    let facts = [
-        ("f1", "The capital of France is Paris."),
-        ("f2", "Bananas are yellow when ripe."),
-        ("f3", "The Pacific is the largest ocean."),
-        ("f4", "Water boils at 100 degrees Celsius at sea level."),
-    ];
-    let recs: Vec<Value> = facts.iter().map(|(id, t)| json!({"id": id, "text": t})).collect();
-    let (s, v) = ts.post(ADMIN_KEY, "/v1/collections/facts/records", json!({"records": recs})).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let kernel = crate::common::build_kernel(&ts, json!({"collection": "facts", "dedup": false})).await;
+    let kernel = crate::programs::facts_kernel(&ts).await;
     let writer = ts.key("writer", None).await;
     let reader = ts.key("reader", None).await;
     let out = artifacts("programs");

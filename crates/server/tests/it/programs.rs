@@ -224,11 +224,9 @@ async fn program_run_streams_server_sent_events() {
     ts.shutdown().await;
 }
 
-/// Chat completions (non-streamed) grounded in a hosted kernel: the passages' ids come
-/// back in the `kernelize` extension; `/v1/models` lists the local model; bad input is 4xx.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_completion_grounded_in_a_kernel() {
-    let ts = TestServer::start(Backend::Sqlite).await;
+/// Collection `facts` (four one-sentence facts, `f1` "The capital of France is Paris."
+/// …, embedded by the server) and a kernel built from it; returns the kernel's id.
+pub(crate) async fn facts_kernel(ts: &TestServer) -> String {
     ts.create_collection("facts", 384).await;
     let facts = [
         ("f1", "The capital of France is Paris."),
@@ -239,7 +237,15 @@ async fn chat_completion_grounded_in_a_kernel() {
     let recs: Vec<Value> = facts.iter().map(|(id, t)| json!({"id": id, "text": t})).collect();
     let (s, v) = ts.post(ADMIN_KEY, "/v1/collections/facts/records", json!({"records": recs})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let kernel = crate::common::build_kernel(&ts, json!({"collection": "facts", "dedup": false})).await;
+    crate::common::build_kernel(ts, json!({"collection": "facts", "dedup": false})).await
+}
+
+/// Chat completions (non-streamed) grounded in a hosted kernel: the passages' ids come
+/// back in the `kernelize` extension; `/v1/models` lists the local model; bad input is 4xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completion_grounded_in_a_kernel() {
+    let ts = TestServer::start(Backend::Sqlite).await;
+    let kernel = facts_kernel(&ts).await;
 
     let (s, models) = ts.get(ADMIN_KEY, "/v1/models").await;
     assert_eq!(s, StatusCode::OK);
