@@ -13,7 +13,7 @@
 import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { artifactDir, checker, launch, openPage } from './harness.mjs';
+import { artifactDir, checker, failed, launch, openPage } from './harness.mjs';
 
 const [base, adminKey, artifacts] = process.argv.slice(2);
 if (!base || !adminKey || !artifacts) {
@@ -317,10 +317,7 @@ try {
   assert.deepEqual(problems, [], 'no script errors');
   log(`passed; ${shots} screenshots in ${artifacts}`);
 } catch (e) {
-  await page.screenshot({ path: join(artifacts, 'failure.png'), fullPage: true }).catch(() => {});
-  console.error(e);
-  if (problems.length) console.error(`browser problems:\n${problems.join('\n')}`);
-  process.exitCode = 1;
+  await failed(page, artifacts, problems, e);
 } finally {
   await browser.close();
 }

@@ -15,7 +15,7 @@
 // over every view (no serious or critical violations) and screenshots go to
 // <artifact-dir>. Exits non-zero on the first failure.
 
-import { artifactDir, checker, launch, openPage } from './harness.mjs';
+import { artifactDir, checker, failed, launch, openPage } from './harness.mjs';
 import assert from 'node:assert/strict';
 
 const [base, adminKey, admin2Key, artifacts, agentBPid] = process.argv.slice(2);
@@ -350,10 +350,7 @@ try {
   assert.deepEqual(problems, [], 'no script errors');
   log(`passed; ${shots} screenshots in ${artifacts}`);
 } catch (e) {
-  await page.screenshot({ path: join(artifacts, 'failure.png'), fullPage: true }).catch(() => {});
-  console.error(e);
-  if (problems.length) console.error(`browser problems:\n${problems.join('\n')}`);
-  process.exitCode = 1;
+  await failed(page, artifacts, problems, e);
 } finally {
   clearTimeout(watchdog);
   await browser.close();

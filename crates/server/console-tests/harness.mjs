@@ -74,6 +74,18 @@ export function checker(dir, log) {
   };
 }
 
+/**
+ * A browser test's failure: a screenshot of `page` as `<dir>/failure.png` (when given),
+ * the alert line, the error and the browser's problems on standard error, exit code 1.
+ */
+export async function failed(page, dir, problems, e) {
+  if (page && dir) await page.screenshot({ path: join(dir, 'failure.png'), fullPage: true }).catch(() => {});
+  if (page) console.error(`alert: ${await page.locator('#alert').textContent().catch(() => '?')}`);
+  console.error(e);
+  if (problems.length) console.error(`browser problems:\n${problems.join('\n')}`);
+  process.exitCode = 1;
+}
+
 /** Presses Tab until `selector` has focus (at most `max` times); fails otherwise. */
 export async function tabTo(page, selector, max = 40) {
   for (let i = 0; i < max; i += 1) {

@@ -9,7 +9,7 @@
 // and the table alternative. Screenshots and axe-core on every state shown.
 
 import assert from 'node:assert/strict';
-import { artifactDir, checker, launch, logger, openPage, tabTo } from './harness.mjs';
+import { artifactDir, checker, failed, launch, logger, openPage, tabTo } from './harness.mjs';
 
 const [base, key, dir] = process.argv.slice(2);
 if (!base || !key || !dir) {
@@ -80,11 +80,7 @@ try {
   assert.deepEqual(problems, [], 'no CSP refusals or script errors');
   log('passed');
 } catch (e) {
-  await page.screenshot({ path: `${dir}/failure.png`, fullPage: true }).catch(() => {});
-  console.error(`alert: ${await page.locator('#alert').textContent().catch(() => '?')}`);
-  console.error(e);
-  if (problems.length) console.error(`browser problems:\n${problems.join('\n')}`);
-  process.exitCode = 1;
+  await failed(page, dir, problems, e);
 } finally {
   await browser.close();
 }

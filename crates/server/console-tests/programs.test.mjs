@@ -13,7 +13,7 @@
 // sees no write controls. Screenshots and axe-core (zero serious or critical) on each view.
 
 import assert from 'node:assert/strict';
-import { artifactDir, checker, launch, logger, openPage, tabTo } from './harness.mjs';
+import { artifactDir, checker, failed, launch, logger, openPage, tabTo } from './harness.mjs';
 
 const [base, writerKey, readerKey, kernelId, dir] = process.argv.slice(2);
 if (!base || !writerKey || !readerKey || !kernelId || !dir) {
@@ -184,11 +184,7 @@ try {
   assert.deepEqual(problems, [], 'no CSP refusals or script errors');
   lap('passed');
 } catch (e) {
-  await page.screenshot({ path: `${dir}/failure.png`, fullPage: true }).catch(() => {});
-  console.error(`alert: ${await page.locator('#alert').textContent().catch(() => '?')}`);
-  console.error(e);
-  if (problems.length) console.error(`browser problems:\n${problems.join('\n')}`);
-  process.exitCode = 1;
+  await failed(page, dir, problems, e);
 } finally {
   await browser.close();
 }

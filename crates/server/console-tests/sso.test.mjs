@@ -12,7 +12,7 @@
 // axe-core (zero serious or critical violations) on every console view shown.
 
 import assert from 'node:assert/strict';
-import { artifactDir, checker, launch, logger, openPage, tabTo } from './harness.mjs';
+import { artifactDir, checker, failed, launch, logger, openPage, tabTo } from './harness.mjs';
 
 const [base, dir] = process.argv.slice(2);
 if (!base || !dir) {
@@ -120,9 +120,7 @@ try {
   assert.deepEqual(problems, [], 'no CSP refusals or script errors');
   log('passed');
 } catch (e) {
-  console.error(e);
-  if (problems.length) console.error(`browser problems:\n${problems.join('\n')}`);
-  process.exitCode = 1;
+  await failed(null, null, problems, e);
 } finally {
   await browser.close();
 }
