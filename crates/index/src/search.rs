@@ -76,6 +76,10 @@ pub struct Query {
     pub exact: bool,
     /// Filtered vector queries: planner choice or a forced path.
     pub plan: Plan,
+    /// Keyword and hybrid modes: corpus statistics to score with instead of this
+    /// collection's own (a cluster sums its shards' [`Searcher::bm25_stats`], so every
+    /// shard scores on the whole collection's statistics).
+    pub bm25: Option<Bm25Stats>,
 }
 
 /// One result.
@@ -383,6 +387,16 @@ impl<'a> Searcher<'a> {
         self.search_in(&self.view()?, q, None)
     }
 
+    /// This collection's BM25 statistics for the terms of `text` (what
+    /// [`Query::bm25`] takes, summed over the shards of a cluster).
+    pub fn bm25_stats(&self, text: &str) -> Result<Bm25Stats, SearchError> {
+        let view = self.view()?;
+        let terms = tokenize(text);
+        let mem_tokens: Vec<Vec<String>> =
+            view.memtable.iter().map(|r| r.text.as_deref().map(tokenize).unwrap_or_default()).collect();
+        Ok(corpus_stats(&view, &terms, &mem_tokens))
+    }
+
     /// Runs a query and says what it did ([`Explain`]).
     pub fn search_explained(&self, q: &Query) -> Result<(Vec<Hit>, Explain), SearchError> {
         validate(q, self.collection.config().dim)?;
@@ -421,15 +435,12 @@ impl<'a> Searcher<'a> {
                     .map(|(d, s)| (to_score(cfg.metric, d), s))
                     .collect()
             }
-            Mode::Keyword => {
-                keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), q.k, ex.as_deref_mut())?
-            }
+            Mode::Keyword => keyword_search(view, q, q.k, ex.as_deref_mut())?,
             Mode::Hybrid => {
                 let depth = (2 * q.k).clamp(50, MAX_K);
                 let v = q.vector.as_deref().unwrap_or(&[]);
                 let vec_list = self.vector_search(view, v, q, depth, ex.as_deref_mut())?;
-                let kw_list =
-                    keyword_search(view, q.text.as_deref().unwrap_or(""), q.filter.as_ref(), depth, ex.as_deref_mut())?;
+                let kw_list = keyword_search(view, q, depth, ex.as_deref_mut())?;
                 let t = clock(&ex);
                 let fused = fuse(&[
                     vec_list.into_iter().map(|(_, s)| s).collect(),
@@ -630,24 +641,33 @@ fn collect_paths(m: &serde_json::Map<String, serde_json::Value>, prefix: &str, o
     }
 }
 
+/// BM25 statistics of the query's terms over every source of `view`.
+fn corpus_stats(view: &View, terms: &[String], mem_tokens: &[Vec<String>]) -> Bm25Stats {
+    let mut stats = Bm25Stats::new();
+    for ix in &view.indexes {
+        stats.add_index(ix.bm25(), terms);
+    }
+    for t in mem_tokens {
+        stats.add_doc_for_terms(t, terms);
+    }
+    stats
+}
+
 /// BM25 over every source; best first.
 fn keyword_search(
     view: &View,
-    text: &str,
-    filter: Option<&Filter>,
+    q: &Query,
     k: usize,
     mut ex: Option<&mut Explain>,
 ) -> Result<Vec<(f32, Src)>, SearchError> {
-    let terms = tokenize(text);
-    let mut stats = Bm25Stats::new();
-    for ix in &view.indexes {
-        stats.add_index(ix.bm25(), &terms);
-    }
+    let filter = q.filter.as_ref();
+    let terms = tokenize(q.text.as_deref().unwrap_or(""));
     let mem_tokens: Vec<Vec<String>> =
         view.memtable.iter().map(|r| r.text.as_deref().map(tokenize).unwrap_or_default()).collect();
-    for t in &mem_tokens {
-        stats.add_doc_for_terms(t, &terms);
-    }
+    let stats = match &q.bm25 {
+        Some(given) => given.clone(),
+        None => corpus_stats(view, &terms, &mem_tokens),
+    };
     let mut all: Vec<(f32, Src)> = Vec::new();
     for (si, (seg, ix)) in view.snap.segments().iter().zip(&view.indexes).enumerate() {
         let t = clock(&ex);

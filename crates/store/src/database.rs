@@ -413,6 +413,68 @@ impl Database {
         Ok(c)
     }
 
+    /// Creates a collection from segment files made elsewhere (a cluster shard's sealed
+    /// state, downloaded): `segments` oldest first, each a segment file and its companions
+    /// (`(extension, path)`, e.g. its search index), all moved into the new collection. The
+    /// manifest names them, newest first, with `flushed_seq` their highest sequence number;
+    /// the collection exists completely or not at all.
+    pub fn import_collection(
+        &self,
+        name: &str,
+        config: CollectionConfig,
+        segments: &[(PathBuf, Vec<(String, PathBuf)>)],
+    ) -> Result<Collection> {
+        validate_name(name)?;
+        self.refuse_if_read_only()?;
+        if self.storage.encryption().is_some() {
+            return Err(Error::InvalidInput("segment import into an encrypted data directory is not supported".into()));
+        }
+        let mut map = self.collections.write();
+        if map.contains_key(name) || self.unavailable.read().contains_key(name) {
+            return Err(Error::AlreadyExists(format!("collection {name:?}")));
+        }
+        let cdir = self.root.join(COLLECTIONS);
+        let tmp = cdir.join(format!(".importing-{name}"));
+        let dir = cdir.join(name);
+        if self.storage.exists(&tmp).at(&tmp)? {
+            self.storage.remove_dir_all(&tmp).at(&tmp)?;
+        }
+        for sub in ["wal", "seg"] {
+            self.storage.create_dir_all(&tmp.join(sub)).at(&tmp)?;
+        }
+        let mut manifest = crate::manifest::Manifest::new(config);
+        for (i, (seg, companions)) in segments.iter().enumerate() {
+            let id = i as u64 + 1;
+            let dest = tmp.join("seg").join(crate::manifest::segment_file_name(id));
+            self.storage.rename(seg, &dest).at(seg)?;
+            for (ext, path) in companions {
+                let to = crate::collection::segment_companion(&dest, ext);
+                self.storage.rename(path, &to).at(path)?;
+            }
+            let opened = crate::segment::Segment::open(&*self.storage, &dest)?;
+            let (min_seq, max_seq) = opened.seq_range();
+            manifest.segments.insert(
+                0,
+                crate::manifest::SegmentRef {
+                    id,
+                    count: opened.len() as u64,
+                    min_seq,
+                    max_seq,
+                    bytes: opened.file_bytes() as u64,
+                },
+            );
+            manifest.flushed_seq = manifest.flushed_seq.max(max_seq);
+            manifest.next_segment_id = id + 1;
+        }
+        self.storage.sync_dir(&tmp.join("seg")).at(&tmp)?;
+        manifest.store(&*self.storage, &tmp.join("MANIFEST"))?;
+        self.storage.rename(&tmp, &dir).at(&dir)?;
+        self.storage.sync_dir(&cdir).at(&cdir)?;
+        let c = Collection::open(self.storage.clone(), &dir, name, self.opts)?;
+        map.insert(name.to_owned(), c.clone());
+        Ok(c)
+    }
+
     /// Directory of a collection (whether or not it exists).
     pub fn collection_dir(&self, name: &str) -> PathBuf {
         self.root.join(COLLECTIONS).join(name)

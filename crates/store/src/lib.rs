@@ -51,7 +51,7 @@ pub use manifest::{CollectionConfig, IndexSettings, Manifest, Metric, Quantizati
 pub use memtable::{Entry, Key};
 pub use record::{
     MAX_DIM, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES, MAX_VECTOR_NORM2, Metadata, Op, Record, key_hash,
-    validate_record, vector_too_large,
+    validate_id, validate_record, vector_too_large,
 };
 pub use segment::{Segment, SegmentOptions};
 pub use snapshot::Snapshot;
@@ -65,6 +65,14 @@ pub mod wal_format {
     pub use crate::wal::{
         FRAME_HEADER_LEN, MAX_RECORD_LEN, Scan, WAL_HEADER_LEN, WAL_MAGIC, frame_bytes, header_bytes, scan,
     };
+}
+
+/// Encodes validated operations as one WAL batch payload (what a cluster ships through its
+/// log: the same bytes [`decode_wal_batch`] reads back).
+pub fn encode_wal_batch(ops: &[Op]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    record::encode_batch(ops, &mut out)?;
+    Ok(out)
 }
 
 /// Decodes a WAL batch payload (for fuzzing and tools); never panics.

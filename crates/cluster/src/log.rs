@@ -1,0 +1,154 @@
+//! The write log: one JetStream stream (file storage) whose subjects are
+//! `kz.<cluster>.w.<collection incarnation>.<shard>`. A write batch becomes one message per shard
+//! (split further when it would pass the server's payload limit) carrying the store's own
+//! batch encoding, published with a `Nats-Msg-Id` so a retried write is stored once; the
+//! publish acknowledgement's stream sequence is the write token.
+
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::time::Duration;
+
+/// The log.
+#[derive(Clone)]
+pub struct Log {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    /// `kz.<cluster>.w`: the stream's subjects start with it.
+    prefix: String,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("stream", &self.stream).finish()
+    }
+}
+
+/// One message read back from the log.
+#[derive(Debug)]
+pub struct Entry {
+    /// Stream sequence number.
+    pub seq: u64,
+    /// The store's batch encoding.
+    pub payload: Bytes,
+}
+
+fn nats(e: impl std::fmt::Display) -> Error {
+    Error::unavailable("nats", e)
+}
+
+impl Log {
+    /// Connects (retrying the first connection too) and makes the stream if missing.
+    pub async fn connect(cfg: &ClusterConfig) -> Result<Log> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("kernelize {}", cfg.node()))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(cfg.timing.request()))
+            .connect(cfg.nats_url.as_str())
+            .await
+            .map_err(nats)?;
+        let js = jetstream::new(client.clone());
+        let log = Log { client, js, stream: cfg.stream_name(), prefix: format!("kz.{}.w", cfg.name) };
+        log.ensure_stream(cfg).await?;
+        Ok(log)
+    }
+
+    async fn ensure_stream(&self, cfg: &ClusterConfig) -> Result<()> {
+        let want = stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: cfg.stream.replicas,
+            duplicate_window: Duration::from_secs(cfg.stream.duplicate_window_secs),
+            allow_direct: true,
+            ..Default::default()
+        };
+        // Wait out a NATS server that is still starting (JetStream answers after the port).
+        let mut last = None;
+        for _ in 0..50 {
+            match self.js.get_or_create_stream(want.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(nats(format!("stream {}: {}", self.stream, last.unwrap_or_default())))
+    }
+
+    /// Subject of a shard's writes.
+    pub fn write_subject(&self, cid: &str, shard: u32) -> String {
+        format!("{}.{cid}.{shard}", self.prefix)
+    }
+
+    /// The core NATS client (query requests and commit notices).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Largest message the server accepts, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload.max(64 << 10)
+    }
+
+    /// Publishes one message and waits for the stream's acknowledgement; returns its
+    /// sequence number (a duplicate id returns the first copy's).
+    pub async fn publish(&self, subject: String, payload: Bytes, msg_id: &str) -> Result<u64> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let ack = self.js.publish_with_headers(subject, headers, payload).await.map_err(nats)?;
+        let ack = ack.await.map_err(nats)?;
+        Ok(ack.sequence)
+    }
+
+    async fn stream(&self) -> Result<stream::Stream<()>> {
+        self.js.get_stream_no_info(&self.stream).await.map_err(nats)
+    }
+
+    /// Sequence number of the last message on `subject` (0: none, or all trimmed).
+    pub async fn last_seq(&self, subject: &str) -> Result<u64> {
+        let stream = self.stream().await?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(0),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Messages on `subject` from sequence `from` on, in order, as they arrive (an ordered
+    /// consumer: recreated by the client after a gap or a reconnect).
+    pub async fn tail(&self, subject: &str, from: u64) -> Result<impl futures::Stream<Item = Result<Entry>> + use<>> {
+        let stream = self.stream().await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let messages = consumer.messages().await.map_err(nats)?;
+        Ok(messages.map(|m| {
+            let m = m.map_err(nats)?;
+            let seq = m.info().map_err(nats)?.stream_sequence;
+            Ok(Entry { seq, payload: m.message.payload.clone() })
+        }))
+    }
+
+    /// Removes the messages of `subject` below sequence `keep_from` (they are sealed).
+    pub async fn trim(&self, subject: &str, keep_from: u64) -> Result<u64> {
+        let stream = self.stream().await?;
+        let r = stream.purge().filter(subject).sequence(keep_from).await.map_err(nats)?;
+        Ok(r.purged)
+    }
+
+    /// Removes every message of a dropped collection.
+    pub async fn purge_collection(&self, cid: &str) -> Result<()> {
+        let stream = self.stream().await?;
+        stream.purge().filter(format!("{}.{cid}.>", self.prefix)).await.map_err(nats)?;
+        Ok(())
+    }
+}
