@@ -145,6 +145,12 @@ impl Log {
         Ok(r.purged)
     }
 
+    /// Deletes the stream and every message in it (a cluster taken down for good).
+    pub async fn delete_stream(&self) -> Result<()> {
+        self.js.delete_stream(&self.stream).await.map_err(nats)?;
+        Ok(())
+    }
+
     /// Removes every message of a dropped collection.
     pub async fn purge_collection(&self, cid: &str) -> Result<()> {
         let stream = self.stream().await?;

@@ -158,6 +158,12 @@ impl Meta {
         Ok(Meta { pool })
     }
 
+    /// Drops the cluster's schema and everything in it (a cluster taken down for good).
+    pub async fn drop_schema(&self, cluster: &str) -> Result<()> {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS kzc_{cluster} CASCADE")).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Marks `node` alive now.
     pub async fn heartbeat(&self, node: &str) -> Result<()> {
         sqlx::query(

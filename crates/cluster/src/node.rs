@@ -165,6 +165,14 @@ pub struct ShardPlacement {
     pub commits: i64,
 }
 
+/// Takes a cluster down for good: deletes its stream and its PostgreSQL schema (sealed
+/// segments stay in the object store). Every node must be stopped first.
+pub async fn destroy(cfg: &ClusterConfig) -> Result<()> {
+    let meta = Meta::connect(&cfg.database_url, &cfg.name).await?;
+    Log::connect(cfg).await?.delete_stream().await?;
+    meta.drop_schema(&cfg.name).await
+}
+
 /// Rendezvous ranking of `members` for a shard: highest hash first.
 pub fn rank<'a>(members: &'a [String], cid: &str, shard: u32) -> Vec<&'a String> {
     let mut v: Vec<(u64, &String)> = members

@@ -164,6 +164,7 @@ async fn three_nodes_answer_as_one_engine_does() {
     for n in nodes {
         n.shutdown().await.unwrap();
     }
+    spec.destroy().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,6 +190,7 @@ async fn a_stale_owner_cannot_commit() {
     assert!(!meta.renew(&row.cid, 0, "old", old.epoch, Duration::from_secs(5)).await.unwrap());
     meta.commit(held("new", new.epoch), 10, &state, Duration::from_secs(5)).await.unwrap();
     assert_eq!(meta.shard(&row.cid, 0).await.unwrap().checkpoint, 10);
+    spec.destroy().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -244,6 +246,7 @@ async fn an_owner_lost_mid_ingest_loses_no_acknowledged_write() {
     }
     b.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
+    spec.destroy().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -265,4 +268,5 @@ async fn a_read_with_the_write_token_sees_the_write() {
     }
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+    spec.destroy().await;
 }

@@ -65,6 +65,11 @@ request_ms = 10000
         ClusterConfig::parse(&text, "test.toml").unwrap()
     }
 
+    /// Deletes the cluster's stream and schema (call after the nodes stopped).
+    pub async fn destroy(&self) {
+        kernelize_cluster::destroy(&self.config("cleanup")).await.unwrap();
+    }
+
     pub async fn node(&self, id: &str) -> Node {
         Node::start(self.config(id)).await.unwrap()
     }
