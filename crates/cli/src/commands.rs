@@ -491,6 +491,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         | Command::Models(_)
         | Command::Program(_)
         | Command::Fleet(_)
+        | Command::Cluster(_)
         | Command::Agent(_) => {
             unreachable!("handled in main")
         }

@@ -5,6 +5,7 @@ mod bench;
 mod bench_agent;
 mod bench_fleet;
 mod bench_serve;
+mod cluster;
 mod commands;
 mod embedding;
 mod fleet;
@@ -146,6 +147,9 @@ pub enum Command {
     /// The fleet control plane over a server's HTTP API (`--server`, `--api-key`):
     /// devices, enrollment tokens, groups, releases, deployments, events.
     Fleet(fleet::FleetArgs),
+    /// A cluster's configuration, members and shards (`--cluster cluster.toml`): check,
+    /// status, destroy.
+    Cluster(cluster::ClusterArgs),
     /// The device agent: enroll with a fleet server (`--server`), install signed kernels
     /// behind a health gate, serve queries offline (`--listen`). Its data (device key,
     /// state, kernels) lives in --data-dir. Also built alone as `kernelize-agent`.
@@ -184,6 +188,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Models(cmd) => models::run(cmd),
         Command::Program(cmd) => program::run(cmd),
         Command::Fleet(a) => fleet::run(a),
+        Command::Cluster(a) => cluster::run(a),
         Command::Agent(a) => {
             kernelize_agent::init_logging();
             tokio::runtime::Builder::new_multi_thread()

@@ -101,7 +101,7 @@ pub fn search(cli: &Cli, a: &SearchArgs) -> Result<ExitCode> {
         "scan" => Plan::Scan,
         p => bail!("unknown plan {p:?}: expected auto, walk or scan"),
     };
-    let q = Query { vector, text: a.text.clone(), k: a.k, ef: a.ef, filter, mode, exact: a.exact, plan };
+    let q = Query { vector, text: a.text.clone(), k: a.k, ef: a.ef, filter, mode, exact: a.exact, plan, bm25: None };
     let hits = searcher.search(&q)?;
     let mut out = std::io::stdout().lock();
     for h in hits {

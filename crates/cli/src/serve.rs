@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// the last 100 for `GET /v1/slow-queries`); 0 turns it off.
     #[arg(long, env = "KERNELIZE_SLOW_QUERY_MS")]
     pub slow_query_ms: Option<u64>,
+    /// Run as a node of a cluster described by this file (`cluster.toml`: NATS, PostgreSQL,
+    /// S3; see docs/cluster.md); collections then live in the cluster.
+    #[arg(long, env = "KERNELIZE_CLUSTER")]
+    pub cluster: Option<PathBuf>,
     /// Print the listening address as `listening on ADDR` on stdout (for scripts).
     #[arg(long, hide = true)]
     pub print_addr: bool,
@@ -105,7 +109,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = Some(v.clone()); } )* };
     }
-    over!(tls_cert, tls_key, database_url, admin_key, admin_key_file, model_dir, llm_model, otlp_endpoint);
+    over!(tls_cert, tls_key, database_url, admin_key, admin_key_file, model_dir, llm_model, otlp_endpoint, cluster);
     if let Some(l) = a.listen {
         c.listen = l;
     }

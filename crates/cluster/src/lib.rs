@@ -18,7 +18,7 @@ pub mod wire;
 pub use config::{ClusterConfig, ConfigError};
 pub use error::{Error, Result};
 pub use node::{
-    ClusterCollection, ClusterHit, ClusterPage, ClusterQuery, Node, NodeStats, ShardPlacement, WriteAck, destroy, rank,
-    shard_of,
+    ClusterCollection, ClusterHit, ClusterPage, ClusterQuery, Node, NodeStats, ShardPlacement, WriteAck, check,
+    destroy, rank, shard_of,
 };
 pub use wire::Consistency;

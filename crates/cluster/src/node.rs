@@ -173,6 +173,22 @@ pub async fn destroy(cfg: &ClusterConfig) -> Result<()> {
     meta.drop_schema(&cfg.name).await
 }
 
+/// Checks a configuration against the services it names: PostgreSQL (and the schema),
+/// NATS with JetStream (and the stream), the object store. One line per service.
+pub async fn check(cfg: &ClusterConfig) -> Vec<(&'static str, Result<String>)> {
+    let pg = Meta::connect(&cfg.database_url, &cfg.name)
+        .await
+        .map(|_| format!("{} (schema kzc_{})", crate::meta::redact(&cfg.database_url), cfg.name));
+    let nats = Log::connect(cfg)
+        .await
+        .map(|l| format!("{} (stream {}, max message {} bytes)", cfg.nats_url, cfg.stream_name(), l.max_payload()));
+    let blobs = match BlobStore::open(&cfg.blobs) {
+        Ok(b) => b.check().await.map(|()| format!("{:?}", cfg.blobs)).map_err(Error::from),
+        Err(e) => Err(e.into()),
+    };
+    vec![("postgresql", pg), ("nats", nats), ("object store", blobs)]
+}
+
 /// Rendezvous ranking of `members` for a shard: highest hash first.
 pub fn rank<'a>(members: &'a [String], cid: &str, shard: u32) -> Vec<&'a String> {
     let mut v: Vec<(u64, &String)> = members
@@ -328,6 +344,11 @@ impl Node {
         }
         refresh_collections(&self.inner).await?;
         self.inner.collections.read().get(name).cloned().ok_or_else(|| Error::NotFound(format!("collection {name:?}")))
+    }
+
+    /// A collection's configuration.
+    pub async fn collection_config(&self, name: &str) -> Result<CollectionConfig> {
+        Ok(self.collection(name).await?.config)
     }
 
     /// Creates a collection with the configured number of shards.

@@ -185,17 +185,28 @@ async fn drop_collection(
 /// Insert or replace a batch of records atomically. Records without a vector have their
 /// text embedded by the server.
 #[utoipa::path(post, path = "/v1/collections/{name}/records", tag = "records", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Collection", example = "docs")),
+    params(("name" = String, Path, description = "Collection", example = "docs"), ("Idempotency-Key" = Option<String>, Header, description = "Cluster: a retried write with the same key is stored once")),
     request_body = UpsertRequest,
     responses((status = 200, description = "Written and durable", body = WriteResult), Errors))]
 async fn upsert(
     State(st): St,
     Auth(p): Auth,
     PathParams(name): PathParams<String>,
+    headers: axum::http::HeaderMap,
     Body(req): Body<UpsertRequest>,
 ) -> Result<Response, ApiError> {
-    let r = st.upsert(&p, &name, req).await?;
+    let r = st.upsert(&p, &name, req, idempotency_key(&headers)?).await?;
     Ok(audited(r.audit_detail(), StatusCode::OK, Json(r)))
+}
+
+/// The `Idempotency-Key` header of a write (1-128 visible ASCII characters): in a cluster,
+/// a write retried with the same key is stored once (within the log's duplicate window).
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k.to_owned())),
+        _ => Err(ApiError::invalid("Idempotency-Key: use 1-128 visible ASCII characters")),
+    }
 }
 
 /// Page through records in key order.
@@ -221,34 +232,36 @@ async fn get_record(
     PathParams((name, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<GetParams>,
 ) -> Result<Json<RecordOut>, ApiError> {
-    Ok(Json(st.get_record(&p, &name, id, q.vector.unwrap_or(true)).await?))
+    Ok(Json(st.get_record(&p, &name, id, q).await?))
 }
 
 /// Delete one record.
 #[utoipa::path(delete, path = "/v1/collections/{name}/records/{id}", tag = "records", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Collection", example = "docs"), ("id" = String, Path, description = "Record id", example = "r1")),
+    params(("name" = String, Path, description = "Collection", example = "docs"), ("id" = String, Path, description = "Record id", example = "r1"), ("Idempotency-Key" = Option<String>, Header, description = "Cluster: a retried write with the same key is stored once")),
     responses((status = 200, description = "Deleted (deleting a missing id is not an error)", body = WriteResult), Errors))]
 async fn delete_record(
     State(st): St,
     Auth(p): Auth,
     PathParams((name, id)): PathParams<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let r = st.delete(&p, &name, vec![id]).await?;
+    let r = st.delete(&p, &name, vec![id], idempotency_key(&headers)?).await?;
     Ok(audited(r.audit_detail(), StatusCode::OK, Json(r)))
 }
 
 /// Delete a batch of records atomically.
 #[utoipa::path(post, path = "/v1/collections/{name}/records:delete", tag = "records", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Collection", example = "docs")),
+    params(("name" = String, Path, description = "Collection", example = "docs"), ("Idempotency-Key" = Option<String>, Header, description = "Cluster: a retried write with the same key is stored once")),
     request_body = DeleteRequest,
     responses((status = 200, description = "Deleted", body = WriteResult), Errors))]
 async fn delete_records(
     State(st): St,
     Auth(p): Auth,
     PathParams(name): PathParams<String>,
+    headers: axum::http::HeaderMap,
     Body(req): Body<DeleteRequest>,
 ) -> Result<Response, ApiError> {
-    let r = st.delete(&p, &name, req.ids).await?;
+    let r = st.delete(&p, &name, req.ids, idempotency_key(&headers)?).await?;
     Ok(audited(r.audit_detail(), StatusCode::OK, Json(r)))
 }
 
@@ -457,6 +470,32 @@ async fn list_backups(State(st): St, Auth(p): Auth) -> Result<Json<BackupList>, 
     responses((status = 200, description = "The threshold and the last slow searches, newest first", body = SlowQueryList), Errors))]
 async fn slow_queries(State(st): St, Auth(p): Auth) -> Result<Json<SlowQueryList>, ApiError> {
     Ok(Json(st.slow_queries(&p)?))
+}
+
+/// The cluster as this node sees it: members and every shard's lease and checkpoint
+/// (admin; a single node answers with no node and no shards).
+#[utoipa::path(get, path = "/v1/cluster", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Members and shards", body = ClusterInfo), Errors))]
+async fn cluster_info(State(st): St, Auth(p): Auth) -> Result<Json<ClusterInfo>, ApiError> {
+    p.require(crate::auth::Role::Admin, None)?;
+    let Some(node) = &st.cluster else {
+        return Ok(Json(ClusterInfo { node: None, members: Vec::new(), shards: Vec::new() }));
+    };
+    let shards = node
+        .placement()
+        .await?
+        .into_iter()
+        .map(|s| ShardInfo {
+            collection: s.collection,
+            shard: s.shard,
+            owner: s.owner,
+            epoch: s.epoch,
+            checkpoint: s.checkpoint,
+            segments: s.segments as u64,
+            commits: s.commits,
+        })
+        .collect();
+    Ok(Json(ClusterInfo { node: Some(node.id().to_owned()), members: node.members(), shards }))
 }
 
 /// Status of a backup job (admin).
@@ -714,7 +753,7 @@ impl Modify for Security {
         list_collections, create_collection, describe_collection, drop_collection,
         upsert, scan, get_record, delete_record, delete_records, search, embed,
         build_kernel, list_kernels, describe_kernel, kernel_events, delete_kernel, download_kernel, query_kernel,
-        kernel_signing_key, start_backup, list_backups, backup_status, backup_events, usage, slow_queries,
+        kernel_signing_key, start_backup, list_backups, backup_status, backup_events, usage, slow_queries, cluster_info,
         create_key, list_keys, rotate_key, revoke_key, mint_token, audit_log, audit_verify,
         metrics, healthz, readyz, openapi_json, docs
     ),
@@ -763,6 +802,7 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/backups/{id}/events", get(backup_events))
         .route("/v1/usage", get(usage))
         .route("/v1/slow-queries", get(slow_queries))
+        .route("/v1/cluster", get(cluster_info))
         .route("/v1/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
@@ -812,6 +852,7 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("GET", "/v1/backups/{id}/events") => "backups.status",
         ("GET", "/v1/usage") => "usage.read",
         ("GET", "/v1/slow-queries") => "slow_queries.read",
+        ("GET", "/v1/cluster") => "cluster.read",
         ("POST", "/v1/keys") => "keys.create",
         ("GET", "/v1/keys") => "keys.list",
         ("POST", "/v1/keys/{id}/rotate") => "keys.rotate",

@@ -63,6 +63,10 @@ pub struct Config {
     pub fleet: FleetSettings,
     /// Single sign-on with an OpenID provider (`[sso]`, `crate::oidc`); none: API keys only.
     pub sso: Option<crate::oidc::SsoSettings>,
+    /// A cluster configuration file (`cluster.toml`, `kernelize_cluster::ClusterConfig`):
+    /// collections then live in the cluster (NATS JetStream, PostgreSQL, S3) instead of
+    /// the data directory; none (the default) is the single-node engine.
+    pub cluster: Option<PathBuf>,
 }
 
 /// Settings of the fleet control plane (`[fleet]`).
@@ -218,6 +222,7 @@ impl Default for Config {
             master_key: None,
             fleet: FleetSettings::default(),
             sso: None,
+            cluster: None,
         }
     }
 }

@@ -90,7 +90,7 @@ pub fn parse_filter(spec: Option<FilterSpec>) -> Result<Option<Filter>, ApiError
     f.map(Some).map_err(|e| ApiError::invalid(format!("filter: {e}")))
 }
 
-fn metric_name(m: Metric) -> MetricName {
+pub(crate) fn metric_name(m: Metric) -> MetricName {
     match m {
         Metric::Cosine => MetricName::Cosine,
         Metric::Dot => MetricName::Dot,
@@ -98,7 +98,7 @@ fn metric_name(m: Metric) -> MetricName {
     }
 }
 
-fn quantization_name(q: Quantization) -> QuantizationName {
+pub(crate) fn quantization_name(q: Quantization) -> QuantizationName {
     match q {
         Quantization::None => QuantizationName::None,
         Quantization::Int8 => QuantizationName::Int8,
@@ -127,7 +127,7 @@ pub fn collection_info(c: &Collection) -> Result<CollectionInfo, ApiError> {
     })
 }
 
-fn record_out(r: &Record, vector: bool) -> RecordOut {
+pub(crate) fn record_out(r: &Record, vector: bool) -> RecordOut {
     RecordOut {
         id: r.id.clone(),
         vector: vector.then(|| r.vector.clone()),
@@ -149,6 +149,39 @@ fn batch_size(what: &str, n: usize, max: usize) -> Result<(), ApiError> {
         return Err(ApiError::invalid(format!("{what} has {n} entries; the limit is {max} per request")));
     }
     Ok(())
+}
+
+/// A collection's configuration from a create request, checked.
+fn collection_config(req: &CreateCollection) -> Result<CollectionConfig, ApiError> {
+    let dim = req.dim as usize;
+    if dim == 0 || dim > kernelize_store::MAX_DIM {
+        return Err(ApiError::invalid(format!("dim must be 1..={}, got {dim}", kernelize_store::MAX_DIM)));
+    }
+    let mut index = IndexSettings::default();
+    if let Some(m) = req.m {
+        if !(4..=64).contains(&m) {
+            return Err(ApiError::invalid(format!("m must be 4..=64, got {m}")));
+        }
+        index.m = m as usize;
+    }
+    if let Some(ef) = req.ef_construction {
+        if !(8..=2000).contains(&ef) {
+            return Err(ApiError::invalid(format!("ef_construction must be 8..=2000, got {ef}")));
+        }
+        index.ef_construction = ef as usize;
+    }
+    index.quantization = match req.quantization.unwrap_or(QuantizationName::None) {
+        QuantizationName::None => Quantization::None,
+        QuantizationName::Int8 => Quantization::Int8,
+        QuantizationName::Rabitq1 => Quantization::Rabitq1,
+        QuantizationName::Rabitq4 => Quantization::Rabitq4,
+    };
+    let metric = match req.metric.unwrap_or(MetricName::Cosine) {
+        MetricName::Cosine => Metric::Cosine,
+        MetricName::Dot => Metric::Dot,
+        MetricName::L2 => Metric::L2,
+    };
+    Ok(CollectionConfig { index, ..CollectionConfig::new(dim, metric) })
 }
 
 impl AppState {
@@ -180,6 +213,9 @@ impl AppState {
 
     /// Collections in the principal's scope.
     pub async fn list_collections(self: &Arc<Self>, p: &Principal) -> Result<CollectionList, ApiError> {
+        if let Some(node) = &self.cluster {
+            return crate::cluster::list(node, p).await;
+        }
         // Every role may list; the scope decides what is listed.
         let visible: Vec<Collection> =
             self.db.collections().into_iter().filter(|c| p.scope.contains(c.name())).collect();
@@ -194,41 +230,20 @@ impl AppState {
         req: CreateCollection,
     ) -> Result<CollectionInfo, ApiError> {
         p.require(Role::Writer, Some(&req.name))?;
-        let dim = req.dim as usize;
-        if dim == 0 || dim > kernelize_store::MAX_DIM {
-            return Err(ApiError::invalid(format!("dim must be 1..={}, got {dim}", kernelize_store::MAX_DIM)));
+        let config = collection_config(&req)?;
+        if let Some(node) = &self.cluster {
+            return crate::cluster::create(node, &req.name, config).await;
         }
-        let mut index = IndexSettings::default();
-        if let Some(m) = req.m {
-            if !(4..=64).contains(&m) {
-                return Err(ApiError::invalid(format!("m must be 4..=64, got {m}")));
-            }
-            index.m = m as usize;
-        }
-        if let Some(ef) = req.ef_construction {
-            if !(8..=2000).contains(&ef) {
-                return Err(ApiError::invalid(format!("ef_construction must be 8..=2000, got {ef}")));
-            }
-            index.ef_construction = ef as usize;
-        }
-        index.quantization = match req.quantization.unwrap_or(QuantizationName::None) {
-            QuantizationName::None => Quantization::None,
-            QuantizationName::Int8 => Quantization::Int8,
-            QuantizationName::Rabitq1 => Quantization::Rabitq1,
-            QuantizationName::Rabitq4 => Quantization::Rabitq4,
-        };
-        let metric = match req.metric.unwrap_or(MetricName::Cosine) {
-            MetricName::Cosine => Metric::Cosine,
-            MetricName::Dot => Metric::Dot,
-            MetricName::L2 => Metric::L2,
-        };
-        let config = CollectionConfig { index, ..CollectionConfig::new(dim, metric) };
         let db = self.db.clone();
         blocking(move || collection_info(&db.create_collection(&req.name, config)?)).await
     }
 
     /// Describes a collection.
     pub async fn describe(self: &Arc<Self>, p: &Principal, name: &str) -> Result<CollectionInfo, ApiError> {
+        if let Some(node) = &self.cluster {
+            p.require(Role::Reader, Some(name))?;
+            return crate::cluster::describe(node, name).await;
+        }
         let c = self.collection(p, Role::Reader, name)?;
         blocking(move || collection_info(&c)).await
     }
@@ -236,6 +251,9 @@ impl AppState {
     /// Drops a collection and its data.
     pub async fn drop_collection(self: &Arc<Self>, p: &Principal, name: &str) -> Result<(), ApiError> {
         p.require(Role::Writer, Some(name))?;
+        if let Some(node) = &self.cluster {
+            return Ok(node.drop_collection(name).await?);
+        }
         let db = self.db.clone();
         let dropped = name.to_owned();
         blocking(move || Ok(db.drop_collection(&dropped)?)).await?;
@@ -248,13 +266,26 @@ impl AppState {
     }
 
     /// Upserts a batch atomically, embedding the text of records that come without a vector.
+    /// In a cluster the batch goes to the write log (atomic per shard; retried safely with
+    /// an idempotency key) and `seq` is the write token.
     pub async fn upsert(
         self: &Arc<Self>,
         p: &Principal,
         name: &str,
         req: UpsertRequest,
+        idempotency_key: Option<String>,
     ) -> Result<WriteResult, ApiError> {
-        let c = self.collection(p, Role::Writer, name)?;
+        let (local, dim) = match &self.cluster {
+            Some(node) => {
+                p.require(Role::Writer, Some(name))?;
+                (None, node.collection_config(name).await?.dim)
+            }
+            None => {
+                let c = self.collection(p, Role::Writer, name)?;
+                let dim = c.config().dim;
+                (Some(c), dim)
+            }
+        };
         batch_size("records", req.records.len(), self.config.limits.max_batch)?;
         let missing: Vec<usize> = (0..req.records.len()).filter(|i| req.records[*i].vector.is_none()).collect();
         for &i in &missing {
@@ -267,17 +298,16 @@ impl AppState {
         }
         let embedder = if missing.is_empty() { None } else { Some(self.embedder()?) };
         if let Some(e) = &embedder
-            && e.dim() != c.config().dim
+            && e.dim() != dim
         {
             return Err(ApiError::invalid(format!(
-                "records without vectors need a {}-dim collection for the built-in embedder; {} has {} dims",
+                "records without vectors need a {}-dim collection for the built-in embedder; {} has {dim} dims",
                 e.dim(),
                 quote(name),
-                c.config().dim
             )));
         }
         let embedded = missing.len() as u64;
-        let (seq, bytes, n) = blocking(move || {
+        let records = blocking(move || {
             let mut vectors = match &embedder {
                 Some(e) => {
                     let texts: Vec<&str> =
@@ -286,7 +316,7 @@ impl AppState {
                 }
                 None => Vec::new().into_iter(),
             };
-            let records: Vec<Record> = req
+            Ok(req
                 .records
                 .into_iter()
                 .map(|r| Record {
@@ -295,21 +325,33 @@ impl AppState {
                     text: r.text,
                     metadata: r.metadata,
                 })
-                .collect();
-            let bytes: i64 = records.iter().map(record_bytes).sum();
-            let n = records.len();
-            let seq = c.upsert(records)?;
-            // The batch is durable (its WAL commit succeeded) even if the flush after it failed.
-            if let kernelize_store::Health::FlushFailing(error) = c.health() {
-                tracing::warn!(
-                    collection = c.name(),
-                    error,
-                    "memtable flush failed after a durable write; retried later"
-                );
-            }
-            Ok((seq, bytes, n))
+                .collect::<Vec<Record>>())
         })
         .await?;
+        let bytes: i64 = records.iter().map(record_bytes).sum();
+        let n = records.len();
+        let seq = match (local, &self.cluster) {
+            (Some(c), _) => {
+                blocking(move || {
+                    let seq = c.upsert(records)?;
+                    // The batch is durable (its WAL commit succeeded) even if the flush after it failed.
+                    if let kernelize_store::Health::FlushFailing(error) = c.health() {
+                        tracing::warn!(
+                            collection = c.name(),
+                            error,
+                            "memtable flush failed after a durable write; retried later"
+                        );
+                    }
+                    Ok(seq)
+                })
+                .await?
+            }
+            (None, Some(node)) => {
+                let ops = records.into_iter().map(|r| kernelize_store::Op::Upsert(Arc::new(r))).collect();
+                node.write(name, ops, idempotency_key.as_deref()).await?.token
+            }
+            (None, None) => return Err(ApiError::internal("no engine")),
+        };
         self.add_usage(
             &p.key_id,
             UsageDelta {
@@ -330,8 +372,13 @@ impl AppState {
         p: &Principal,
         name: &str,
         id: String,
-        vector: bool,
+        q: GetParams,
     ) -> Result<RecordOut, ApiError> {
+        let vector = q.vector.unwrap_or(true);
+        if let Some(node) = &self.cluster {
+            p.require(Role::Reader, Some(name))?;
+            return crate::cluster::get(node, name, &id, vector, q.consistency, q.write_token).await;
+        }
         let c = self.collection(p, Role::Reader, name)?;
         cancellable(move |_| match c.get(&id)? {
             Some(r) => Ok(record_out(&r, vector)),
@@ -346,11 +393,21 @@ impl AppState {
         p: &Principal,
         name: &str,
         ids: Vec<String>,
+        idempotency_key: Option<String>,
     ) -> Result<WriteResult, ApiError> {
-        let c = self.collection(p, Role::Writer, name)?;
         batch_size("ids", ids.len(), self.config.limits.max_batch)?;
         let n = ids.len() as u64;
-        let seq = blocking(move || Ok(c.delete(ids)?)).await?;
+        let seq = match &self.cluster {
+            Some(node) => {
+                p.require(Role::Writer, Some(name))?;
+                let ops = ids.into_iter().map(kernelize_store::Op::Delete).collect();
+                node.write(name, ops, idempotency_key.as_deref()).await?.token
+            }
+            None => {
+                let c = self.collection(p, Role::Writer, name)?;
+                blocking(move || Ok(c.delete(ids)?)).await?
+            }
+        };
         self.add_usage(&p.key_id, UsageDelta { records_written: n as i64, ..Default::default() });
         self.metrics.records_written.get_or_create(&CollectionLabels { collection: name.to_owned() }).inc_by(n);
         Ok(WriteResult { written: n, embedded: 0, seq })
@@ -358,13 +415,18 @@ impl AppState {
 
     /// A page of records in key order.
     pub async fn scan(self: &Arc<Self>, p: &Principal, name: &str, q: ScanParams) -> Result<ScanPage, ApiError> {
-        let c = self.collection(p, Role::Reader, name)?;
         let limit = q.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
         }
         let vectors = q.vectors.unwrap_or(false);
         let filter = parse_filter(q.filter.map(FilterSpec::Expr))?;
+        if let Some(node) = &self.cluster {
+            p.require(Role::Reader, Some(name))?;
+            let after = q.after.as_deref().filter(|a| !a.is_empty());
+            return crate::cluster::scan(node, name, after, limit as usize, filter.as_ref(), vectors).await;
+        }
+        let c = self.collection(p, Role::Reader, name)?;
         cancellable(move |_| {
             let snap = c.snapshot();
             let mut records = Vec::new();
@@ -398,6 +460,10 @@ impl AppState {
         name: &str,
         req: SearchRequest,
     ) -> Result<SearchResponse, ApiError> {
+        if let Some(node) = &self.cluster {
+            p.require(Role::Reader, Some(name))?;
+            return crate::cluster::search(self, node, p, name, req).await;
+        }
         let c = self.collection(p, Role::Reader, name)?;
         let (k, ef) = self.search_width(req.k, req.ef, "ef")?;
         let filter = parse_filter(req.filter)?;

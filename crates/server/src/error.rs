@@ -207,6 +207,26 @@ impl From<kernelize_index::search::SearchError> for ApiError {
     }
 }
 
+impl From<kernelize_cluster::Error> for ApiError {
+    fn from(e: kernelize_cluster::Error) -> ApiError {
+        use kernelize_cluster::Error as E;
+        match e {
+            E::Invalid(m) => ApiError::invalid(m),
+            E::NotFound(m) => ApiError::not_found(m),
+            E::AlreadyExists(m) => ApiError::conflict(m),
+            E::Store(s) => s.into(),
+            E::Search(s) => s.into(),
+            E::Unavailable { .. } | E::Fenced { .. } => {
+                tracing::warn!(request_id = current_request_id(), error = %e, "cluster dependency unavailable");
+                let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", e.to_string());
+                a = a.retry_after(1);
+                a
+            }
+            E::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
         ApiError::internal(format_args!("metadata store: {e}"))

@@ -127,7 +127,7 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
             return err.into_response();
         }
     };
-    if let Err(secs) = st.rate_limit(&principal.key_id) {
+    if let Err(secs) = st.rate_limit(&principal.key_id).await {
         st.metrics.refuse("rate_limited");
         return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "rate limit of this key exceeded")
             .retry_after(secs)

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod docs;
@@ -29,6 +30,7 @@ pub mod oidc;
 pub mod programs;
 mod programs_compile;
 pub mod progress;
+mod ratelimit;
 pub mod state;
 
 pub use config::{Config, Limits};
@@ -98,6 +100,11 @@ impl Running {
             }
         };
         result.context("server task")??;
+        if let Some(node) = &self.state.cluster
+            && let Err(e) = node.shutdown().await
+        {
+            tracing::warn!(error = %e, "cluster node did not leave cleanly (its leases run out)");
+        }
         let st = self.state;
         if let Err(e) = st.flush_usage().await {
             tracing::error!(error = %e, "could not write usage at shutdown");
@@ -263,7 +270,19 @@ pub async fn start(config: Config) -> Result<Running> {
     let fleet = kernelize_fleet::Fleet::new(meta.pool().clone(), config.fleet.to_fleet_config())
         .with_distribution(fleet::distribution(&config).await?);
     fleet.load().await.context("loading the fleet's device liveness")?;
-    let state = Arc::new(AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels, audit_keys, fleet));
+    let mut state = AppState::new(config, Arc::new(db), embedder, meta, secrets, kernels, audit_keys, fleet);
+    if let Some(path) = state.config.cluster.clone() {
+        let cluster = kernelize_cluster::ClusterConfig::load(&path)?;
+        if let Some(url) = &cluster.redis_url {
+            let l = &state.config.limits;
+            state.shared_limiter =
+                Some(ratelimit::SharedLimiter::connect(url, &cluster.name, l.rate_per_sec, l.burst).await?);
+        }
+        let node = kernelize_cluster::Node::start(cluster).await.context("joining the cluster")?;
+        tracing::info!(node = node.id(), cluster = %path.display(), "cluster node started");
+        state.cluster = Some(Arc::new(node));
+    }
+    let state = Arc::new(state);
     let admin_key = state.bootstrap_admin().await?;
     state.adopt_legacy_kernels().await?;
     audit::spawn_checkpointer(&state).await?;

@@ -161,6 +161,10 @@ pub struct RecordOut {
 pub struct GetParams {
     /// Include the vector (default true).
     pub vector: Option<bool>,
+    /// Cluster: freshness (`eventual`, `session`, `strong`; see the search request).
+    pub consistency: Option<ConsistencyName>,
+    /// Cluster: the `seq` of a write this read must see.
+    pub write_token: Option<u64>,
 }
 
 /// Query of `GET /v1/collections/{name}/records`.
@@ -224,6 +228,29 @@ pub enum SearchMode {
     Hybrid,
 }
 
+/// How fresh a read must be (a cluster; a single node always reads its latest write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyName {
+    /// What the answering replicas applied (the default; fastest).
+    #[default]
+    Eventual,
+    /// At least the write whose `seq` is given as `write_token`.
+    Session,
+    /// Every write acknowledged before the read.
+    Strong,
+}
+
+impl From<ConsistencyName> for kernelize_cluster::Consistency {
+    fn from(c: ConsistencyName) -> Self {
+        match c {
+            ConsistencyName::Eventual => kernelize_cluster::Consistency::Eventual,
+            ConsistencyName::Session => kernelize_cluster::Consistency::Session,
+            ConsistencyName::Strong => kernelize_cluster::Consistency::Strong,
+        }
+    }
+}
+
 /// `POST /v1/collections/{name}/search`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -259,6 +286,13 @@ pub struct SearchRequest {
     /// time of each stage, in `explain` of the response.
     #[serde(default)]
     pub explain: Option<bool>,
+    /// Cluster: how fresh the results must be (default `eventual`, or `session` when a
+    /// `write_token` is given). A single node always answers with every acknowledged write.
+    #[serde(default)]
+    pub consistency: Option<ConsistencyName>,
+    /// Cluster: the `seq` of a write this read must see (`session`).
+    #[serde(default)]
+    pub write_token: Option<u64>,
 }
 
 /// One search result.
@@ -737,4 +771,36 @@ pub struct SigningKeyInfo {
     pub key_id: String,
     /// The 32-byte public key, hex (the format of `kernelize keys generate`'s `.pub` file).
     pub public_key: String,
+}
+
+/// `GET /v1/cluster`: this node, the live members and where every shard is.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// This node's id; absent on a single node (not a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Live members, by id.
+    pub members: Vec<String>,
+    /// Every shard of every collection.
+    pub shards: Vec<ShardInfo>,
+}
+
+/// One shard's lease and committed state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShardInfo {
+    /// Collection.
+    pub collection: String,
+    /// Shard number.
+    pub shard: u32,
+    /// The node holding its lease (absent while it moves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Fencing epoch of the lease.
+    pub epoch: i64,
+    /// Log sequence number up to which the shard is sealed in the object store.
+    pub checkpoint: u64,
+    /// Sealed segments.
+    pub segments: u64,
+    /// Commits so far.
+    pub commits: i64,
 }

@@ -65,6 +65,10 @@ pub struct AppState {
     pub draining: std::sync::atomic::AtomicBool,
     keys: RowCache<KeyRow>,
     limiter: DefaultKeyedRateLimiter<String>,
+    /// The cluster's shared limiter (Redis), when the cluster configuration names one.
+    pub(crate) shared_limiter: Option<crate::ratelimit::SharedLimiter>,
+    /// The cluster node, when the server runs as one (`--cluster`): collections live there.
+    pub cluster: Option<Arc<kernelize_cluster::Node>>,
     failures: DefaultKeyedRateLimiter<std::net::IpAddr>,
     usage: Mutex<HashMap<String, UsageRow>>,
     audit_lock: tokio::sync::Mutex<()>,
@@ -186,6 +190,8 @@ impl AppState {
             handlers: std::sync::atomic::AtomicUsize::new(0),
             keys: RowCache::default(),
             limiter: RateLimiter::keyed(quota),
+            shared_limiter: None,
+            cluster: None,
             failures: RateLimiter::keyed(fail_quota),
             usage: Mutex::new(HashMap::new()),
             audit_lock: tokio::sync::Mutex::new(()),
@@ -271,8 +277,16 @@ impl AppState {
         Err(deny("anonymous", "credential is neither a key nor a token"))
     }
 
-    /// Takes one request from the key's token bucket; `Err(seconds)` when empty.
-    pub fn rate_limit(&self, key_id: &str) -> Result<(), u64> {
+    /// Takes one request from the key's token bucket; `Err(seconds)` when empty. In a
+    /// cluster with Redis the bucket is shared by every node; this node's own bucket
+    /// stands in while Redis does not answer.
+    pub async fn rate_limit(&self, key_id: &str) -> Result<(), u64> {
+        if let Some(shared) = &self.shared_limiter {
+            match shared.take(key_id).await {
+                Ok(r) => return r,
+                Err(e) => tracing::warn!(error = %e, "shared rate limit unavailable; limiting on this node alone"),
+            }
+        }
         self.limiter.check_key(&key_id.to_owned()).map_err(retry_secs)
     }
 

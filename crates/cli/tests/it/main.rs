@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
 mod cli;
+mod cluster;
 mod crash;
 mod encryption;
 mod fleet;

@@ -266,6 +266,13 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             let (s, v) = call(Method::GET, "/v1/usage".into(), None).await;
             (s, v, expected(who, Who::Admin, false, StatusCode::OK))
         }
+        ("get", "/v1/cluster") => {
+            let (s, v) = call(Method::GET, "/v1/cluster".into(), None).await;
+            if s.is_success() {
+                assert!(v["node"].is_null() && v["shards"].as_array().is_some_and(Vec::is_empty), "{v}");
+            }
+            (s, v, expected(who, Who::Admin, false, StatusCode::OK))
+        }
         ("get", "/v1/slow-queries") => {
             let (s, v) = call(Method::GET, "/v1/slow-queries".into(), None).await;
             (s, v, expected(who, Who::Admin, false, StatusCode::OK))
