@@ -65,6 +65,10 @@ pub enum BenchCmd {
     /// jitter) and polling for an offer after each heartbeat for D seconds; requests/s,
     /// p50/p99/max latency, errors, client lag, server and client CPU and peak memory.
     Fleet(crate::bench_fleet::FleetBenchArgs),
+    /// The cluster on this machine with 1, 2 and 3 nodes next to the single-node engine:
+    /// ingest (acknowledged, applied), query throughput and p50/p99 at each consistency
+    /// level, recall, and the time a shard takes to move (clean leave, crash).
+    Cluster(Box<crate::bench_cluster::ClusterBenchArgs>),
     /// The device agent on a real kernel (WordNet by default): memory at rest and serving,
     /// query latency on the device API, a 1% change's download against the full file,
     /// staging and switch times.
@@ -141,6 +145,7 @@ pub fn run(cmd: &BenchCmd) -> Result<ExitCode> {
         BenchCmd::Ann(a) => crate::ann::run(a)?,
         BenchCmd::Serve(a) => crate::bench_serve::run(a)?,
         BenchCmd::Fleet(a) => crate::bench_fleet::run(a)?,
+        BenchCmd::Cluster(a) => crate::bench_cluster::run(a)?,
         BenchCmd::Agent(a) => crate::bench_agent::run(a)?,
         BenchCmd::Kernel(a) => crate::kernel::bench(a)?,
         BenchCmd::Wordnet { corpus, queries, model_dir } => {

@@ -3,6 +3,7 @@
 mod ann;
 mod bench;
 mod bench_agent;
+mod bench_cluster;
 mod bench_fleet;
 mod bench_serve;
 mod cluster;

@@ -113,6 +113,8 @@ pub struct ClusterQuery {
     pub consistency: Consistency,
     /// The write token for `Session`.
     pub token: u64,
+    /// Return the hits' vectors.
+    pub with_vectors: bool,
 }
 
 /// A merged search result.
@@ -484,6 +486,7 @@ impl Node {
             mode,
             exact: q.exact,
             bm25: if mode == Mode::Keyword { stats.clone() } else { None },
+            with_vectors: q.with_vectors,
         };
         match q.mode {
             Mode::Vector => self.merged(&c, list(Mode::Vector, q.k), q.k, higher_better, &q).await,

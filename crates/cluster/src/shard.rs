@@ -38,6 +38,9 @@ pub(crate) struct Replica {
     generation: AtomicU64,
     /// Log position applied (a stream sequence number).
     applied: watch::Sender<u64>,
+    /// Every message of this shard with a sequence number up to this was applied when
+    /// last checked against the log (session reads with older tokens need no check).
+    verified: AtomicU64,
     /// The highest commit heard of (a replica behind it rebuilds: the log below it may be trimmed).
     pub heard_checkpoint: AtomicU64,
     /// Checkpoint of the state this replica last committed.
@@ -85,6 +88,7 @@ impl Replica {
             generation: AtomicU64::new(generation),
             applied,
             heard_checkpoint: AtomicU64::new(row.checkpoint),
+            verified: AtomicU64::new(0),
             committed: AtomicU64::new(row.checkpoint),
             base: AtomicU64::new(row.checkpoint),
             owner: std::sync::atomic::AtomicBool::new(false),
@@ -158,7 +162,11 @@ impl Replica {
     async fn wait_fresh(&self, node: &Inner, req: &ShardRequest) -> Result<()> {
         let target = match req.consistency {
             Consistency::Eventual => return Ok(()),
-            Consistency::Session if self.applied() >= req.min_seq => return Ok(()),
+            Consistency::Session
+                if self.applied() >= req.min_seq || self.verified.load(Ordering::SeqCst) >= req.min_seq =>
+            {
+                return Ok(());
+            }
             // Every message of this shard up to the last one in the log (at least as far
             // as any write acknowledged before now) — one round trip to the stream.
             _ => node.log.last_seq(&node.log.write_subject(&self.cid, self.shard)).await?,
@@ -167,7 +175,14 @@ impl Replica {
         let mut rx = self.applied.subscribe();
         let waited = tokio::time::timeout(Duration::from_millis(req.wait_ms), rx.wait_for(|a| *a >= target)).await;
         match waited {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                // The token was issued before this check: every message of this shard up
+                // to it is applied now, and stays applied.
+                if req.consistency == Consistency::Session {
+                    self.verified.fetch_max(req.min_seq, Ordering::SeqCst);
+                }
+                Ok(())
+            }
             _ => Err(Error::unavailable(
                 format!("shard {}/{}", self.collection.name, self.shard),
                 format!("not caught up to log position {target} within {} ms (at {})", req.wait_ms, self.applied()),
@@ -203,18 +218,27 @@ impl Replica {
             ShardOp::Search(q) => {
                 let filter = parse_filter(q.filter.as_ref())?;
                 let query = Query {
-                    vector: q.vector,
-                    text: q.text,
+                    vector: q.vector.clone(),
+                    text: q.text.clone(),
                     k: q.k,
                     ef: q.ef,
                     filter,
                     mode: q.mode,
                     exact: q.exact,
-                    bm25: q.bm25.map(Into::into),
+                    bm25: q.bm25.clone().map(Into::into),
                     ..Default::default()
                 };
                 let hits = Searcher::new(local, storage, &self.cache).search(&query)?;
-                let hits = hits.iter().map(|h| WireHit { score: h.score, record: (&*h.record).into() }).collect();
+                let hits = hits
+                    .iter()
+                    .map(|h| {
+                        let mut record = WireRecord::from(&*h.record);
+                        if !q.with_vectors {
+                            record.vector = Vec::new();
+                        }
+                        WireHit { score: h.score, record }
+                    })
+                    .collect();
                 Ok(ShardReply::Hits { hits })
             }
             ShardOp::Bm25Stats { text } => {

@@ -93,6 +93,9 @@ pub struct WireQuery {
     pub exact: bool,
     /// Collection-wide BM25 statistics (keyword).
     pub bm25: Option<WireStats>,
+    /// Send the hits' vectors back (otherwise they come back empty: smaller replies).
+    #[serde(default)]
+    pub with_vectors: bool,
 }
 
 /// BM25 statistics on the wire.
@@ -134,7 +137,8 @@ impl WireStats {
 pub struct WireRecord {
     /// Id.
     pub id: String,
-    /// Vector.
+    /// Vector (empty when a search did not ask for vectors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vector: Vec<f32>,
     /// Text.
     pub text: Option<String>,

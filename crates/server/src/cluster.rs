@@ -129,7 +129,9 @@ pub async fn search(
         st.add_usage(&p.key_id, UsageDelta { texts_embedded: 1, ..Default::default() });
         st.metrics.texts_embedded.inc();
     }
+    let include_vectors = req.include_vectors.unwrap_or(false);
     let q = ClusterQuery {
+        with_vectors: include_vectors,
         vector,
         text: req.text,
         k,
@@ -141,7 +143,6 @@ pub async fn search(
         token: req.write_token.unwrap_or(0),
     };
     let hits = node.search(name, q).await?;
-    let include_vectors = req.include_vectors.unwrap_or(false);
     st.metrics.searches.get_or_create(&crate::metrics::CollectionLabels { collection: name.to_owned() }).inc();
     let hits = hits
         .into_iter()
