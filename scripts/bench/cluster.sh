@@ -35,6 +35,7 @@ allow_http = true
 [timing]
 heartbeat_ms = 500
 lease_ms = 2000
+request_ms = 20000
 TOML
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-) ($(nproc) cpus); load before: $(cat /proc/loadavg)"
 "$CARGO_TARGET_DIR/release/kernelize" bench cluster --cluster "$OUT/cluster.toml" --dir "$OUT/scratch" "$@" | tee "$OUT/bench.txt"

@@ -3,7 +3,7 @@
 //! to the single-node engine on the same data: ingest throughput (acknowledged, then
 //! applied everywhere), query throughput and latency at each consistency level, recall
 //! against brute force, and the time a shard takes to move when its owner leaves cleanly
-//! and when it dies.
+//! and when it dies. The vectors are a seeded mixture of 256 clusters.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -84,6 +84,8 @@ struct Row {
     setup: String,
     ingest_acked_per_s: f64,
     ingest_applied_per_s: f64,
+    /// Seconds from the first write until every shard was sealed and indexed.
+    sealed_s: f64,
     eventual: Lat,
     session: Lat,
     strong: Lat,
@@ -98,12 +100,23 @@ struct Data {
     truth: Vec<Vec<String>>,
 }
 
+/// A point of a mixture of 256 clusters (uniform random directions have no neighbourhood
+/// structure; embeddings do): a random center plus noise, normalised.
+fn clustered(rng: &mut rand::rngs::StdRng, centers: &[Vec<f32>]) -> Vec<f32> {
+    let c = &centers[rng.random_range(0..centers.len())];
+    let mut v: Vec<f32> = c.iter().map(|x| x + 0.35 * (rng.random::<f32>() - 0.5)).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
 fn data(a: &ClusterBenchArgs) -> Data {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let centers: Vec<Vec<f32>> = (0..256).map(|_| unit(&mut rng, a.dim)).collect();
     let records: Vec<Record> = (0..a.records)
-        .map(|i| Record { id: format!("r{i}"), vector: unit(&mut rng, a.dim), text: None, metadata: None })
+        .map(|i| Record { id: format!("r{i}"), vector: clustered(&mut rng, &centers), text: None, metadata: None })
         .collect();
-    let queries: Vec<Vec<f32>> = (0..a.queries).map(|_| unit(&mut rng, a.dim)).collect();
+    let queries: Vec<Vec<f32>> = (0..a.queries).map(|_| clustered(&mut rng, &centers)).collect();
     // Brute-force truth for the first 200 queries (unit vectors: cosine = dot).
     let truth = queries
         .iter()
@@ -273,9 +286,10 @@ async fn cluster(a: &ClusterBenchArgs, base: &ClusterConfig, d: &Data, n: usize)
         token = token.max(w.await??);
     }
     let acked = t.elapsed();
+    // Applied: every node counts every record (a shard busy applying may answer 503: retried).
     for node in &nodes {
         loop {
-            let got = node.describe("bench", Consistency::Strong).await?.records;
+            let got = node.describe("bench", Consistency::Eventual).await.map(|d| d.records).unwrap_or(0);
             if got == a.records as u64 {
                 break;
             }
@@ -286,8 +300,26 @@ async fn cluster(a: &ClusterBenchArgs, base: &ClusterConfig, d: &Data, n: usize)
         }
     }
     let applied = t.elapsed();
-    // Let the owners seal and the replicas swap in the sealed, indexed segments.
-    tokio::time::sleep(Duration::from_millis(base.timing.seal_ms * 2 + 1000)).await;
+    // Let the owners seal (flush, build the segments' indexes, upload, commit) and the
+    // replicas swap in the sealed, indexed segments: until no checkpoint moves for two
+    // seal intervals. Then one unmeasured pass of queries.
+    let mut last: Vec<u64> = Vec::new();
+    let mut still = Instant::now();
+    loop {
+        let now: Vec<u64> = nodes[0].placement().await?.iter().map(|p| p.checkpoint).collect();
+        if now != last || now.contains(&0) {
+            last = now;
+            still = Instant::now();
+        } else if still.elapsed() > Duration::from_millis(base.timing.seal_ms * 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = t.elapsed();
+    for (i, q) in d.queries.iter().enumerate().take(200) {
+        let cq = ClusterQuery { vector: Some(q.clone()), k: a.k, ef: Some(a.ef), ..Default::default() };
+        let _ = nodes[i % nodes.len()].search("bench", cq).await;
+    }
     let mut lats = Vec::new();
     let mut ids = Vec::new();
     for level in [Consistency::Eventual, Consistency::Session, Consistency::Strong] {
@@ -308,6 +340,7 @@ async fn cluster(a: &ClusterBenchArgs, base: &ClusterConfig, d: &Data, n: usize)
         setup: format!("cluster, {n} node{}", if n == 1 { "" } else { "s" }),
         ingest_acked_per_s: a.records as f64 / acked.as_secs_f64(),
         ingest_applied_per_s: a.records as f64 / applied.as_secs_f64(),
+        sealed_s: settled.as_secs_f64(),
         eventual: lats[0],
         session: lats[1],
         strong: lats[2],
@@ -374,10 +407,11 @@ pub fn run(a: &ClusterBenchArgs) -> Result<()> {
     for r in &rows {
         let l = |l: &Lat| format!("{:>7.0} {:>5.1} {:>6.1}", l.qps, l.p50, l.p99);
         println!(
-            "{:<22} {:>10.0} {:>10.0}  {}  {}  {}  {:>6.3} {:>9} {:>9}",
+            "{:<22} {:>10.0} {:>10.0} {:>6.1}s  {}  {}  {}  {:>6.3} {:>9} {:>9}",
             r.setup,
             r.ingest_acked_per_s,
             r.ingest_applied_per_s,
+            r.sealed_s,
             l(&r.eventual),
             l(&r.session),
             l(&r.strong),

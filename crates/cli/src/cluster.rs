@@ -25,6 +25,15 @@ enum ClusterCmd {
     Check,
     /// Live members, collections and every shard's lease owner, epoch and checkpoint.
     Status,
+    /// Create the server secrets every node of a cluster must share (`server-secret`,
+    /// `token-signing.pk8`, `audit-key`, `audit-checkpoint.pk8`) in DIR, keeping any
+    /// already there; copy them into each node's data directory (or mount them). Also
+    /// `admin-key`: a new admin API key for `--admin-key-file` of every node.
+    Secrets {
+        /// Where to write them.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Delete the cluster's stream and PostgreSQL schema (every node must be stopped;
     /// sealed segments stay in the object store).
     Destroy {
@@ -36,6 +45,19 @@ enum ClusterCmd {
 
 /// Runs a `cluster` command.
 pub fn run(a: &ClusterArgs) -> Result<ExitCode> {
+    if let ClusterCmd::Secrets { dir } = &a.cmd {
+        kernelize_server::auth::Secrets::load_or_create(dir)?;
+        kernelize_server::audit::AuditKeys::load_or_create(dir)?;
+        let admin = dir.join("admin-key");
+        if !admin.exists() {
+            kernelize_kernel::keys::write_private(&admin, kernelize_server::auth::generate_key().1.as_bytes())?;
+        }
+        println!(
+            "server secrets in {}: server-secret token-signing.pk8 audit-key audit-checkpoint.pk8 admin-key",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(path) = &a.cluster else { bail!("--cluster FILE (or KERNELIZE_CLUSTER) is required") };
     let cfg = ClusterConfig::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -75,6 +97,7 @@ pub fn run(a: &ClusterArgs) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            ClusterCmd::Secrets { .. } => Ok(ExitCode::SUCCESS),
             ClusterCmd::Destroy { yes } => {
                 if !yes {
                     bail!("this deletes every write not yet sealed and every shard's state: pass --yes");

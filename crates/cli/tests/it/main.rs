@@ -4,6 +4,7 @@
 mod cli;
 mod cluster;
 mod crash;
+mod deploy;
 mod encryption;
 mod fleet;
 mod kernel;
