@@ -348,22 +348,6 @@ impl Meta {
         .await?;
         if done.rows_affected() == 1 { Ok(()) } else { Err(Error::Fenced { shard: format!("{cid}/{shard}"), epoch }) }
     }
-
-    /// Every segment digest some shard's committed state names (for garbage collection).
-    pub async fn referenced_blobs(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT state FROM kzc_shards").fetch_all(&self.pool).await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let s: String = r.try_get("state")?;
-            if let Ok(st) = serde_json::from_str::<ShardState>(&s) {
-                for seg in st.segments {
-                    out.push(seg.seg);
-                    out.extend(seg.idx);
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// A database URL without its password.

@@ -32,8 +32,8 @@ pub struct NodeStats {
     pub applied: AtomicU64,
     /// Shard commits made by this node.
     pub commits: AtomicU64,
-    /// Replicas rebuilt from the object store.
-    pub rebuilds: AtomicU64,
+    /// Replicas (re)built from a committed state in the object store.
+    pub refreshes: AtomicU64,
     /// Leases taken.
     pub leases_taken: AtomicU64,
     /// Leases lost (taken by another node) or handed over.

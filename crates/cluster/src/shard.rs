@@ -35,7 +35,6 @@ pub(crate) struct Replica {
     pub collection: CollectionRow,
     /// The local collection (replaced whole when rebuilt).
     local: RwLock<Collection>,
-    generation: AtomicU64,
     /// Log position applied (a stream sequence number).
     applied: watch::Sender<u64>,
     /// Every message of this shard with a sequence number up to this was applied when
@@ -85,7 +84,6 @@ impl Replica {
             shard,
             collection: c.clone(),
             local: RwLock::new(local),
-            generation: AtomicU64::new(generation),
             applied,
             heard_checkpoint: AtomicU64::new(row.checkpoint),
             verified: AtomicU64::new(0),
@@ -551,7 +549,6 @@ impl Replica {
             }
         }
         let old = std::mem::replace(&mut *self.local.write(), fresh);
-        self.generation.store(generation, Ordering::SeqCst);
         self.base.fetch_max(row.checkpoint, Ordering::SeqCst);
         self.heard_checkpoint.fetch_max(row.checkpoint, Ordering::SeqCst);
         self.committed.fetch_max(row.checkpoint, Ordering::SeqCst);
@@ -559,7 +556,7 @@ impl Replica {
         self.uploaded.lock().clear();
         self.unsealed.store(0, Ordering::SeqCst);
         *self.unsealed_since.lock() = None;
-        node.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        node.stats.refreshes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = node.db.drop_collection(old.name()) {
             tracing::debug!(error = %e, "old local replica not dropped");
         }

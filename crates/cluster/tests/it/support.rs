@@ -18,14 +18,13 @@ pub struct Spec {
     pub bucket: String,
     pub root: tempfile::TempDir,
     pub shards: u32,
-    pub extra: String,
 }
 
 impl Spec {
     pub fn new(shards: u32) -> Spec {
         let moto = kernelize_blobs::testing::server();
         let name = format!("t{}_{}", std::process::id(), uuid_like());
-        Spec { name, bucket: moto.bucket(), root: tempfile::tempdir().unwrap(), shards, extra: String::new() }
+        Spec { name, bucket: moto.bucket(), root: tempfile::tempdir().unwrap(), shards }
     }
 
     pub fn config(&self, node: &str) -> ClusterConfig {
@@ -52,7 +51,7 @@ lease_ms = 1500
 seal_records = 2000
 seal_ms = 1000
 request_ms = 10000
-{extra}"#,
+"#,
             name = self.name,
             nats = nats_url(),
             pg = pg_url(),
@@ -60,7 +59,6 @@ request_ms = 10000
             shards = self.shards,
             bucket = self.bucket,
             endpoint = moto.endpoint(),
-            extra = self.extra,
         );
         ClusterConfig::parse(&text, "test.toml").unwrap()
     }
