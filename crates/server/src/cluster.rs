@@ -104,18 +104,8 @@ pub async fn search(
     req: SearchRequest,
 ) -> Result<SearchResponse, ApiError> {
     let (k, ef) = st.search_width(req.k, req.ef, "ef")?;
+    let mode = crate::engine::search_mode(&req)?;
     let filter = crate::engine::parse_filter(req.filter)?;
-    let mode = match req.mode.unwrap_or_default() {
-        SearchMode::Vector => Mode::Vector,
-        SearchMode::Keyword => Mode::Keyword,
-        SearchMode::Hybrid => Mode::Hybrid,
-    };
-    if req.vector.is_none() && req.text.is_none() {
-        return Err(ApiError::invalid("give the query as `vector`, `text`, or both"));
-    }
-    if mode == Mode::Keyword && req.text.is_none() {
-        return Err(ApiError::invalid("keyword search needs `text`"));
-    }
     let t = std::time::Instant::now();
     let mut vector = req.vector;
     if vector.is_none() && mode != Mode::Keyword {

@@ -151,6 +151,23 @@ fn batch_size(what: &str, n: usize, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The ranking a search asks for, checked against what it gives (a vector or a text;
+/// a text for keyword search).
+pub(crate) fn search_mode(req: &SearchRequest) -> Result<Mode, ApiError> {
+    let mode = match req.mode.unwrap_or_default() {
+        SearchMode::Vector => Mode::Vector,
+        SearchMode::Keyword => Mode::Keyword,
+        SearchMode::Hybrid => Mode::Hybrid,
+    };
+    if req.vector.is_none() && req.text.is_none() {
+        return Err(ApiError::invalid("give the query as `vector`, `text`, or both"));
+    }
+    if mode == Mode::Keyword && req.text.is_none() {
+        return Err(ApiError::invalid("keyword search needs `text`"));
+    }
+    Ok(mode)
+}
+
 /// A collection's configuration from a create request, checked.
 fn collection_config(req: &CreateCollection) -> Result<CollectionConfig, ApiError> {
     let dim = req.dim as usize;
@@ -466,18 +483,8 @@ impl AppState {
         }
         let c = self.collection(p, Role::Reader, name)?;
         let (k, ef) = self.search_width(req.k, req.ef, "ef")?;
+        let mode = search_mode(&req)?;
         let filter = parse_filter(req.filter)?;
-        let mode = match req.mode.unwrap_or_default() {
-            SearchMode::Vector => Mode::Vector,
-            SearchMode::Keyword => Mode::Keyword,
-            SearchMode::Hybrid => Mode::Hybrid,
-        };
-        if req.vector.is_none() && req.text.is_none() {
-            return Err(ApiError::invalid("give the query as `vector`, `text`, or both"));
-        }
-        if mode == Mode::Keyword && req.text.is_none() {
-            return Err(ApiError::invalid("keyword search needs `text`"));
-        }
         let embedder = if req.vector.is_none() && mode != Mode::Keyword { Some(self.embedder()?) } else { None };
         let include_vectors = req.include_vectors.unwrap_or(false);
         let asked = req.explain.unwrap_or(false);
