@@ -317,7 +317,8 @@ async fn cluster(a: &ClusterBenchArgs, base: &ClusterConfig, d: &Data, n: usize)
     }
     let settled = t.elapsed();
     for (i, q) in d.queries.iter().enumerate().take(200) {
-        let cq = ClusterQuery { vector: Some(q.clone()), k: a.k, ef: Some(a.ef), ..Default::default() };
+        let query = Query { vector: Some(q.clone()), k: a.k, ef: Some(a.ef), ..Default::default() };
+        let cq = ClusterQuery { query, ..Default::default() };
         let _ = nodes[i % nodes.len()].search("bench", cq).await;
     }
     let mut lats = Vec::new();
@@ -327,8 +328,12 @@ async fn cluster(a: &ClusterBenchArgs, base: &ClusterConfig, d: &Data, n: usize)
         let (l, got) = run_queries(&d.queries, a.concurrency, move |i, v| {
             let node = nodes[i % nodes.len()].clone();
             async move {
-                let q =
-                    ClusterQuery { vector: Some(v), k, ef: Some(ef), consistency: level, token, ..Default::default() };
+                let q = ClusterQuery {
+                    query: Query { vector: Some(v), k, ef: Some(ef), ..Default::default() },
+                    consistency: level,
+                    token,
+                    ..Default::default()
+                };
                 Ok(node.search("bench", q).await?.into_iter().map(|h| h.record.id).collect())
             }
         })

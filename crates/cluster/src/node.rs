@@ -17,7 +17,7 @@ use crate::shard::{Replica, key_of};
 use crate::wire::{self, Consistency, ShardOp, ShardReply, ShardRequest, WireHit, WireQuery, WireRecord, WireStats};
 use kernelize_blobs::BlobStore;
 use kernelize_index::filter::Filter;
-use kernelize_index::search::{MAX_K, Mode, RRF_K};
+use kernelize_index::search::{MAX_K, Mode, Query, RRF_K};
 use kernelize_store::{CollectionConfig, Database, Durability, Metric, Op, Options, key_hash};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -95,20 +95,9 @@ pub struct WriteAck {
 /// A search as the cluster takes it.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterQuery {
-    /// Query vector.
-    pub vector: Option<Vec<f32>>,
-    /// Query text (keyword, hybrid).
-    pub text: Option<String>,
-    /// Results wanted.
-    pub k: usize,
-    /// Beam width.
-    pub ef: Option<usize>,
-    /// Metadata filter.
-    pub filter: Option<Filter>,
-    /// Ranking.
-    pub mode: Mode,
-    /// Exact search.
-    pub exact: bool,
+    /// The search, as the single-node engine takes it (its `plan` and `bm25` are the
+    /// cluster's to set: the planner runs per shard, statistics are summed over shards).
+    pub query: Query,
     /// Freshness.
     pub consistency: Consistency,
     /// The write token for `Session`.
@@ -455,8 +444,9 @@ impl Node {
 
     /// A search over every shard, merged into one top-k (hybrid: each list merged, then
     /// fused, as the single-node engine fuses its lists).
-    pub async fn search(&self, name: &str, q: ClusterQuery) -> Result<Vec<ClusterHit>> {
+    pub async fn search(&self, name: &str, cq: ClusterQuery) -> Result<Vec<ClusterHit>> {
         let c = self.collection(name).await?;
+        let q = &cq.query;
         if q.k == 0 || q.k > MAX_K {
             return Err(Error::Invalid(format!("k must be 1..={MAX_K}, got {}", q.k)));
         }
@@ -467,7 +457,7 @@ impl Node {
             Mode::Keyword | Mode::Hybrid => {
                 let text = q.text.clone().unwrap_or_default();
                 let replies =
-                    self.scatter(&c, |_| ShardOp::Bm25Stats { text: text.clone() }, q.consistency, q.token).await?;
+                    self.scatter(&c, |_| ShardOp::Bm25Stats { text: text.clone() }, cq.consistency, cq.token).await?;
                 let mut sum = WireStats::default();
                 for r in replies {
                     if let ShardReply::Stats { stats } = r? {
@@ -486,16 +476,16 @@ impl Node {
             mode,
             exact: q.exact,
             bm25: if mode == Mode::Keyword { stats.clone() } else { None },
-            with_vectors: q.with_vectors,
+            with_vectors: cq.with_vectors,
         };
         match q.mode {
-            Mode::Vector => self.merged(&c, list(Mode::Vector, q.k), q.k, higher_better, &q).await,
-            Mode::Keyword => self.merged(&c, list(Mode::Keyword, q.k), q.k, true, &q).await,
+            Mode::Vector => self.merged(&c, list(Mode::Vector, q.k), q.k, higher_better, &cq).await,
+            Mode::Keyword => self.merged(&c, list(Mode::Keyword, q.k), q.k, true, &cq).await,
             Mode::Hybrid => {
                 let depth = (2 * q.k).clamp(50, MAX_K);
                 let (v, kw) = futures::future::try_join(
-                    self.merged(&c, list(Mode::Vector, depth), depth, higher_better, &q),
-                    self.merged(&c, list(Mode::Keyword, depth), depth, true, &q),
+                    self.merged(&c, list(Mode::Vector, depth), depth, higher_better, &cq),
+                    self.merged(&c, list(Mode::Keyword, depth), depth, true, &cq),
                 )
                 .await?;
                 Ok(fuse(&[v, kw], q.k))

@@ -9,7 +9,7 @@ use crate::model::*;
 use crate::state::{AppState, UsageDelta};
 use kernelize_cluster::{ClusterCollection, ClusterQuery, Consistency, Node};
 use kernelize_index::filter::Filter;
-use kernelize_index::search::Mode;
+use kernelize_index::search::{Mode, Query};
 use kernelize_store::CollectionConfig;
 use std::sync::Arc;
 
@@ -122,13 +122,16 @@ pub async fn search(
     let include_vectors = req.include_vectors.unwrap_or(false);
     let q = ClusterQuery {
         with_vectors: include_vectors,
-        vector,
-        text: req.text,
-        k,
-        ef,
-        filter,
-        mode,
-        exact: req.exact.unwrap_or(false),
+        query: Query {
+            vector,
+            text: req.text,
+            k,
+            ef,
+            filter,
+            mode,
+            exact: req.exact.unwrap_or(false),
+            ..Default::default()
+        },
         consistency: consistency(req.consistency, req.write_token),
         token: req.write_token.unwrap_or(0),
     };

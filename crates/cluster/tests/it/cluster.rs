@@ -69,19 +69,13 @@ async fn three_nodes_answer_as_one_engine_does() {
         for q in &queries {
             let exact = Query { vector: Some(q.vector.clone()), k: 10, exact: true, ..Default::default() };
             let truth: Vec<String> = searcher.search(&exact).unwrap().into_iter().map(|h| h.id).collect();
-            let cq = ClusterQuery {
-                vector: Some(q.vector.clone()),
-                k: 10,
-                exact: true,
-                consistency: Consistency::Session,
-                token,
-                ..Default::default()
-            };
+            let cq =
+                ClusterQuery { query: exact.clone(), consistency: Consistency::Session, token, ..Default::default() };
             assert_eq!(ids(&n.search("docs", cq.clone()).await.unwrap()), truth, "exact search on node {}", n.id());
-            let approx = n.search("docs", ClusterQuery { exact: false, ..cq }).await.unwrap();
+            let hnsw = Query { exact: false, ..exact.clone() };
+            let approx = n.search("docs", ClusterQuery { query: hnsw.clone(), ..cq }).await.unwrap();
             got += ids(&approx).iter().filter(|id| truth.contains(id)).count();
-            let one = Query { exact: false, ..exact };
-            want_hnsw += searcher.search(&one).unwrap().iter().filter(|h| truth.contains(&h.id)).count();
+            want_hnsw += searcher.search(&hnsw).unwrap().iter().filter(|h| truth.contains(&h.id)).count();
             total += truth.len();
         }
     }
@@ -92,13 +86,7 @@ async fn three_nodes_answer_as_one_engine_does() {
     let kq = Query { text: Some("gamma theta".into()), k: 10, mode: Mode::Keyword, ..Default::default() };
     let want: Vec<f32> = searcher.search(&kq).unwrap().iter().map(|h| h.score).collect();
     for n in nodes {
-        let cq = ClusterQuery {
-            text: Some("gamma theta".into()),
-            k: 10,
-            mode: Mode::Keyword,
-            consistency: Consistency::Strong,
-            ..Default::default()
-        };
+        let cq = ClusterQuery { query: kq.clone(), consistency: Consistency::Strong, ..Default::default() };
         let got: Vec<f32> = n.search("docs", cq).await.unwrap().iter().map(|h| h.score).collect();
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
@@ -107,11 +95,14 @@ async fn three_nodes_answer_as_one_engine_does() {
     }
     // Hybrid and filters go through too.
     let hq = ClusterQuery {
-        vector: Some(queries[0].vector.clone()),
-        text: Some("alpha".into()),
-        k: 5,
-        mode: Mode::Hybrid,
-        filter: Some(kernelize_index::filter::Filter::parse("group = 3").unwrap()),
+        query: Query {
+            vector: Some(queries[0].vector.clone()),
+            text: Some("alpha".into()),
+            k: 5,
+            mode: Mode::Hybrid,
+            filter: Some(kernelize_index::filter::Filter::parse("group = 3").unwrap()),
+            ..Default::default()
+        },
         consistency: Consistency::Strong,
         ..Default::default()
     };
@@ -119,9 +110,12 @@ async fn three_nodes_answer_as_one_engine_does() {
     assert_eq!(hits.len(), 5);
     assert!(hits.iter().all(|h| h.record.metadata.as_ref().unwrap()["group"] == 3));
     let bad = ClusterQuery {
-        vector: Some(queries[0].vector.clone()),
-        k: 5,
-        filter: Some(kernelize_index::filter::Filter::parse("colour = 3").unwrap()),
+        query: Query {
+            vector: Some(queries[0].vector.clone()),
+            k: 5,
+            filter: Some(kernelize_index::filter::Filter::parse("colour = 3").unwrap()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let e = a.search("docs", bad).await.unwrap_err();
@@ -218,7 +212,8 @@ async fn an_owner_lost_mid_ingest_loses_no_acknowledged_write() {
         acked.extend(chunk.iter().map(|r| r.id.clone()));
         if i > 8 {
             // Queries keep answering meanwhile (eventual: what the surviving replicas applied).
-            let q = ClusterQuery { vector: Some(chunk[0].vector.clone()), k: 3, ..Default::default() };
+            let query = Query { vector: Some(chunk[0].vector.clone()), k: 3, ..Default::default() };
+            let q = ClusterQuery { query, ..Default::default() };
             during.push(c.search("docs", q).await.map(|h| h.len()));
         }
     }
