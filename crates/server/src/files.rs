@@ -14,9 +14,17 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
     set_mode(dir, 0o700, true)
 }
 
-/// Makes an existing file 0600 (a no-op for a missing one).
+/// Makes an existing file 0600 (a no-op for a missing one, including one that goes away
+/// while we look: SQLite removes its `-wal` file when the last connection closes).
 pub(crate) fn private_file(path: &Path) -> Result<()> {
-    if fs_err::exists(path)? { set_mode(path, 0o600, true) } else { Ok(()) }
+    match set_mode(path, 0o600, true) {
+        Err(e) if is_not_found(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound))
 }
 
 /// Creates the SQLite file at `db` as 0600 when it is missing (SQLite gives its `-wal`
