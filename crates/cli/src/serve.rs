@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Log format: json or text.
     #[arg(long, env = "KERNELIZE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Log level: a tracing filter directive (default `info`; `RUST_LOG`, when set, wins
+    /// at start). `log_level` in the config file is reloaded on SIGHUP.
+    #[arg(long, env = "KERNELIZE_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// Export request spans over OTLP/HTTP to this endpoint (e.g.
     /// http://127.0.0.1:4318/v1/traces).
     #[arg(long, env = "KERNELIZE_OTLP_ENDPOINT")]
@@ -94,39 +98,67 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
-/// Runs the server until SIGINT or SIGTERM.
+/// The server configuration: defaults, the `--config` file, `KERNELIZE_*` variables and
+/// flags (clap has merged those two into `a`), validated. The master key is read only at
+/// start (`start`): a reload keeps the one in use.
+fn build_config(cli: &Cli, a: &ServeArgs, start: bool) -> Result<Config> {
+    Config::load(a.config.as_deref(), |c| {
+        c.data_dir = cli.data_dir.clone();
+        c.durability = cli.durability.clone();
+        c.memtable_mb = cli.memtable_mb;
+        if start && let Some(k) = crate::commands::master_key(cli)? {
+            c.master_key = Some(k);
+        }
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = Some(v.clone()); } )* };
+        }
+        over!(tls_cert, tls_key, database_url, admin_key, admin_key_file, model_dir, llm_model, otlp_endpoint, cluster);
+        if let Some(l) = a.listen {
+            c.listen = l;
+        }
+        if let Some(f) = &a.log_format {
+            c.log_format = f.clone();
+        }
+        if let Some(l) = &a.log_level {
+            c.log_level = l.clone();
+        }
+        if let Some(ms) = a.slow_query_ms {
+            c.slow_query_ms = ms;
+        }
+        if let Some(r) = a.rate_limit {
+            c.limits.rate_per_sec = r;
+            c.limits.burst = c.limits.burst.max(r);
+        }
+        Ok(())
+    })
+}
+
+/// Waits for the next SIGHUP (forever where there is none).
+async fn hangup(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM; on SIGHUP re-reads the configuration the
+/// same way and applies what can change live (`kernelize_server::reload`).
 pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
-    let mut c = match &a.config {
-        Some(p) => Config::from_file(p)?,
-        None => Config::default(),
-    };
-    c.data_dir = cli.data_dir.clone();
-    c.durability = cli.durability.clone();
-    c.memtable_mb = cli.memtable_mb;
-    if let Some(k) = crate::commands::master_key(cli)? {
-        c.master_key = Some(k);
-    }
-    macro_rules! over {
-        ($($f:ident),*) => { $( if let Some(v) = &a.$f { c.$f = Some(v.clone()); } )* };
-    }
-    over!(tls_cert, tls_key, database_url, admin_key, admin_key_file, model_dir, llm_model, otlp_endpoint, cluster);
-    if let Some(l) = a.listen {
-        c.listen = l;
-    }
-    if let Some(f) = &a.log_format {
-        c.log_format = f.clone();
-    }
-    if let Some(ms) = a.slow_query_ms {
-        c.slow_query_ms = ms;
-    }
-    if let Some(r) = a.rate_limit {
-        c.limits.rate_per_sec = r;
-        c.limits.burst = c.limits.burst.max(r);
-    }
-    let telemetry = kernelize_server::init_telemetry(&c.log_format, c.otlp_endpoint.as_deref())?;
+    let c = build_config(cli, a, true)?;
+    let telemetry = kernelize_server::init_telemetry(&c.log_format, &c.log_level, c.otlp_endpoint.as_deref())?;
     runtime()?.block_on(async {
         let running = kernelize_server::start(c).await?;
+        // Both installed before the address is announced: a signal sent right after
+        // is handled, not the default action (which for SIGHUP is to exit).
         let stop = kernelize_server::shutdown_signal();
+        let mut hup = Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?,
+        );
         if let Some(key) = running.generated_admin_key() {
             eprintln!(
                 "\n  First start: generated the admin API key (shown only now; only its hash is stored):\n\n    {key}\n\n  \
@@ -136,7 +168,19 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
         if a.print_addr {
             println!("listening on {}", running.addr());
         }
-        stop.await;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = hangup(&mut hup) => {
+                    match build_config(cli, a, false) {
+                        // Logged and audited inside, applied or not.
+                        Ok(c) => drop(running.reload(c).await),
+                        Err(e) => running.reload_failed(&e).await,
+                    }
+                }
+            }
+        }
         running.shutdown().await
     })?;
     telemetry.shutdown();

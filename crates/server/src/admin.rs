@@ -267,7 +267,7 @@ impl AppState {
         if !old.active(now) {
             return Err(ApiError::conflict(format!("key {} is revoked or expired", quote(id))));
         }
-        let grace = req.grace_secs.unwrap_or(self.config.limits.rotation_grace_secs);
+        let grace = req.grace_secs.unwrap_or(self.live().limits.rotation_grace_secs);
         if grace > MAX_LIFETIME_SECS {
             return Err(ApiError::invalid(format!("grace_secs must be at most {MAX_LIFETIME_SECS}, got {grace}")));
         }
@@ -331,7 +331,7 @@ impl AppState {
             return Err(ApiError::forbidden("the token's collections must be within the key's scope"));
         }
         let ttl = req.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
-        let max = self.config.limits.max_token_ttl_secs;
+        let max = self.live().limits.max_token_ttl_secs;
         if ttl == 0 || ttl > max {
             return Err(ApiError::invalid(format!("ttl_secs must be 1..={max}, got {ttl}")));
         }

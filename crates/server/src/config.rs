@@ -1,7 +1,7 @@
 //! Server settings: built-in defaults, then a TOML file, then `KERNELIZE_*` variables and
 //! command-line flags (the CLI applies the last two).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,10 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Log format: `json` (default) or `text`.
     pub log_format: String,
+    /// Log level: a tracing `EnvFilter` directive (`info`, the default; `debug`,
+    /// `info,kernelize_server=debug` …). `RUST_LOG`, when set, wins at start; a reload
+    /// that changes `log_level` applies it (see `docs/configuration.md`).
+    pub log_level: String,
     /// OTLP/HTTP endpoint for request spans, e.g. `http://127.0.0.1:4318/v1/traces`;
     /// none (the default) exports nothing.
     pub otlp_endpoint: Option<String>,
@@ -216,6 +220,7 @@ impl Default for Config {
             limits: Limits::default(),
             cors_origins: Vec::new(),
             log_format: "json".into(),
+            log_level: "info".into(),
             otlp_endpoint: None,
             master_key_file: None,
             master_key_command: None,
@@ -228,10 +233,44 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads a TOML file over the defaults; unknown keys are errors (with line and column).
+    /// Reads a TOML file over the defaults; unknown keys and bad values are errors that
+    /// name the file, the line and the field (and never echo the line: it may hold a secret).
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = fs_err::read_to_string(path)?;
-        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+        toml::from_str(&text).map_err(|e| {
+            let at = e.span().map(|s| line_col(&text, s.start));
+            let field = at.and_then(|(line, _)| field_at(&text, line));
+            let field = field.map_or_else(String::new, |f| format!(" (field {f})"));
+            match at {
+                Some((line, col)) => {
+                    anyhow::anyhow!("config file {} line {line} column {col}{field}: {}", path.display(), e.message())
+                }
+                None => anyhow::anyhow!("config file {}: {}", path.display(), e.message()),
+            }
+        })
+    }
+
+    /// Reads `path` (or starts from the defaults), lets `overrides` apply what the
+    /// environment and flags say, and validates the result; a bad value is reported
+    /// with the file and line that set it, or as coming from a flag or variable.
+    pub fn load(path: Option<&Path>, overrides: impl FnOnce(&mut Config) -> Result<()>) -> Result<Config> {
+        let mut c = match path {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        overrides(&mut c)?;
+        if let Err(e) = c.validate() {
+            let Some(bad) = e.downcast_ref::<BadSetting>() else { return Err(e) };
+            let line = path.and_then(|p| {
+                let text = fs_err::read_to_string(p).ok()?;
+                Some((p, line_of(&text, bad.field)?))
+            });
+            return Err(match line {
+                Some((p, line)) => anyhow::anyhow!("config file {} line {line}: {bad}", p.display()),
+                None => anyhow::anyhow!("{bad} (set by a default, a flag or a KERNELIZE_* variable)"),
+            });
+        }
+        Ok(c)
     }
 
     /// The database URL in use.
@@ -257,63 +296,129 @@ impl Config {
         self.backup_dir.clone().unwrap_or_else(|| self.data_dir.join("backups"))
     }
 
-    /// Checks settings that do not depend on the environment.
+    /// Checks settings that do not depend on the environment. A bad value is a
+    /// [`BadSetting`] naming its field (other checks name theirs in the message).
     pub fn validate(&self) -> Result<()> {
         let l = &self.limits;
-        anyhow::ensure!(l.rate_per_sec > 0 && l.burst > 0, "limits.rate_per_sec and limits.burst must be positive");
-        anyhow::ensure!(l.auth_failures_per_sec > 0, "limits.auth_failures_per_sec must be positive");
-        anyhow::ensure!(
-            l.max_batch > 0 && l.max_k > 0 && l.max_ef > 0,
-            "limits.max_batch/max_k/max_ef must be positive"
-        );
-        anyhow::ensure!(
-            l.concurrency > 0 && l.timeout_ms > 0,
-            "limits.concurrency and limits.timeout_ms must be positive"
-        );
-        anyhow::ensure!(
-            l.body_read_timeout_ms > 0 && l.header_read_timeout_ms > 0,
-            "limits.body_read_timeout_ms and limits.header_read_timeout_ms must be positive"
-        );
-        anyhow::ensure!(
-            (1..=100).contains(&l.per_key_concurrency_percent),
-            "limits.per_key_concurrency_percent must be 1..=100, got {}",
-            l.per_key_concurrency_percent
-        );
-        anyhow::ensure!(self.memtable_mb > 0, "memtable_mb must be positive");
-        anyhow::ensure!(
-            self.tls_cert.is_some() == self.tls_key.is_some(),
-            "TLS needs both tls_cert and tls_key (got only one)"
-        );
-        anyhow::ensure!(
-            matches!(self.log_format.as_str(), "json" | "text"),
-            "log_format must be json or text, not {:?}",
-            self.log_format
-        );
-        self.durability.parse::<kernelize_store::Durability>()?;
+        check(l.rate_per_sec > 0, "limits.rate_per_sec", || "must be positive".into())?;
+        check(l.burst > 0, "limits.burst", || "must be positive".into())?;
+        check(l.auth_failures_per_sec > 0, "limits.auth_failures_per_sec", || "must be positive".into())?;
+        check(l.max_batch > 0, "limits.max_batch", || "must be positive".into())?;
+        check(l.max_k > 0, "limits.max_k", || "must be positive".into())?;
+        check(l.max_ef > 0, "limits.max_ef", || "must be positive".into())?;
+        check(l.max_body_bytes > 0, "limits.max_body_bytes", || "must be positive".into())?;
+        check(l.concurrency > 0, "limits.concurrency", || "must be positive".into())?;
+        check(l.concurrency <= MAX_PERMITS, "limits.concurrency", || format!("must be at most {MAX_PERMITS}"))?;
+        check(l.max_event_streams <= MAX_PERMITS, "limits.max_event_streams", || {
+            format!("must be at most {MAX_PERMITS}")
+        })?;
+        check(l.timeout_ms > 0, "limits.timeout_ms", || "must be positive".into())?;
+        check(l.body_read_timeout_ms > 0, "limits.body_read_timeout_ms", || "must be positive".into())?;
+        check(l.header_read_timeout_ms > 0, "limits.header_read_timeout_ms", || "must be positive".into())?;
+        check((1..=100).contains(&l.per_key_concurrency_percent), "limits.per_key_concurrency_percent", || {
+            format!("must be 1..=100, got {}", l.per_key_concurrency_percent)
+        })?;
+        check(self.memtable_mb > 0, "memtable_mb", || "must be positive".into())?;
+        check(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_key", || {
+            "TLS needs both tls_cert and tls_key (got only one)".into()
+        })?;
+        check(matches!(self.log_format.as_str(), "json" | "text"), "log_format", || {
+            format!("must be json or text, not {:?}", self.log_format)
+        })?;
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            return Err(
+                BadSetting { field: "log_level", message: format!("not a tracing filter directive: {e}") }.into()
+            );
+        }
+        for o in &self.cors_origins {
+            check(o.parse::<axum::http::HeaderValue>().is_ok() && o != "*", "cors_origins", || {
+                format!("{o:?} is not an origin (scheme://host[:port])")
+            })?;
+        }
+        if let Err(e) = self.durability.parse::<kernelize_store::Durability>() {
+            return Err(BadSetting { field: "durability", message: e.to_string() }.into());
+        }
         let f = &self.fleet;
-        anyhow::ensure!(
-            (100..=86_400_000).contains(&f.heartbeat_ms),
-            "fleet.heartbeat_ms must be in [100, 86400000], got {}",
-            f.heartbeat_ms
-        );
-        anyhow::ensure!(
-            (10..=7 * 86_400).contains(&f.device_token_ttl_secs),
-            "fleet.device_token_ttl_secs must be in [10, 604800], got {}",
-            f.device_token_ttl_secs
-        );
-        anyhow::ensure!(
-            f.chunk_size.is_power_of_two() && (4096..=64 << 20).contains(&f.chunk_size),
-            "fleet.chunk_size must be a power of two in [4096, 67108864], got {}",
-            f.chunk_size
-        );
-        anyhow::ensure!((1..=22).contains(&f.delta_level), "fleet.delta_level must be in [1, 22]");
-        anyhow::ensure!((1..=1 << 20).contains(&f.max_kernel_mb), "fleet.max_kernel_mb must be in [1, 1048576]");
+        check((100..=86_400_000).contains(&f.heartbeat_ms), "fleet.heartbeat_ms", || {
+            format!("must be in [100, 86400000], got {}", f.heartbeat_ms)
+        })?;
+        check((10..=7 * 86_400).contains(&f.device_token_ttl_secs), "fleet.device_token_ttl_secs", || {
+            format!("must be in [10, 604800], got {}", f.device_token_ttl_secs)
+        })?;
+        check(f.chunk_size.is_power_of_two() && (4096..=64 << 20).contains(&f.chunk_size), "fleet.chunk_size", || {
+            format!("must be a power of two in [4096, 67108864], got {}", f.chunk_size)
+        })?;
+        check((1..=22).contains(&f.delta_level), "fleet.delta_level", || "must be in [1, 22]".into())?;
+        check((1..=1 << 20).contains(&f.max_kernel_mb), "fleet.max_kernel_mb", || "must be in [1, 1048576]".into())?;
         crate::fleet_notify::validate(&f.webhooks, f.mqtt_url.as_deref())?;
         if let Some(s) = &self.sso {
             s.validate(l.max_token_ttl_secs)?;
         }
         Ok(())
     }
+}
+
+/// Most permits a semaphore of `limits.concurrency` or `limits.max_event_streams` takes
+/// (tokio's own bound is far higher; this one keeps a resize's arithmetic in `u32`).
+pub const MAX_PERMITS: usize = 1 << 24;
+
+/// A setting with a bad value: the field (`limits.burst`) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BadSetting {
+    /// Dotted path of the field.
+    pub field: &'static str,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+fn check(ok: bool, field: &'static str, message: impl FnOnce() -> String) -> Result<()> {
+    if ok { Ok(()) } else { Err(BadSetting { field, message: message() }.into()) }
+}
+
+/// 1-based line and column of byte `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at.min(text.len())).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The key a plain TOML line sets (`key = …`, `"key" = …`), if any.
+fn key_of(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('#') && !key.contains(['[', ' '])).then_some(key)
+}
+
+/// Walks the lines of a TOML text with the table each one is in (`""` at the top).
+fn lines_with_table(text: &str) -> impl Iterator<Item = (usize, String, &str)> {
+    let mut table = String::new();
+    text.lines().enumerate().map(move |(i, line)| {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            table = h.trim_start_matches('[').trim().to_owned();
+        }
+        (i + 1, table.clone(), t)
+    })
+}
+
+/// The dotted field that line `want` (1-based) of a TOML text sets, when it is a plain
+/// `key = value` line.
+fn field_at(text: &str, want: usize) -> Option<String> {
+    let (_, table, line) = lines_with_table(text).find(|(n, _, _)| *n == want)?;
+    let key = key_of(line)?;
+    Some(if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") })
+}
+
+/// The line of a TOML text that sets the dotted `field` (`limits.burst` under
+/// `[limits]`, or as a dotted key at the top), if a plain line does.
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    lines_with_table(text).find_map(|(n, table, line)| {
+        let key = key_of(line)?;
+        let full = if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") };
+        (full == field).then_some(n)
+    })
 }
 
 #[cfg(test)]

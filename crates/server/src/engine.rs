@@ -209,7 +209,8 @@ impl AppState {
         width: Option<u32>,
         what: &str,
     ) -> Result<(usize, Option<usize>), ApiError> {
-        let limits = &self.config.limits;
+        let live = self.live();
+        let limits = &live.limits;
         let k = k.unwrap_or(10) as usize;
         if k == 0 || k > limits.max_k {
             return Err(ApiError::invalid(format!("k must be 1..={}, got {k}", limits.max_k)));
@@ -303,7 +304,7 @@ impl AppState {
                 (Some(c), dim)
             }
         };
-        batch_size("records", req.records.len(), self.config.limits.max_batch)?;
+        batch_size("records", req.records.len(), self.live().limits.max_batch)?;
         let missing: Vec<usize> = (0..req.records.len()).filter(|i| req.records[*i].vector.is_none()).collect();
         for &i in &missing {
             if req.records[i].text.is_none() {
@@ -412,7 +413,7 @@ impl AppState {
         ids: Vec<String>,
         idempotency_key: Option<String>,
     ) -> Result<WriteResult, ApiError> {
-        batch_size("ids", ids.len(), self.config.limits.max_batch)?;
+        batch_size("ids", ids.len(), self.live().limits.max_batch)?;
         let n = ids.len() as u64;
         let seq = match &self.cluster {
             Some(node) => {
@@ -488,7 +489,7 @@ impl AppState {
         let embedder = if req.vector.is_none() && mode != Mode::Keyword { Some(self.embedder()?) } else { None };
         let include_vectors = req.include_vectors.unwrap_or(false);
         let asked = req.explain.unwrap_or(false);
-        let slow_ms = self.config.slow_query_ms;
+        let slow_ms = self.live().slow_query_ms;
         // Explained when asked, or when the slow-query log may need it (a few clock reads
         // per segment); otherwise the search collects nothing.
         let explain = asked || slow_ms > 0;
@@ -572,13 +573,13 @@ impl AppState {
     pub fn slow_queries(&self, p: &Principal) -> Result<SlowQueryList, ApiError> {
         p.require(Role::Admin, None)?;
         let queries = self.slow_queries.lock().iter().rev().cloned().collect();
-        Ok(SlowQueryList { threshold_ms: self.config.slow_query_ms, queries })
+        Ok(SlowQueryList { threshold_ms: self.live().slow_query_ms, queries })
     }
 
     /// Embeds texts with the built-in model.
     pub async fn embed(self: &Arc<Self>, p: &Principal, req: EmbedRequest) -> Result<EmbedResponse, ApiError> {
         // Every role may embed: it reads no collection.
-        batch_size("texts", req.texts.len(), self.config.limits.max_batch)?;
+        batch_size("texts", req.texts.len(), self.live().limits.max_batch)?;
         let e = self.embedder()?;
         let n = req.texts.len();
         let dim = e.dim() as u64;

@@ -38,7 +38,33 @@ fn client_request_id(req: &Request) -> Option<ClientRequestId> {
         .map(|s| ClientRequestId(s.to_owned()))
 }
 
-/// Outermost: request id, security headers, metrics and the access log. Nothing here
+/// Outermost: CORS for the origins in force (`cors_origins`, reloadable). With none,
+/// requests pass untouched (no CORS headers, preflights reach the router as any
+/// `OPTIONS` request does).
+pub async fn cors(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use tower::{Layer as _, ServiceExt as _};
+    let layer = st.live().cors.clone();
+    match layer {
+        None => next.run(req).await,
+        Some(layer) => match layer.layer(next).oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+    }
+}
+
+/// The largest body an extractor reads (`limits.max_body_bytes`, reloadable); the
+/// guard reads protected routes' bodies under the same limit first.
+pub async fn body_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use tower::{Layer as _, ServiceExt as _};
+    let max = st.live().limits.max_body_bytes;
+    match axum::extract::DefaultBodyLimit::max(max).layer(next).oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+/// Just inside CORS: request id, security headers, metrics and the access log. Nothing here
 /// sheds load: public routes (`/healthz` …) are always answered, and the shared limit
 /// counts only authenticated work (see [`guard`]).
 pub async fn observe(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
@@ -199,7 +225,7 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         }),
     );
     let task = tokio::spawn(work);
-    let limit = Duration::from_millis(st.config.limits.timeout_ms);
+    let limit = Duration::from_millis(st.live().limits.timeout_ms);
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(join)) => ApiError::internal(format_args!("handler task failed: {join}")).into_response(),
@@ -219,16 +245,18 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
 /// connection closes); too large: 413.
 async fn read_body(st: &AppState, req: Request) -> Result<Request, Response> {
     use http_body_util::BodyExt as _;
-    let limits = &st.config.limits;
+    let (max_body, deadline) = {
+        let live = st.live();
+        (live.limits.max_body_bytes, Duration::from_millis(live.limits.body_read_timeout_ms))
+    };
     let (parts, body) = req.into_parts();
-    let deadline = Duration::from_millis(limits.body_read_timeout_ms);
-    let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
+    let limited = http_body_util::Limited::new(body, max_body);
     match tokio::time::timeout(deadline, limited.collect()).await {
         Ok(Ok(collected)) => Ok(Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()))),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the request body is larger than {} bytes", limits.max_body_bytes),
+            format!("the request body is larger than {max_body} bytes"),
         )
         .into_response()),
         Ok(Err(e)) => Err(ApiError::invalid(format!("request body could not be read: {e}")).into_response()),

@@ -31,12 +31,12 @@ pub mod programs;
 mod programs_compile;
 pub mod progress;
 mod ratelimit;
+pub mod reload;
 pub mod state;
 
 pub use config::{Config, Limits};
 
 use anyhow::{Context, Result};
-use axum::extract::DefaultBodyLimit;
 use state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +71,15 @@ impl Running {
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }
+    /// Applies a re-read configuration (SIGHUP): see [`AppState::reload`].
+    pub async fn reload(&self, config: Config) -> Result<reload::Reloaded> {
+        self.state.reload(config).await
+    }
+    /// Records a reload that failed before it had a configuration (a file that does not
+    /// parse or validate): see [`AppState::reload_failed`].
+    pub async fn reload_failed(&self, error: &anyhow::Error) {
+        self.state.reload_failed(error).await;
+    }
     /// Stops accepting, drains requests in flight (up to [`DRAIN_TIMEOUT`]), writes
     /// pending usage, syncs every collection's WAL and closes the metadata store;
     /// returns once the data directory's lock is released.
@@ -81,7 +90,7 @@ impl Running {
         // Drain requests, not connections: once none is in flight, close the idle
         // kept-alive connections rather than wait for their clients to hang up.
         let started = tokio::time::Instant::now();
-        let all = self.state.config.limits.concurrency;
+        let all = self.state.live().limits.concurrency;
         let busy = |st: &AppState| {
             st.inflight.available_permits() < all || st.handlers.load(std::sync::atomic::Ordering::SeqCst) > 0
         };
@@ -156,17 +165,48 @@ impl Telemetry {
     }
 }
 
-/// Sets up logging — JSON lines (or text) on stderr, level from `RUST_LOG` (default
-/// info) — and, with an `otlp_endpoint` (`http://host:4318/v1/traces`), exports each
-/// request's span over OTLP/HTTP (protobuf) in batches.
-pub fn init_telemetry(format: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry> {
+/// The handle that swaps the log filter of the subscriber [`init_telemetry`] installed.
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Set once, by the [`init_telemetry`] call whose subscriber became the global one.
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// The filter of a `log_level` directive: sqlx's per-statement logs stay at `warn`
+/// unless the directive names `sqlx` itself.
+fn log_filter(directive: &str) -> Result<tracing_subscriber::EnvFilter> {
+    let full = if directive.contains("sqlx") { directive.to_owned() } else { format!("{directive},sqlx=warn") };
+    tracing_subscriber::EnvFilter::builder().parse(&full).with_context(|| format!("log_level {directive:?}"))
+}
+
+/// Replaces the log filter of the running process with `directive` (a reload of
+/// `log_level`). `Ok(false)` when this process did not install the subscriber (a
+/// test harness, or a second server in one process): nothing changed.
+pub fn set_log_level(directive: &str) -> Result<bool> {
+    let filter = log_filter(directive)?;
+    match LOG_FILTER.get() {
+        Some(h) => {
+            h.reload(filter).context("replacing the log filter")?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Sets up logging — JSON lines (or text) on stderr, level from `RUST_LOG` when set,
+/// else from `log_level` (a tracing `EnvFilter` directive; reloadable with
+/// [`set_log_level`]) — and, with an `otlp_endpoint` (`http://host:4318/v1/traces`),
+/// exports each request's span over OTLP/HTTP (protobuf) in batches.
+pub fn init_telemetry(format: &str, log_level: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry> {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithExportConfig as _;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => log_filter(log_level)?,
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if format == "json" { fmt.json().flatten_event(true).boxed() } else { fmt.boxed() };
     let mut telemetry = Telemetry::default();
@@ -190,14 +230,16 @@ pub fn init_telemetry(format: &str, otlp_endpoint: Option<&str>) -> Result<Telem
         None => None,
     };
     // A second call in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    if tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init().is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
     Ok(telemetry)
 }
 
-/// The router with every middleware, over `state`.
+/// The router with every middleware, over `state`. Body limit and CORS consult the
+/// live settings on each request, so a reload changes them for the next one.
 pub fn router(state: Arc<AppState>) -> axum::Router {
-    let limits = &state.config.limits;
-    let mut app = api::protected_routes()
+    api::protected_routes()
         .merge(fleet::protected_routes())
         .merge(programs::protected_routes())
         .merge(oidc::protected_routes())
@@ -209,20 +251,10 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(fleet::device_routes(state.clone()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), http::observe));
-    if !state.config.cors_origins.is_empty() {
-        use axum::http::{HeaderValue, Method, header};
-        let origins: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
-        app = app.layer(
-            tower_http::cors::CorsLayer::new()
-                .allow_origin(origins)
-                .allow_methods([Method::GET, Method::POST, Method::DELETE])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-                .expose_headers([http::X_REQUEST_ID.clone()]),
-        );
-    }
-    app.with_state(state)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), http::body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), http::observe))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), http::cors))
+        .with_state(state)
 }
 
 /// Opens everything the configuration names and starts serving.
@@ -274,9 +306,7 @@ pub async fn start(config: Config) -> Result<Running> {
     if let Some(path) = state.config.cluster.clone() {
         let cluster = kernelize_cluster::ClusterConfig::load(&path)?;
         if let Some(url) = &cluster.redis_url {
-            let l = &state.config.limits;
-            state.shared_limiter =
-                Some(ratelimit::SharedLimiter::connect(url, &cluster.name, l.rate_per_sec, l.burst).await?);
+            state.shared_limiter = Some(ratelimit::SharedLimiter::connect(url, &cluster.name).await?);
         }
         let node = kernelize_cluster::Node::start(cluster).await.context("joining the cluster")?;
         tracing::info!(node = node.id(), cluster = %path.display(), "cluster node started");

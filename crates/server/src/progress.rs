@@ -72,7 +72,7 @@ pub fn stream_slot(st: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
-            format!("{} event streams are open (limits.max_event_streams)", st.config.limits.max_event_streams),
+            format!("{} event streams are open (limits.max_event_streams)", st.live().limits.max_event_streams),
         )
         .retry_after(5)
     })

@@ -34,19 +34,17 @@ pub struct SharedLimiter {
     conn: redis::aio::ConnectionManager,
     script: redis::Script,
     prefix: String,
-    rate: u32,
-    burst: u32,
 }
 
 impl std::fmt::Debug for SharedLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedLimiter").field("prefix", &self.prefix).field("rate", &self.rate).finish()
+        f.debug_struct("SharedLimiter").field("prefix", &self.prefix).finish()
     }
 }
 
 impl SharedLimiter {
     /// Connects to Redis (`redis://…`); buckets are named `kz:rl:<cluster>:<key id>`.
-    pub async fn connect(url: &str, cluster: &str, rate: u32, burst: u32) -> anyhow::Result<SharedLimiter> {
+    pub async fn connect(url: &str, cluster: &str) -> anyhow::Result<SharedLimiter> {
         use anyhow::Context;
         let client = redis::Client::open(url).with_context(|| format!("redis_url {url:?}"))?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
@@ -57,24 +55,19 @@ impl SharedLimiter {
             .await
             .map_err(|_| anyhow::anyhow!("redis at {url}: no connection within 5 s"))?
             .with_context(|| format!("redis at {url}"))?;
-        Ok(SharedLimiter {
-            conn,
-            script: redis::Script::new(TAKE),
-            prefix: format!("kz:rl:{cluster}:"),
-            rate: rate.max(1),
-            burst: burst.max(1),
-        })
+        Ok(SharedLimiter { conn, script: redis::Script::new(TAKE), prefix: format!("kz:rl:{cluster}:") })
     }
 
-    /// Takes one request from the key's bucket: `Ok(Ok(()))`, `Ok(Err(seconds to wait))`,
-    /// or `Err` when Redis did not answer.
-    pub async fn take(&self, key_id: &str) -> Result<Result<(), u64>, redis::RedisError> {
+    /// Takes one request from the key's bucket of `rate` per second and `burst` (the
+    /// limits in force: a reload changes them for the next request): `Ok(Ok(()))`,
+    /// `Ok(Err(seconds to wait))`, or `Err` when Redis did not answer.
+    pub async fn take(&self, key_id: &str, rate: u32, burst: u32) -> Result<Result<(), u64>, redis::RedisError> {
         let mut conn = self.conn.clone();
         let (allowed, wait_ms): (i64, i64) = self
             .script
             .key(format!("{}{key_id}", self.prefix))
-            .arg(self.rate)
-            .arg(self.burst)
+            .arg(rate.max(1))
+            .arg(burst.max(1))
             .invoke_async(&mut conn)
             .await?;
         Ok(if allowed == 1 { Ok(()) } else { Err((wait_ms.max(1) as u64).div_ceil(1000)) })

@@ -22,10 +22,88 @@ use std::time::{Duration, Instant};
 /// this time; on this server, at once).
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// The settings a reload (SIGHUP) can change while the server runs, with what is
+/// built from them. Read with [`AppState::live`] (one atomic load); replaced whole by
+/// [`AppState::reload`].
+pub struct Live {
+    /// `[limits]` (all but `header_read_timeout_ms`, fixed when the listener starts).
+    pub limits: crate::config::Limits,
+    /// Origins allowed by CORS.
+    pub cors_origins: Vec<String>,
+    /// The slow-query threshold, ms (0: off).
+    pub slow_query_ms: u64,
+    /// The log filter directive in force.
+    pub log_level: String,
+    /// The CORS layer for `cors_origins`; none when the list is empty.
+    pub(crate) cors: Option<tower_http::cors::CorsLayer>,
+    /// Per-key token buckets (`limits.rate_per_sec`, `limits.burst`).
+    pub(crate) limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Failed authentications per IP address (`limits.auth_failures_per_sec`).
+    pub(crate) failures: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+}
+
+impl Live {
+    /// Builds the live part of `c`, keeping `old`'s limiters when their rates are unchanged
+    /// (their buckets stay as full or empty as they were).
+    pub(crate) fn new(c: &Config, old: Option<&Live>) -> Live {
+        let l = &c.limits;
+        let limiter = match old {
+            Some(o) if o.limits.rate_per_sec == l.rate_per_sec && o.limits.burst == l.burst => o.limiter.clone(),
+            _ => {
+                let quota = Quota::per_second(NonZeroU32::new(l.rate_per_sec).unwrap_or(NonZeroU32::MIN))
+                    .allow_burst(NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN));
+                Arc::new(RateLimiter::keyed(quota))
+            }
+        };
+        let failures = match old {
+            Some(o) if o.limits.auth_failures_per_sec == l.auth_failures_per_sec => o.failures.clone(),
+            _ => {
+                let per_ip = NonZeroU32::new(l.auth_failures_per_sec).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::per_second(per_ip)
+                    .allow_burst(per_ip.saturating_mul(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN)));
+                Arc::new(RateLimiter::keyed(quota))
+            }
+        };
+        let cors = (!c.cors_origins.is_empty()).then(|| {
+            use axum::http::{HeaderValue, Method, header};
+            let origins: Vec<HeaderValue> = c.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .expose_headers([crate::http::X_REQUEST_ID.clone()])
+        });
+        Live {
+            limits: l.clone(),
+            cors_origins: c.cors_origins.clone(),
+            slow_query_ms: c.slow_query_ms,
+            log_level: c.log_level.clone(),
+            cors,
+            limiter,
+            failures,
+        }
+    }
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("limits", &self.limits)
+            .field("cors_origins", &self.cors_origins)
+            .field("slow_query_ms", &self.slow_query_ms)
+            .field("log_level", &self.log_level)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything handlers share.
 pub struct AppState {
-    /// Settings.
+    /// The settings the server started with. The parts a reload can change — `limits`,
+    /// `cors_origins`, `slow_query_ms`, `log_level` — are read from [`AppState::live`];
+    /// their values here are those at start.
     pub config: Config,
+    /// The settings a reload can change (see [`Live`]).
+    pub(crate) live: arc_swap::ArcSwap<Live>,
     /// Collections.
     pub db: Arc<Database>,
     /// Open segment indexes.
@@ -64,14 +142,14 @@ pub struct AppState {
     /// Set when shutdown begins: responses then close their connections.
     pub draining: std::sync::atomic::AtomicBool,
     keys: RowCache<KeyRow>,
-    limiter: DefaultKeyedRateLimiter<String>,
     /// The cluster's shared limiter (Redis), when the cluster configuration names one.
     pub(crate) shared_limiter: Option<crate::ratelimit::SharedLimiter>,
     /// The cluster node, when the server runs as one (`--cluster`): collections live there.
     pub cluster: Option<Arc<kernelize_cluster::Node>>,
-    failures: DefaultKeyedRateLimiter<std::net::IpAddr>,
     usage: Mutex<HashMap<String, UsageRow>>,
     audit_lock: tokio::sync::Mutex<()>,
+    /// One configuration reload at a time.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Serialises key revocation and rotation in this process, so two admins cannot each
     /// revoke the other's key past the last-admin check.
     pub(crate) key_admin: tokio::sync::Mutex<()>,
@@ -163,13 +241,9 @@ impl AppState {
         fleet: kernelize_fleet::Fleet,
     ) -> AppState {
         let l = &config.limits;
-        let quota = Quota::per_second(NonZeroU32::new(l.rate_per_sec).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN));
         let inflight = Arc::new(tokio::sync::Semaphore::new(l.concurrency));
-        let per_ip = NonZeroU32::new(l.auth_failures_per_sec).unwrap_or(NonZeroU32::MIN);
-        let fail_quota = Quota::per_second(per_ip)
-            .allow_burst(per_ip.saturating_mul(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN)));
         AppState {
+            live: arc_swap::ArcSwap::from_pointee(Live::new(&config, None)),
             db,
             cache: IndexCache::new(),
             embedder,
@@ -189,20 +263,25 @@ impl AppState {
             draining: std::sync::atomic::AtomicBool::new(false),
             handlers: std::sync::atomic::AtomicUsize::new(0),
             keys: RowCache::default(),
-            limiter: RateLimiter::keyed(quota),
             shared_limiter: None,
             cluster: None,
-            failures: RateLimiter::keyed(fail_quota),
             usage: Mutex::new(HashMap::new()),
             audit_lock: tokio::sync::Mutex::new(()),
+            reload_lock: tokio::sync::Mutex::new(()),
             key_admin: tokio::sync::Mutex::new(()),
             config,
         }
     }
 
+    /// The settings in force that a reload can change (one atomic load).
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
     /// Most slots of `limits.concurrency` one key may hold at once (at least one).
     pub fn per_key_slots(&self) -> usize {
-        let l = &self.config.limits;
+        let live = self.live();
+        let l = &live.limits;
         (l.concurrency * usize::from(l.per_key_concurrency_percent) / 100).max(1)
     }
 
@@ -253,7 +332,7 @@ impl AppState {
             let claims = self.secrets.verify_token(cred).map_err(|e| deny("anonymous", &format!("token: {e}")))?;
             let claimed = format!("token:{}", crate::error::clip(&claims.sub, 64));
             // Signed by us, yet living longer than any token we mint: refused.
-            let max = self.config.limits.max_token_ttl_secs;
+            let max = self.live().limits.max_token_ttl_secs;
             let now_s = u64::try_from(now / 1000).unwrap_or(0);
             if claims.exp.saturating_sub(claims.iat) > max || claims.exp > now_s.saturating_add(max) {
                 return Err(deny(&claimed, "token lifetime beyond limits.max_token_ttl_secs"));
@@ -282,18 +361,22 @@ impl AppState {
     /// stands in while Redis does not answer.
     pub async fn rate_limit(&self, key_id: &str) -> Result<(), u64> {
         if let Some(shared) = &self.shared_limiter {
-            match shared.take(key_id).await {
+            let (rate, burst) = {
+                let live = self.live();
+                (live.limits.rate_per_sec, live.limits.burst)
+            };
+            match shared.take(key_id, rate, burst).await {
                 Ok(r) => return r,
                 Err(e) => tracing::warn!(error = %e, "shared rate limit unavailable; limiting on this node alone"),
             }
         }
-        self.limiter.check_key(&key_id.to_owned()).map_err(retry_secs)
+        self.live().limiter.check_key(&key_id.to_owned()).map_err(retry_secs)
     }
 
     /// Counts a failed authentication from `ip`; `Err(seconds)` once that address has
     /// failed too often (the failure is then answered 429 and not audited one by one).
     pub fn auth_failure_allowed(&self, ip: std::net::IpAddr) -> Result<(), u64> {
-        self.failures.check_key(&ip).map_err(retry_secs)
+        self.live().failures.check_key(&ip).map_err(retry_secs)
     }
 
     /// Adds to a key's usage (kept in memory, flushed to the metadata store periodically,
@@ -404,7 +487,7 @@ impl AppState {
 
 /// Admin actions: each is followed by a signed checkpoint of the audit head.
 fn is_admin_action(action: &str) -> bool {
-    ["keys.", "backups.", "usage.", "audit."].iter().any(|p| action.starts_with(p))
+    ["keys.", "backups.", "usage.", "audit.", "config."].iter().any(|p| action.starts_with(p))
 }
 
 /// Whole seconds until a rate limiter admits again (at least the fraction rounded up).

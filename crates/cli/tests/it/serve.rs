@@ -258,3 +258,114 @@ fn admin_key_reset_recovers_a_locked_out_server() {
     let verified = ok(dir.path(), &["audit", "verify"]);
     assert!(verified.starts_with("audit log OK"), "{verified}");
 }
+
+/// Sends `GET path` with extra header lines; returns the whole response.
+fn get_with(addr: &str, path: &str, headers: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The origin CORS allows for a request from `origin`, if any.
+fn cors_allowed(addr: &str, origin: &str) -> Option<String> {
+    let r = get_with(addr, "/healthz", &format!("Origin: {origin}\r\n"));
+    let head = r.split("\r\n\r\n").next().unwrap_or("").to_owned();
+    head.lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("access-control-allow-origin:").map(|v| v.trim().to_owned()))
+}
+
+/// Statuses of `n` back-to-back authenticated requests.
+fn statuses(addr: &str, key: &str, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let r = http_get(addr, "/v1/collections", Some(key));
+            r.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "still waiting for {what} after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn hangup(child: &std::process::Child) {
+    let st = Command::new("kill").arg("-HUP").arg(child.id().to_string()).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn sighup_reloads_limits_and_cors_keeps_the_old_on_a_bad_file_and_audits_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "kz_clitest00000_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
+    let conf = dir.path().join("server.toml");
+    let log = dir.path().join("serve.log");
+    fs_err::write(&conf, "cors_origins = [\"https://a.example\"]\n[limits]\nrate_per_sec = 1000\nburst = 1000\n")
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kernelize"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--print-addr", "--admin-key", key, "--log-format", "json"])
+        .arg("--config")
+        .arg(&conf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).to_owned();
+    let read_log = || fs_err::read_to_string(&log).unwrap_or_default();
+
+    // As started: origin a allowed, b not; a burst of 1000.
+    assert_eq!(cors_allowed(&addr, "https://a.example").as_deref(), Some("https://a.example"));
+    assert_eq!(cors_allowed(&addr, "https://b.example"), None);
+    assert!(statuses(&addr, key, 5).iter().all(|s| *s == 200));
+
+    // New origins and limits (and a setting that needs a restart).
+    fs_err::write(
+        &conf,
+        "cors_origins = [\"https://b.example\"]\nbackup_dir = \"/nonexistent/elsewhere\"\n[limits]\nrate_per_sec = 1\nburst = 2\n",
+    )
+    .unwrap();
+    hangup(&child);
+    wait_for("the new CORS origins", || cors_allowed(&addr, "https://b.example").is_some());
+    assert_eq!(cors_allowed(&addr, "https://a.example"), None);
+    let got = statuses(&addr, key, 4);
+    assert_eq!(&got[..2], [200, 200], "{got:?}");
+    assert_eq!(got[3], 429, "a burst of 2 at 1/s: {got:?}");
+    let text = read_log();
+    assert!(text.contains("configuration reloaded"), "{text}");
+    assert!(text.contains("limits.rate_per_sec 1000 -> 1") && text.contains("limits.burst 1000 -> 2"), "{text}");
+    assert!(text.contains("needs a restart") && text.contains("backup_dir"), "{text}");
+
+    // A bad value: nothing changes, and the log says where.
+    fs_err::write(&conf, "cors_origins = [\"https://c.example\"]\n[limits]\nrate_per_sec = 1000\nburst = 0\n").unwrap();
+    hangup(&child);
+    wait_for("the failed reload in the log", || read_log().contains("configuration reload failed"));
+    let text = read_log();
+    let failed = text.lines().find(|l| l.contains("configuration reload failed")).unwrap();
+    assert!(failed.contains("server.toml") && failed.contains("line 4") && failed.contains("limits.burst"), "{failed}");
+    assert_eq!(cors_allowed(&addr, "https://c.example"), None);
+    assert!(cors_allowed(&addr, "https://b.example").is_some());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(statuses(&addr, key, 3)[2], 429, "the limits of the last good reload still hold");
+
+    // Both reloads are in the audit log, with their changes and error.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = http_get(&addr, "/v1/audit?action=config.reload", Some(key));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("limits.rate_per_sec 1000 -> 1") && r.contains("\"actor\":\"system\""), "{r}");
+    assert!(!r.contains(key), "no secret in the detail");
+    let r = http_get(&addr, "/v1/audit?action=config.reload_failed", Some(key));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("line 4") && r.contains("limits.burst"), "{r}");
+    stop(child);
+    let verified = ok(&dir.path().join("data"), &["audit", "verify"]);
+    assert!(verified.starts_with("audit log OK"), "{verified}");
+}
