@@ -28,6 +28,15 @@ fi
 # that crates/server/tests/it/openai_client.rs drives against /v1/chat/completions, in its
 # throwaway venv ($KZ_OPENAI_VENV, else ~/.cache/kz-venv-openai); nothing to do once it exists.
 "$PY" scripts/tests/openai_client.py --prepare
+# The cluster's fault tests kill and restart an S3-compatible server that keeps its
+# objects on disk: s3s-fs from crates.io (moto keeps them in memory), built once into
+# ~/.cache/kz-tools (its own build, not the workspace's: a tool, like nats-server).
+S3S_FS_VERSION=0.14.1
+KZ_TOOLS="${KZ_TOOLS:-$HOME/.cache/kz-tools}"
+if ! "$KZ_TOOLS/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+  env -u CARGO_TARGET_DIR cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$KZ_TOOLS"
+fi
+export KERNELIZE_TEST_S3S_FS="$KZ_TOOLS/bin/s3s-fs"
 # The web console's browser test: Debian's Chromium and Node.js when missing, then `npm ci`
 # of playwright-core and axe-core (crates/server/console-tests; no browser download).
 scripts/console-tests.sh --prepare

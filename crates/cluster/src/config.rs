@@ -57,6 +57,29 @@ pub struct ClusterConfig {
     /// Timings.
     #[serde(default)]
     pub timing: Timing,
+    /// Change data capture: how long committed changes stay readable.
+    #[serde(default)]
+    pub changes: ChangesConfig,
+}
+
+/// Change data capture (`[changes]`): a second JetStream stream mirrors the write log and
+/// keeps every acknowledged change for `retention_secs` (the log itself is trimmed as
+/// shards seal), so clients can read the changes of a collection from a position on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangesConfig {
+    /// How long a change stays readable, seconds, 0..=31_536_000 (86 400; 0 turns change
+    /// data capture off: no mirror stream).
+    pub retention_secs: u64,
+    /// Most bytes the mirror keeps, MiB (0: no limit but the retention); the oldest
+    /// changes go first.
+    pub max_mb: u64,
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        ChangesConfig { retention_secs: 86_400, max_mb: 0 }
+    }
 }
 
 /// The JetStream stream that carries every write.
@@ -173,6 +196,11 @@ impl ClusterConfig {
         if self.stream.name.is_empty() { format!("KZ_{}", self.name) } else { self.stream.name.clone() }
     }
 
+    /// The change stream's name (the log's mirror): `<stream>_CHANGES`.
+    pub fn changes_stream_name(&self) -> String {
+        format!("{}_CHANGES", self.stream_name())
+    }
+
     /// This node's id (set by [`ClusterConfig::parse`]).
     pub fn node(&self) -> &str {
         self.node_id.as_deref().unwrap_or("node")
@@ -216,6 +244,12 @@ impl ClusterConfig {
         }
         if !(1..=86_400).contains(&self.stream.duplicate_window_secs) {
             return Err(("stream.duplicate_window_secs", "must be 1..=86400".into()));
+        }
+        if self.changes.retention_secs > 31_536_000 {
+            return Err(("changes.retention_secs", format!("{} is not in 0..=31536000", self.changes.retention_secs)));
+        }
+        if self.changes.max_mb > 1 << 30 {
+            return Err(("changes.max_mb", format!("{} is too large", self.changes.max_mb)));
         }
         let t = &self.timing;
         for (field, v, lo, hi) in [

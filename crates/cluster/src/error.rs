@@ -30,6 +30,14 @@ pub enum Error {
         /// The epoch it held.
         epoch: i64,
     },
+    /// Changes after this position are no longer kept (the retention passed them).
+    #[error("changes after position {after} are no longer kept; the oldest kept come after position {earliest}")]
+    Expired {
+        /// The position asked for.
+        after: u64,
+        /// Read from here on instead.
+        earliest: u64,
+    },
     /// The local replica store.
     #[error(transparent)]
     Store(#[from] kernelize_store::Error),

@@ -15,10 +15,10 @@ mod node;
 mod shard;
 pub mod wire;
 
-pub use config::{ClusterConfig, ConfigError};
+pub use config::{ChangesConfig, ClusterConfig, ConfigError};
 pub use error::{Error, Result};
 pub use node::{
-    ClusterCollection, ClusterHit, ClusterPage, ClusterQuery, Node, NodeStats, ShardPlacement, WriteAck, check,
-    destroy, rank, shard_of,
+    Change, ChangePage, ClusterCollection, ClusterHit, ClusterPage, ClusterQuery, MAX_CHANGES, Node, NodeStats,
+    ShardPlacement, WriteAck, check, destroy, rank, shard_of,
 };
 pub use wire::Consistency;

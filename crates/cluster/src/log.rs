@@ -17,6 +17,8 @@ pub struct Log {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: String,
+    /// The mirror that keeps changes for change data capture (none: turned off).
+    changes: Option<String>,
     /// `kz.<cluster>.w`: the stream's subjects start with it.
     prefix: String,
 }
@@ -52,13 +54,26 @@ impl Log {
             .await
             .map_err(nats)?;
         let js = jetstream::new(client.clone());
-        let log = Log { client, js, stream: cfg.stream_name(), prefix: format!("kz.{}.w", cfg.name) };
-        log.ensure_stream(cfg).await?;
+        let changes = (cfg.changes.retention_secs > 0).then(|| cfg.changes_stream_name());
+        let log = Log { client, js, stream: cfg.stream_name(), changes, prefix: format!("kz.{}.w", cfg.name) };
+        log.ensure_stream(log.log_config(cfg)).await?;
+        if let Some(name) = &log.changes {
+            let mirror = stream::Config {
+                name: name.clone(),
+                mirror: Some(stream::Source { name: log.stream.clone(), ..Default::default() }),
+                storage: stream::StorageType::File,
+                num_replicas: cfg.stream.replicas,
+                max_age: Duration::from_secs(cfg.changes.retention_secs),
+                max_bytes: if cfg.changes.max_mb == 0 { -1 } else { (cfg.changes.max_mb << 20) as i64 },
+                ..Default::default()
+            };
+            log.ensure_stream(mirror).await?;
+        }
         Ok(log)
     }
 
-    async fn ensure_stream(&self, cfg: &ClusterConfig) -> Result<()> {
-        let want = stream::Config {
+    fn log_config(&self, cfg: &ClusterConfig) -> stream::Config {
+        stream::Config {
             name: self.stream.clone(),
             subjects: vec![format!("{}.>", self.prefix)],
             storage: stream::StorageType::File,
@@ -66,7 +81,10 @@ impl Log {
             duplicate_window: Duration::from_secs(cfg.stream.duplicate_window_secs),
             allow_direct: true,
             ..Default::default()
-        };
+        }
+    }
+
+    async fn ensure_stream(&self, want: stream::Config) -> Result<()> {
         // Wait out a NATS server that is still starting (JetStream answers after the port).
         let mut last = None;
         for _ in 0..50 {
@@ -76,7 +94,7 @@ impl Log {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(nats(format!("stream {}: {}", self.stream, last.unwrap_or_default())))
+        Err(nats(format!("stream {}: {}", want.name, last.unwrap_or_default())))
     }
 
     /// Subject of a shard's writes.
@@ -89,6 +107,15 @@ impl Log {
         &self.client
     }
 
+    /// Fails at once while the client is not connected (it would queue the request until
+    /// it reconnects, and the caller would wait out its timeout for nothing).
+    pub fn connected(&self) -> Result<()> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(nats(format!("not connected to {}; reconnecting", self.client.server_info().host))),
+        }
+    }
+
     /// Largest message the server accepts, in bytes.
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload.max(64 << 10)
@@ -97,6 +124,7 @@ impl Log {
     /// Publishes one message and waits for the stream's acknowledgement; returns its
     /// sequence number (a duplicate id returns the first copy's).
     pub async fn publish(&self, subject: String, payload: Bytes, msg_id: &str) -> Result<u64> {
+        self.connected()?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         let ack = self.js.publish_with_headers(subject, headers, payload).await.map_err(nats)?;
@@ -145,16 +173,67 @@ impl Log {
         Ok(r.purged)
     }
 
-    /// Deletes the stream and every message in it (a cluster taken down for good).
+    /// Deletes the stream and its mirror, and every message in them (a cluster taken
+    /// down for good).
     pub async fn delete_stream(&self) -> Result<()> {
+        if let Some(name) = &self.changes {
+            self.js.delete_stream(name).await.map_err(nats)?;
+        }
         self.js.delete_stream(&self.stream).await.map_err(nats)?;
         Ok(())
     }
 
-    /// Removes every message of a dropped collection.
+    /// Removes every message of a dropped collection, from the log and its mirror.
     pub async fn purge_collection(&self, cid: &str) -> Result<()> {
-        let stream = self.stream().await?;
-        stream.purge().filter(format!("{}.{cid}.>", self.prefix)).await.map_err(nats)?;
+        let filter = format!("{}.{cid}.>", self.prefix);
+        self.stream().await?.purge().filter(filter.clone()).await.map_err(nats)?;
+        if let Some(name) = &self.changes {
+            let mirror = self.js.get_stream_no_info(name).await.map_err(nats)?;
+            mirror.purge().filter(filter).await.map_err(nats)?;
+        }
         Ok(())
+    }
+
+    /// The changes of a collection incarnation after position `after` (0: from the
+    /// oldest kept): whole log messages, in order, until they hold `limit` writes or the
+    /// mirror has no more, waiting up to `wait` for the first. Positions are the
+    /// mirror's sequence numbers.
+    pub async fn changes(&self, cid: &str, after: u64, limit: usize, wait: Duration) -> Result<Vec<Entry>> {
+        let Some(name) = &self.changes else {
+            return Err(Error::Invalid("change data capture is off (changes.retention_secs = 0)".into()));
+        };
+        let mut mirror = self.js.get_stream(name).await.map_err(nats)?;
+        let first = mirror.info().await.map_err(nats)?.state.first_sequence;
+        if after > 0 && after + 1 < first {
+            return Err(Error::Expired { after, earliest: first - 1 });
+        }
+        let consumer = mirror
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.{cid}.*", self.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        let (mut out, mut writes) = (Vec::new(), 0usize);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Wait for the first message; after it, only for what is already pending.
+            let until =
+                if out.is_empty() { deadline } else { tokio::time::Instant::now() + Duration::from_millis(500) };
+            let m = match tokio::time::timeout_at(until, messages.next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(m)) => m.map_err(nats)?,
+            };
+            let info = m.info().map_err(nats)?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            writes += kernelize_store::wal_batch_len(&m.message.payload).unwrap_or(1);
+            out.push(Entry { seq, payload: m.message.payload.clone() });
+            if pending == 0 || writes >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }

@@ -137,6 +137,32 @@ pub struct ClusterPage {
     pub next_after: Option<String>,
 }
 
+/// One committed change of a collection (change data capture).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Change {
+    /// Where it is in the change stream: read on with `after` set to it.
+    pub position: u64,
+    /// `upsert` or `delete`.
+    pub op: &'static str,
+    /// The record's id.
+    pub id: String,
+    /// The record written (upserts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<WireRecord>,
+}
+
+/// Changes in commit order, and where to read on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangePage {
+    /// The changes (whole log messages: a page may pass its limit by one message's worth).
+    pub changes: Vec<Change>,
+    /// The position of the last change returned (`after` when there were none).
+    pub next: u64,
+}
+
+/// Most writes one page of changes asks for.
+pub const MAX_CHANGES: usize = 10_000;
+
 /// One shard's placement, for operators (`GET /v1/cluster`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ShardPlacement {
@@ -432,6 +458,31 @@ impl Node {
         Ok(WriteAck { token, messages })
     }
 
+    /// The committed changes of a collection after `after` (0: from the oldest kept), at
+    /// most about `limit` (1..=[`MAX_CHANGES`]), waiting up to `wait` (at most a minute)
+    /// for the first; [`Error::Expired`] when retention already dropped changes after `after`.
+    pub async fn changes(&self, name: &str, after: u64, limit: usize, wait: Duration) -> Result<ChangePage> {
+        let c = self.collection(name).await?;
+        if !(1..=MAX_CHANGES).contains(&limit) {
+            return Err(Error::Invalid(format!("limit must be 1..={MAX_CHANGES}, got {limit}")));
+        }
+        let wait = wait.min(Duration::from_secs(60));
+        let entries = self.inner.log.changes(&c.cid, after, limit, wait).await?;
+        let (mut changes, mut next) = (Vec::new(), after);
+        for e in entries {
+            let ops = kernelize_store::decode_wal_batch(&e.payload)
+                .map_err(|err| Error::Internal(format!("change at position {}: {err}", e.seq)))?;
+            changes.extend(ops.into_iter().map(|op| match op {
+                Op::Upsert(r) => {
+                    Change { position: e.seq, op: "upsert", id: r.id.clone(), record: Some(WireRecord::from(&*r)) }
+                }
+                Op::Delete(id) => Change { position: e.seq, op: "delete", id, record: None },
+            }));
+            next = e.seq;
+        }
+        Ok(ChangePage { changes, next })
+    }
+
     /// One record by id.
     pub async fn get(&self, name: &str, id: &str, consistency: Consistency, token: u64) -> Result<Option<WireRecord>> {
         let c = self.collection(name).await?;
@@ -625,6 +676,7 @@ impl Node {
         let subject = wire::query_subject(&c.cid, shard);
         let deadline = tokio::time::Instant::now() + timeout;
         let what = || format!("shard {}/{shard}", c.name);
+        self.inner.log.connected()?;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let sent = tokio::time::timeout(left, self.inner.log.client().request(subject.clone(), body.clone())).await;

@@ -75,6 +75,12 @@ pub fn encode_wal_batch(ops: &[Op]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The number of writes a WAL batch payload says it holds (its first field, little-endian),
+/// without decoding it; `None` when it is too short to say.
+pub fn wal_batch_len(bytes: &[u8]) -> Option<usize> {
+    Some(u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize)
+}
+
 /// Decodes a WAL batch payload (for fuzzing and tools); never panics.
 pub fn decode_wal_batch(bytes: &[u8]) -> std::result::Result<Vec<Op>, String> {
     record::decode_batch(bytes, 0).map_err(|e| format!("offset {}: {}", e.offset, e.reason))

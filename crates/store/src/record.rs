@@ -230,6 +230,8 @@ mod tests {
         let mut buf = Vec::new();
         encode_batch(&ops, &mut buf).unwrap();
         assert_eq!(decode_batch(&buf, 0).unwrap(), ops);
+        assert_eq!(crate::wal_batch_len(&buf), Some(3));
+        assert_eq!(crate::wal_batch_len(&buf[..3]), None);
     }
 
     #[test]

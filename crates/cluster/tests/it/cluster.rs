@@ -265,3 +265,120 @@ async fn a_read_with_the_write_token_sees_the_write() {
     b.shutdown().await.unwrap();
     spec.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_come_in_commit_order_and_expire() {
+    let spec = Spec::new(2);
+    let mut cfg = spec.config("a");
+    cfg.changes.retention_secs = 3;
+    let a = std::sync::Arc::new(Node::start(cfg).await.unwrap());
+    a.create_collection("cdc", CollectionConfig::new(DIM, Metric::L2)).await.unwrap();
+    a.create_collection("other", CollectionConfig::new(DIM, Metric::L2)).await.unwrap();
+    // A reader that asks before anything is written waits for the first change.
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.changes("cdc", 0, 1000, Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rs = records(50, DIM, 5);
+    a.write("cdc", upserts(&rs), None).await.unwrap();
+    a.write("other", upserts(&rs[..5]), None).await.unwrap();
+    let deleted = a.write("cdc", vec![Op::Delete("r3".into())], None).await.unwrap();
+    let mut again = rs[3].clone();
+    again.text = Some("written again".into());
+    a.write("cdc", upserts(&[again]), None).await.unwrap();
+    let first = waiting.await.unwrap().unwrap();
+    assert!(!first.changes.is_empty() && first.changes.iter().all(|c| c.op == "upsert"), "{first:?}");
+
+    // Paged reading: every change once, in commit order, nothing of another collection.
+    let (mut all, mut after) = (Vec::new(), 0);
+    loop {
+        let page = a.changes("cdc", after, 10, Duration::from_millis(500)).await.unwrap();
+        if page.changes.is_empty() {
+            assert_eq!(page.next, after);
+            break;
+        }
+        assert!(page.changes.iter().all(|c| c.position > after));
+        after = page.next;
+        assert_eq!(page.changes.last().unwrap().position, after);
+        all.extend(page.changes);
+    }
+    assert_eq!(all.len(), 52, "50 upserts, a delete, an upsert");
+    assert!(all.windows(2).all(|w| w[0].position <= w[1].position));
+    let r3: Vec<(&str, Option<&str>)> = all
+        .iter()
+        .filter(|c| c.id == "r3")
+        .map(|c| (c.op, c.record.as_ref().and_then(|r| r.text.as_deref())))
+        .collect();
+    assert_eq!(r3, [("upsert", rs[3].text.as_deref()), ("delete", None), ("upsert", Some("written again"))]);
+    // A change's position is the write token of its write.
+    let del = all.iter().find(|c| c.op == "delete").unwrap();
+    assert_eq!(del.position, deleted.token);
+    let e = a.changes("cdc", 0, 0, Duration::ZERO).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+
+    // Past the retention the old changes are gone, and a reader behind them is told so.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let late = a.write("cdc", upserts(&rs[..1]), None).await.unwrap();
+    let t = Instant::now();
+    let earliest = loop {
+        match a.changes("cdc", 1, 100, Duration::from_millis(200)).await {
+            Err(Error::Expired { after: 1, earliest }) => break earliest,
+            other => assert!(t.elapsed() < Duration::from_secs(15), "not expired: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rest = a.changes("cdc", earliest, 100, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(rest.changes.iter().map(|c| c.position).collect::<Vec<_>>(), [late.token]);
+    a.shutdown().await.unwrap();
+    spec.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_node_takes_its_shards_over_while_writes_go_on() {
+    let spec = Spec::new(8);
+    let (a, b) = (spec.node("a").await, spec.node("b").await);
+    a.create_collection("grow", CollectionConfig::new(DIM, Metric::Cosine)).await.unwrap();
+    settle(&[&a, &b], 8).await;
+    let rs = records(4000, DIM, 6);
+    for chunk in rs[..2000].chunks(250) {
+        a.write("grow", upserts(chunk), None).await.unwrap();
+    }
+    // A name that ranks first for some shards once it is a member (rendezvous hashing).
+    let cid = a.list().await.unwrap().into_iter().find(|c| c.name == "grow").unwrap().cid;
+    let name = (0..100)
+        .map(|i| format!("c{i}"))
+        .find(|n| {
+            let members = vec!["a".to_owned(), "b".to_owned(), n.clone()];
+            (0..8).filter(|s| kernelize_cluster::rank(&members, &cid, *s)[0] == n).count() >= 2
+        })
+        .unwrap();
+    let c = spec.node(&name).await;
+    // Writes go on through the hand-over.
+    for (i, chunk) in rs[2000..].chunks(250).enumerate() {
+        [&a, &b, &c][i % 3].write("grow", upserts(chunk), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let t = Instant::now();
+    loop {
+        let placed = a.placement().await.unwrap();
+        let mine = placed.iter().filter(|p| p.owner.as_deref() == Some(name.as_str())).count();
+        if mine >= 2 && placed.iter().all(|p| p.owner.is_some()) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{name} took no shards: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost = |n: &Node| n.stats().leases_lost.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(lost(&a) + lost(&b) >= 2, "the old owners handed their leases over");
+    assert!(c.stats().leases_taken.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    for n in [&a, &b, &c] {
+        assert_eq!(n.describe("grow", Consistency::Strong).await.unwrap().records, 4000, "node {}", n.id());
+        let r = n.get("grow", "r3999", Consistency::Strong, 0).await.unwrap().unwrap();
+        assert_eq!(r.vector, rs[3999].vector);
+    }
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+    spec.destroy().await;
+}

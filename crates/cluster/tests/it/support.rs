@@ -12,23 +12,38 @@ pub fn pg_url() -> String {
     std::env::var("KERNELIZE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Where the services are.
+pub struct Services {
+    pub nats: String,
+    pub pg: String,
+    /// The S3 endpoint.
+    pub s3: String,
+}
+
 /// A cluster's shared settings: a fresh name, bucket and cache root.
 pub struct Spec {
     pub name: String,
     pub bucket: String,
     pub root: tempfile::TempDir,
     pub shards: u32,
+    pub services: Services,
 }
 
 impl Spec {
+    /// On the shared services (and the shared moto server).
     pub fn new(shards: u32) -> Spec {
         let moto = kernelize_blobs::testing::server();
+        let services = Services { nats: nats_url(), pg: pg_url(), s3: moto.endpoint() };
+        Spec::on(services, moto.bucket(), shards)
+    }
+
+    /// On the given services; `bucket` exists.
+    pub fn on(services: Services, bucket: String, shards: u32) -> Spec {
         let name = format!("t{}_{}", std::process::id(), uuid_like());
-        Spec { name, bucket: moto.bucket(), root: tempfile::tempdir().unwrap(), shards }
+        Spec { name, bucket, root: tempfile::tempdir().unwrap(), shards, services }
     }
 
     pub fn config(&self, node: &str) -> ClusterConfig {
-        let moto = kernelize_blobs::testing::server();
         let text = format!(
             r#"
 name = "{name}"
@@ -53,12 +68,12 @@ seal_ms = 1000
 request_ms = 10000
 "#,
             name = self.name,
-            nats = nats_url(),
-            pg = pg_url(),
+            nats = self.services.nats,
+            pg = self.services.pg,
             cache = self.root.path().join(node).display(),
             shards = self.shards,
             bucket = self.bucket,
-            endpoint = moto.endpoint(),
+            endpoint = self.services.s3,
         );
         ClusterConfig::parse(&text, "test.toml").unwrap()
     }
