@@ -5,15 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
+/// The repository's root.
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn help(args: &[&str]) -> String {
+/// `kernelize ARGS… --help`, as printed (also used by `runbooks.rs`).
+pub(crate) fn help_text(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kernelize")).args(args).arg("--help").output().unwrap();
     assert!(out.status.success(), "kernelize {args:?} --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn help(args: &[&str]) -> String {
     // One line: clap wraps long help (`[env:\n    KERNELIZE_…]`).
-    String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ") + " "
+    help_text(args).split_whitespace().collect::<Vec<_>>().join(" ") + " "
 }
 
 /// Variables read by the code rather than declared on a flag, and the file that reads each.

@@ -9,6 +9,7 @@ mod encryption;
 mod fleet;
 mod kernel;
 mod models;
+mod runbooks;
 mod serve;
 
 use std::path::Path;
