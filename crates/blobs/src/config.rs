@@ -119,7 +119,8 @@ pub(crate) const MAX_PARTS: u64 = 10_000;
 const MAX_OBJECT: u64 = 5 << 40;
 
 impl BlobOptions {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks the limits; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
         if !(MIN_PART..=MAX_PART).contains(&self.part_size) {
             return Err(format!("part_size {} is outside {MIN_PART}..={MAX_PART} bytes", self.part_size));
         }
@@ -148,7 +149,8 @@ impl BlobOptions {
         self.part_size.max(needed)
     }
 
-    pub(crate) fn refresh_after(&self) -> Duration {
+    /// `refresh_after_secs` as a duration.
+    pub fn refresh_after(&self) -> Duration {
         Duration::from_secs(self.refresh_after_secs)
     }
 }

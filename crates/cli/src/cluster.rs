@@ -1,5 +1,6 @@
 //! `kernelize cluster …`: check a cluster configuration against its services, show the
-//! members and shards, take a cluster down for good.
+//! members and shards, collect unreferenced files in its object store, take a cluster
+//! down for good.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -33,6 +34,15 @@ enum ClusterCmd {
         /// Where to write them.
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Delete files in the cluster's object store that no shard's committed state names
+    /// (replaced by later seals, compacted away, of dropped collections) and older than
+    /// --min-age-secs. The bucket (or prefix) must be the cluster's own.
+    Gc {
+        /// Keep unreferenced files younger than this, in seconds; more than 3 ×
+        /// `blob_options.refresh_after_secs` (3 h with the defaults).
+        #[arg(long, default_value_t = 86_400)]
+        min_age_secs: u64,
     },
     /// Delete the cluster's stream and PostgreSQL schema (every node must be stopped;
     /// sealed segments stay in the object store).
@@ -98,6 +108,21 @@ pub fn run(a: &ClusterArgs) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             ClusterCmd::Secrets { .. } => Ok(ExitCode::SUCCESS),
+            ClusterCmd::Gc { min_age_secs } => {
+                let r = kernelize_cluster::gc(&cfg, std::time::Duration::from_secs(*min_age_secs)).await?;
+                println!(
+                    "deleted {} files ({} bytes); kept {} referenced ({} bytes) and {} younger than {min_age_secs} s ({} bytes)",
+                    r.deleted, r.deleted_bytes, r.referenced, r.referenced_bytes, r.young, r.young_bytes
+                );
+                if !r.missing.is_empty() {
+                    println!("MISSING: {} files a shard names are not in the object store", r.missing.len());
+                    for d in &r.missing {
+                        println!("  {d}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             ClusterCmd::Destroy { yes } => {
                 if !yes {
                     bail!("this deletes every write not yet sealed and every shard's state: pass --yes");

@@ -44,7 +44,12 @@ pub struct ClusterConfig {
     /// store and the log when lost).
     pub cache_dir: PathBuf,
     /// Where sealed segments go (`kind = "s3"` for a real cluster; `"local"` for one machine).
+    /// The cluster's own bucket or prefix: `kernelize cluster gc` deletes what no shard
+    /// names there.
     pub blobs: BlobConfig,
+    /// Object store limits, part size, timeouts and retries (`[blob_options]`).
+    #[serde(default)]
+    pub blob_options: kernelize_blobs::BlobOptions,
     /// The write log.
     #[serde(default)]
     pub stream: StreamConfig,
@@ -244,6 +249,9 @@ impl ClusterConfig {
         }
         if !(1..=86_400).contains(&self.stream.duplicate_window_secs) {
             return Err(("stream.duplicate_window_secs", "must be 1..=86400".into()));
+        }
+        if let Err(e) = self.blob_options.validate() {
+            return Err(("blob_options", e));
         }
         if self.changes.retention_secs > 31_536_000 {
             return Err(("changes.retention_secs", format!("{} is not in 0..=31536000", self.changes.retention_secs)));

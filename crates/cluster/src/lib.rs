@@ -19,6 +19,6 @@ pub use config::{ChangesConfig, ClusterConfig, ConfigError};
 pub use error::{Error, Result};
 pub use node::{
     Change, ChangePage, ClusterCollection, ClusterHit, ClusterPage, ClusterQuery, MAX_CHANGES, Node, NodeStats,
-    ShardPlacement, WriteAck, check, destroy, rank, shard_of,
+    ShardPlacement, WriteAck, check, destroy, gc, rank, shard_of,
 };
 pub use wire::Consistency;

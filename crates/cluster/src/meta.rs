@@ -267,6 +267,22 @@ impl Meta {
         rows.iter().map(shard_row).collect()
     }
 
+    /// Every file (digest, hex) a committed shard state names, of every collection.
+    pub async fn referenced(&self) -> Result<std::collections::HashSet<String>> {
+        let rows = sqlx::query("SELECT state FROM kzc_shards").fetch_all(&self.pool).await?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            let state: String = r.try_get("state")?;
+            let state: ShardState =
+                serde_json::from_str(&state).map_err(|e| Error::Internal(format!("shard state: {e}")))?;
+            for s in state.segments {
+                out.extend(s.idx);
+                out.insert(s.seg);
+            }
+        }
+        Ok(out)
+    }
+
     /// One shard.
     pub async fn shard(&self, cid: &str, shard: u32) -> Result<ShardRow> {
         let row = sqlx::query(&format!("SELECT {SHARD_COLUMNS} FROM kzc_shards WHERE cid = $1 AND shard = $2"))

@@ -190,6 +190,30 @@ pub async fn destroy(cfg: &ClusterConfig) -> Result<()> {
     meta.drop_schema(&cfg.name).await
 }
 
+/// Deletes the files in the cluster's object store that no committed shard state names
+/// (segments and indexes replaced by later seals, compacted away, or of dropped
+/// collections) and that are older than `min_age`, which must exceed three times
+/// `blob_options.refresh_after_secs` (so a seal that has not committed yet keeps its
+/// uploads). The object store must be the cluster's own (bucket or prefix).
+pub async fn gc(cfg: &ClusterConfig, min_age: Duration) -> Result<kernelize_blobs::GcReport> {
+    let floor = cfg.blob_options.refresh_after() * 3;
+    if min_age <= floor {
+        return Err(Error::Invalid(format!(
+            "the minimum age must exceed 3 × blob_options.refresh_after_secs ({} s), got {} s",
+            floor.as_secs(),
+            min_age.as_secs()
+        )));
+    }
+    let meta = Meta::connect(&cfg.database_url, &cfg.name).await?;
+    let blobs = BlobStore::open_with(&cfg.blobs, cfg.blob_options.clone())?;
+    let mut referenced = HashSet::new();
+    for hex in meta.referenced().await? {
+        let d = hex.parse().map_err(|_| Error::Internal(format!("bad digest {hex:?} in a shard state")))?;
+        referenced.insert(d);
+    }
+    Ok(blobs.gc(&referenced, min_age).await?)
+}
+
 /// Checks a configuration against the services it names: PostgreSQL (and the schema),
 /// NATS with JetStream (and the stream), the object store. One line per service.
 pub async fn check(cfg: &ClusterConfig) -> Vec<(&'static str, Result<String>)> {
@@ -199,7 +223,7 @@ pub async fn check(cfg: &ClusterConfig) -> Vec<(&'static str, Result<String>)> {
     let nats = Log::connect(cfg)
         .await
         .map(|l| format!("{} (stream {}, max message {} bytes)", cfg.nats_url, cfg.stream_name(), l.max_payload()));
-    let blobs = match BlobStore::open(&cfg.blobs) {
+    let blobs = match BlobStore::open_with(&cfg.blobs, cfg.blob_options.clone()) {
         Ok(b) => b.check().await.map(|()| format!("{:?}", cfg.blobs)).map_err(Error::from),
         Err(e) => Err(e.into()),
     };
@@ -227,7 +251,7 @@ impl Node {
     pub async fn start(cfg: ClusterConfig) -> Result<Node> {
         let meta = Meta::connect(&cfg.database_url, &cfg.name).await?;
         let log = Log::connect(&cfg).await?;
-        let blobs = BlobStore::open(&cfg.blobs)?;
+        let blobs = BlobStore::open_with(&cfg.blobs, cfg.blob_options.clone())?;
         let dir = cfg.cache_dir.join("replicas");
         for d in [&dir, &cfg.cache_dir.join("blobs")] {
             fs_err::create_dir_all(d).map_err(|e| Error::Internal(e.to_string()))?;

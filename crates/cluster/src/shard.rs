@@ -55,8 +55,9 @@ pub(crate) struct Replica {
     cache: IndexCache,
     /// The files of the node's cache data directory.
     storage: Arc<dyn kernelize_store::Storage>,
-    /// Digest of each local file already uploaded.
-    uploaded: Mutex<HashMap<PathBuf, Digest>>,
+    /// Digest of each local file already uploaded, and when (reused for
+    /// `blob_options.refresh_after_secs`, so a commit names only files put since then).
+    uploaded: Mutex<HashMap<PathBuf, (Digest, Instant)>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -313,6 +314,7 @@ impl Replica {
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        let started = Instant::now();
         let mut segments = Vec::new();
         for (seg, idx, rows) in files {
             let bytes = fs_err::metadata(&seg).map(|m| m.len()).unwrap_or(0);
@@ -322,6 +324,20 @@ impl Replica {
                 None => None,
             };
             segments.push(SealedSegment { seg: seg_d.to_string(), idx: idx_d, rows, bytes });
+        }
+        // Every file this commit names was written at most `refresh_after` before its put
+        // (a put rewrites an older one), and that put was at most 1.5 × `refresh_after`
+        // ago (uploads are reused for half of it, a seal takes less than all of it): the
+        // file is younger than the 3 × `refresh_after` that `gc` never goes below.
+        let fresh = node.cfg.blob_options.refresh_after();
+        if started.elapsed() >= fresh {
+            return Err(Error::unavailable(
+                "object store",
+                format!(
+                    "the seal's uploads took over {} s (blob_options.refresh_after_secs); sealing again",
+                    fresh.as_secs()
+                ),
+            ));
         }
         let state = ShardState { segments };
         let held = crate::meta::Held { cid: &self.cid, shard: self.shard, node: node.id(), epoch };
@@ -345,11 +361,15 @@ impl Replica {
     }
 
     async fn upload(&self, node: &Inner, path: &PathBuf) -> Result<Digest> {
-        if let Some(d) = self.uploaded.lock().get(path) {
+        let fresh = node.cfg.blob_options.refresh_after() / 2;
+        if let Some((d, at)) = self.uploaded.lock().get(path)
+            && at.elapsed() < fresh
+        {
             return Ok(*d);
         }
+        let at = Instant::now();
         let info = node.blobs.put_file(path).await?;
-        self.uploaded.lock().insert(path.clone(), info.digest);
+        self.uploaded.lock().insert(path.clone(), (info.digest, at));
         Ok(info.digest)
     }
 

@@ -382,3 +382,53 @@ async fn a_joining_node_takes_its_shards_over_while_writes_go_on() {
     }
     spec.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_only_what_no_shard_names() {
+    let spec = Spec::new(1);
+    let cfg = |n: &str| {
+        let mut c = spec.config(n);
+        c.blob_options.refresh_after_secs = 1;
+        c
+    };
+    let a = Node::start(cfg("a")).await.unwrap();
+    a.create_collection("g", CollectionConfig::new(DIM, Metric::L2)).await.unwrap();
+    a.create_collection("gone", CollectionConfig::new(DIM, Metric::L2)).await.unwrap();
+    settle(&[&a], 2).await;
+    let commits = |name: &'static str| {
+        let a = &a;
+        async move { a.placement().await.unwrap().iter().find(|p| p.collection == name).map_or(0, |p| p.commits) }
+    };
+    // One seal per batch: segments pile up, and compaction (past 6) replaces them.
+    let rs = records(3000, DIM, 7);
+    for (i, chunk) in rs.chunks(300).enumerate() {
+        a.write("g", upserts(chunk), None).await.unwrap();
+        let t = Instant::now();
+        while commits("g").await <= i as i64 {
+            assert!(t.elapsed() < Duration::from_secs(20), "seal {i} did not happen");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    a.write("gone", upserts(&rs[..100]), None).await.unwrap();
+    let t = Instant::now();
+    while commits("gone").await == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no seal of gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.drop_collection("gone").await.unwrap();
+
+    let e = kernelize_cluster::gc(&cfg("gc"), Duration::from_secs(3)).await.unwrap_err();
+    assert!(e.to_string().contains("refresh_after_secs"), "{e}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = kernelize_cluster::gc(&cfg("gc"), Duration::from_secs(4)).await.unwrap();
+    assert!(r.deleted >= 3 && r.referenced >= 1 && r.missing.is_empty(), "{r:?}");
+    // Nothing a shard names went: a node with an empty cache rebuilds from the object store.
+    a.shutdown().await.unwrap();
+    let b = Node::start(cfg("b")).await.unwrap();
+    assert_eq!(b.describe("g", Consistency::Strong).await.unwrap().records, 3000);
+    assert_eq!(b.get("g", "r2999", Consistency::Strong, 0).await.unwrap().unwrap().vector, rs[2999].vector);
+    let again = kernelize_cluster::gc(&cfg("gc"), Duration::from_secs(4)).await.unwrap();
+    assert_eq!((again.deleted, again.missing.len()), (0, 0), "{again:?}");
+    b.shutdown().await.unwrap();
+    spec.destroy().await;
+}
