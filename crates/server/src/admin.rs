@@ -28,6 +28,7 @@ fn key_info(r: &KeyRow, now: i64) -> Result<KeyInfo, ApiError> {
         revoked_at: r.revoked_ms.map(rfc3339),
         rotated_to: r.rotated_to.clone(),
         active: r.active(now),
+        quota: r.quota.is_set().then(|| r.quota.into()),
     })
 }
 
@@ -87,6 +88,7 @@ pub fn key_row(
         expires_ms,
         revoked_ms: None,
         rotated_to: None,
+        quota: crate::meta::KeyQuota::default(),
     })
 }
 
@@ -164,6 +166,7 @@ pub async fn reset_admin_key(config: &crate::Config) -> anyhow::Result<String> {
             expires_ms: None,
             revoked_ms: None,
             rotated_to: None,
+            quota: crate::meta::KeyQuota::default(),
         };
         meta.insert_key(&keys, &row, &KeyChange { request_id: "admin-key-reset", actor: "system" }).await?;
         let entry = crate::audit::AuditEntry {
@@ -242,11 +245,35 @@ impl AppState {
             Some(s) => Some(now_ms().saturating_add(secs_to_ms(s))),
             None => None,
         };
-        let (row, key) = new_key(self, &req.name, req.role, &Scope::from_list(req.collections), expires_ms)?;
+        let (mut row, key) = new_key(self, &req.name, req.role, &Scope::from_list(req.collections), expires_ms)?;
+        if let Some(q) = &req.quota {
+            self.check_quota(q)?;
+            row.quota = (*q).into();
+        }
         let (rid, actor) = (current_request_id(), p.actor());
         let by = KeyChange { request_id: &rid, actor: &actor };
         self.key_change(self.meta.insert_key(&self.audit_keys, &row, &by)).await?;
         Ok(KeyCreated { key, info: key_info(&row, now_ms())? })
+    }
+
+    /// Replaces a key's quotas (`{}`: none); in force at once on this server (within
+    /// [`crate::state::KEY_CACHE_TTL`] on others sharing the metadata store).
+    pub async fn set_key_quota(&self, p: &Principal, id: &str, q: QuotaSettings) -> Result<KeyInfo, ApiError> {
+        p.require(Role::Admin, None)?;
+        self.check_quota(&q)?;
+        let _admin = self.key_admin.lock().await;
+        let row = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {}", quote(id))))?;
+        if row.revoked_ms.is_some() {
+            return Err(ApiError::conflict(format!("key {} is revoked", quote(id))));
+        }
+        let (rid, actor) = (current_request_id(), p.actor());
+        let by = KeyChange { request_id: &rid, actor: &actor };
+        if !self.key_change(self.meta.set_key_quota(&self.audit_keys, id, q.into(), &by)).await? {
+            return Err(ApiError::not_found(format!("no key {}", quote(id))));
+        }
+        self.forget_key(id);
+        let row = self.meta.key(id).await?.ok_or_else(|| ApiError::not_found(format!("no key {}", quote(id))))?;
+        key_info(&row, now_ms())
     }
 
     /// Lists keys.

@@ -545,6 +545,10 @@ async fn create_key(State(st): St, Auth(p): Auth, Body(req): Body<CreateKey>) ->
         scope_text(k.info.collections.as_deref()),
         k.info.expires_at.as_deref().unwrap_or("never")
     );
+    let detail = match &k.info.quota {
+        Some(q) => format!("{detail} quota {}", serde_json::to_string(q).unwrap_or_default()),
+        None => detail,
+    };
     Ok(audited(detail, StatusCode::CREATED, Json(k)))
 }
 
@@ -568,6 +572,25 @@ async fn rotate_key(
 ) -> Result<Response, ApiError> {
     let k = st.rotate_key(&p, &id, req).await?;
     Ok(audited(format!("replaced by {}", k.info.id), StatusCode::OK, Json(k)))
+}
+
+/// Set a key's quotas, replacing the ones it had (`{}`: none); in force at once (admin).
+#[utoipa::path(put, path = "/v1/keys/{id}/quota", tag = "keys", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id")),
+    request_body = QuotaSettings,
+    responses((status = 200, description = "The key with its new quotas", body = KeyInfo), Errors))]
+async fn set_key_quota(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(id): PathParams<String>,
+    Body(req): Body<QuotaSettings>,
+) -> Result<Response, ApiError> {
+    let k = st.set_key_quota(&p, &id, req).await?;
+    let q = k.quota.unwrap_or_default();
+    let n = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+    let detail =
+        format!("quota records {} bytes {} requests_per_day {}", n(q.records), n(q.bytes), n(q.requests_per_day));
+    Ok(audited(detail, StatusCode::OK, Json(k)))
 }
 
 /// Revoke a key and every token it minted (admin).
@@ -754,7 +777,7 @@ impl Modify for Security {
         upsert, scan, get_record, delete_record, delete_records, search, embed,
         build_kernel, list_kernels, describe_kernel, kernel_events, delete_kernel, download_kernel, query_kernel,
         kernel_signing_key, start_backup, list_backups, backup_status, backup_events, usage, slow_queries, cluster_info,
-        create_key, list_keys, rotate_key, revoke_key, mint_token, audit_log, audit_verify,
+        create_key, list_keys, rotate_key, set_key_quota, revoke_key, mint_token, audit_log, audit_verify,
         metrics, healthz, readyz, openapi_json, docs
     ),
     components(schemas(ErrorBody, crate::audit::AuditEntry)),
@@ -806,6 +829,7 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/keys/{id}/quota", axum::routing::put(set_key_quota))
         .route("/v1/tokens", post(mint_token))
         .route("/v1/audit", get(audit_log))
         .route("/v1/audit/verify", get(audit_verify))
@@ -856,6 +880,7 @@ pub fn audit_action(method: &str, route: &str) -> Option<&'static str> {
         ("POST", "/v1/keys") => "keys.create",
         ("GET", "/v1/keys") => "keys.list",
         ("POST", "/v1/keys/{id}/rotate") => "keys.rotate",
+        ("PUT", "/v1/keys/{id}/quota") => "keys.quota",
         ("DELETE", "/v1/keys/{id}") => "keys.revoke",
         ("POST", "/v1/tokens") => "tokens.mint",
         ("GET", "/v1/audit") => "audit.read",

@@ -134,14 +134,28 @@ pub fn key_state_digest(k: &KeyRow) -> String {
         num(k.revoked_ms),
         enc(k.rotated_to.as_deref()),
     );
+    // Quotas joined the row later: a key without any digests as it always did.
+    let text = if k.quota.is_set() {
+        let q = &k.quota;
+        format!("{text}\nquota {} {} {}", num(q.records), num(q.bytes), num(q.requests_per_day))
+    } else {
+        text
+    };
     crate::auth::hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
 }
 
 /// The `detail` of a `keys.state` entry: the digest first, then a readable summary.
 pub fn key_state_detail(k: &KeyRow) -> String {
     let ms = |m: Option<i64>| m.map_or_else(|| "-".to_owned(), crate::state::rfc3339);
+    let q = &k.quota;
+    let n = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let quota = if q.is_set() {
+        format!(" quota=records:{},bytes:{},requests_per_day:{}", n(q.records), n(q.bytes), n(q.requests_per_day))
+    } else {
+        String::new()
+    };
     let detail = format!(
-        "state={} role={} collections={} expires={} revoked={} rotated_to={}",
+        "state={} role={} collections={} expires={} revoked={} rotated_to={}{quota}",
         key_state_digest(k),
         k.role,
         k.collections.as_deref().unwrap_or("all"),

@@ -136,11 +136,6 @@ pub(crate) fn record_out(r: &Record, vector: bool) -> RecordOut {
     }
 }
 
-fn record_bytes(r: &Record) -> i64 {
-    let meta = r.metadata.as_ref().map_or(0, |m| serde_json::to_vec(m).map_or(0, |v| v.len()));
-    (r.id.len() + r.vector.len() * 4 + r.text.as_ref().map_or(0, String::len) + meta) as i64
-}
-
 fn batch_size(what: &str, n: usize, max: usize) -> Result<(), ApiError> {
     if n == 0 {
         return Err(ApiError::invalid(format!("{what} is empty")));
@@ -252,6 +247,7 @@ impl AppState {
         if let Some(node) = &self.cluster {
             return crate::cluster::create(node, &req.name, config).await;
         }
+        self.quotas.forget_collection(&req.name);
         let db = self.db.clone();
         blocking(move || collection_info(&db.create_collection(&req.name, config)?)).await
     }
@@ -275,6 +271,7 @@ impl AppState {
         let db = self.db.clone();
         let dropped = name.to_owned();
         blocking(move || Ok(db.drop_collection(&dropped)?)).await?;
+        self.quotas.forget_collection(name);
         // Its kernels go with it (were this to fail, they are orphans: the incarnation
         // they were bound to went with the collection's directory).
         if let Err(e) = self.drop_kernels_of(name).await {
@@ -305,6 +302,9 @@ impl AppState {
             }
         };
         batch_size("records", req.records.len(), self.live().limits.max_batch)?;
+        // Refused whole, before anything is embedded or written, when it would pass the
+        // key's quota; the admission holds the key's write lock until the write is done.
+        let admitted = self.admit_upsert(p, name, &req.records, dim).await?;
         let missing: Vec<usize> = (0..req.records.len()).filter(|i| req.records[*i].vector.is_none()).collect();
         for &i in &missing {
             if req.records[i].text.is_none() {
@@ -346,7 +346,7 @@ impl AppState {
                 .collect::<Vec<Record>>())
         })
         .await?;
-        let bytes: i64 = records.iter().map(record_bytes).sum();
+        let bytes: i64 = records.iter().map(|r| crate::quota::record_bytes(r) as i64).sum();
         let n = records.len();
         let seq = match (local, &self.cluster) {
             (Some(c), _) => {
@@ -370,6 +370,9 @@ impl AppState {
             }
             (None, None) => return Err(ApiError::internal("no engine")),
         };
+        if let Some(a) = admitted {
+            self.written(a, seq);
+        }
         self.add_usage(
             &p.key_id,
             UsageDelta {

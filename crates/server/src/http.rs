@@ -159,6 +159,10 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
             .retry_after(secs)
             .into_response();
     }
+    if let Err(e) = st.take_daily_request(&principal).await {
+        st.metrics.refuse("quota_exceeded");
+        return e.into_response();
+    }
     st.add_usage(&principal.key_id, UsageDelta { requests: 1, ..Default::default() });
     // The body arrives before a slot is taken, under its own short deadline: a client
     // that trickles its body holds nothing that other clients need.

@@ -30,6 +30,7 @@ pub mod oidc;
 pub mod programs;
 mod programs_compile;
 pub mod progress;
+pub mod quota;
 mod ratelimit;
 pub mod reload;
 pub mod state;

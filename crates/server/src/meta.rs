@@ -39,6 +39,30 @@ pub struct KeyRow {
     pub revoked_ms: Option<i64>,
     /// The key that replaced this one on rotation.
     pub rotated_to: Option<String>,
+    /// Its quotas (`crate::quota`); every part absent: unlimited.
+    pub quota: KeyQuota,
+}
+
+/// The quotas of a key, as stored (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyQuota {
+    /// Live records in the collections the key may write to.
+    pub records: Option<i64>,
+    /// Bytes of those records (id, vector, text and metadata as written).
+    pub bytes: Option<i64>,
+    /// Authenticated requests per UTC day.
+    pub requests_per_day: Option<i64>,
+}
+
+impl KeyQuota {
+    /// Whether any part is set.
+    pub fn is_set(&self) -> bool {
+        self.records.is_some() || self.bytes.is_some() || self.requests_per_day.is_some()
+    }
+    /// Whether writes are limited (`records` or `bytes`).
+    pub fn limits_writes(&self) -> bool {
+        self.records.is_some() || self.bytes.is_some()
+    }
 }
 
 impl KeyRow {
@@ -163,6 +187,11 @@ fn key_row(r: &AnyRow) -> sqlx::Result<KeyRow> {
         expires_ms: r.try_get("expires_ms")?,
         revoked_ms: r.try_get("revoked_ms")?,
         rotated_to: r.try_get("rotated_to")?,
+        quota: KeyQuota {
+            records: r.try_get("quota_records")?,
+            bytes: r.try_get("quota_bytes")?,
+            requests_per_day: r.try_get("quota_requests_per_day")?,
+        },
     })
 }
 
@@ -197,7 +226,8 @@ fn backup_row(r: &AnyRow) -> sqlx::Result<BackupRow> {
     })
 }
 
-const KEY_COLUMNS: &str = "id, name, hash, role, collections, created_ms, expires_ms, revoked_ms, rotated_to";
+const KEY_COLUMNS: &str = "id, name, hash, role, collections, created_ms, expires_ms, revoked_ms, rotated_to, \
+                           quota_records, quota_bytes, quota_requests_per_day";
 const AUDIT_COLUMNS: &str = "seq, ts_ms, request_id, actor, action, target, outcome, detail, version, prev_hash, hash";
 
 impl MetaStore {
@@ -343,12 +373,61 @@ impl MetaStore {
         tx.commit().await
     }
 
-    /// Adds counters (one row per key, created on first use).
-    pub async fn add_usage(&self, rows: &[UsageRow], now_ms: i64) -> sqlx::Result<()> {
-        if rows.is_empty() {
+    /// Replaces a key's quotas and records its new state in the audit log, atomically;
+    /// `false` when there is no such key.
+    pub async fn set_key_quota(
+        &self,
+        keys: &AuditKeys,
+        id: &str,
+        quota: KeyQuota,
+        by: &KeyChange<'_>,
+    ) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE api_keys SET quota_records = $1, quota_bytes = $2, quota_requests_per_day = $3 WHERE id = $4",
+        )
+        .bind(quota.records)
+        .bind(quota.bytes)
+        .bind(quota.requests_per_day)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.append_key_state(&mut tx, keys, id, by).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Requests of key `key_id` stored for UTC day `day` (days since the epoch).
+    pub async fn requests_on(&self, key_id: &str, day: i64) -> sqlx::Result<i64> {
+        let r = sqlx::query("SELECT requests FROM key_usage_daily WHERE key_id = $1 AND day = $2")
+            .bind(key_id)
+            .bind(day)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map_or(Ok(0), |r| r.try_get("requests"))
+    }
+
+    /// Adds counters (one row per key, created on first use) and requests per key and
+    /// UTC day (`daily`: key, day, requests), in one transaction.
+    pub async fn add_usage(&self, rows: &[UsageRow], daily: &[(String, i64, i64)], now_ms: i64) -> sqlx::Result<()> {
+        if rows.is_empty() && daily.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        for (key_id, day, requests) in daily {
+            sqlx::query(
+                "INSERT INTO key_usage_daily (key_id, day, requests) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key_id, day) DO UPDATE SET requests = key_usage_daily.requests + excluded.requests",
+            )
+            .bind(key_id)
+            .bind(day)
+            .bind(requests)
+            .execute(&mut *tx)
+            .await?;
+        }
         for u in rows {
             sqlx::query(
                 "INSERT INTO key_usage (key_id, requests, records_written, texts_embedded, bytes_stored, llm_tokens, updated_ms) \
@@ -724,7 +803,7 @@ impl MetaStore {
 }
 
 async fn insert_key<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(ex: E, k: &KeyRow) -> sqlx::Result<()> {
-    let q = format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+    let q = format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
     sqlx::query(&q)
         .bind(&k.id)
         .bind(&k.name)
@@ -735,6 +814,9 @@ async fn insert_key<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(ex: E, k: &
         .bind(k.expires_ms)
         .bind(k.revoked_ms)
         .bind(&k.rotated_to)
+        .bind(k.quota.records)
+        .bind(k.quota.bytes)
+        .bind(k.quota.requests_per_day)
         .execute(ex)
         .await
         .map(|_| ())

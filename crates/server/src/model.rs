@@ -501,6 +501,32 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3_153_600_000_u64)]
     pub expires_in_secs: Option<u64>,
+    /// Quotas; omit for none.
+    #[serde(default)]
+    pub quota: Option<QuotaSettings>,
+}
+
+/// A key's quotas (`docs/quotas.md`); each part absent is unlimited. Also the body of
+/// `PUT /v1/keys/{id}/quota`, which replaces them (`{}`: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Most live records in the collections the key may write to (its scope; all
+    /// collections for an unscoped key). An upsert by the key that would pass it is
+    /// refused whole: 403 `quota_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
+    pub records: Option<u64>,
+    /// Most bytes of those records (id + 4 × dim + text + metadata JSON, as written).
+    /// Not available on a cluster node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
+    pub bytes: Option<u64>,
+    /// Most authenticated requests per UTC day (the key's and its tokens'); beyond,
+    /// 429 `quota_exceeded` with `Retry-After` until the next UTC midnight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
+    pub requests_per_day: Option<u64>,
 }
 
 /// A key as listed (never its secret).
@@ -528,6 +554,9 @@ pub struct KeyInfo {
     pub rotated_to: Option<String>,
     /// Usable now.
     pub active: bool,
+    /// Its quotas; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSettings>,
 }
 
 /// A new key: the only time its secret is shown.

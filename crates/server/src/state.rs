@@ -147,6 +147,8 @@ pub struct AppState {
     /// The cluster node, when the server runs as one (`--cluster`): collections live there.
     pub cluster: Option<Arc<kernelize_cluster::Node>>,
     usage: Mutex<HashMap<String, UsageRow>>,
+    /// Per-key quota bookkeeping (`crate::quota`).
+    pub(crate) quotas: crate::quota::Quotas,
     audit_lock: tokio::sync::Mutex<()>,
     /// One configuration reload at a time.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
@@ -266,6 +268,7 @@ impl AppState {
             shared_limiter: None,
             cluster: None,
             usage: Mutex::new(HashMap::new()),
+            quotas: crate::quota::Quotas::default(),
             audit_lock: tokio::sync::Mutex::new(()),
             reload_lock: tokio::sync::Mutex::new(()),
             key_admin: tokio::sync::Mutex::new(()),
@@ -285,7 +288,7 @@ impl AppState {
         (l.concurrency * usize::from(l.per_key_concurrency_percent) / 100).max(1)
     }
 
-    async fn key_row(&self, id: &str) -> Result<Option<KeyRow>, ApiError> {
+    pub(crate) async fn key_row(&self, id: &str) -> Result<Option<KeyRow>, ApiError> {
         if let Some(row) = self.keys.get(id) {
             return Ok(Some(row));
         }
@@ -382,6 +385,14 @@ impl AppState {
     /// Adds to a key's usage (kept in memory, flushed to the metadata store periodically,
     /// before usage is read, and at shutdown).
     pub fn add_usage(&self, key_id: &str, d: UsageDelta) {
+        if d.requests > 0 {
+            self.quotas.add_requests(key_id, d.requests);
+        }
+        self.add_counters(key_id, d);
+    }
+
+    /// Adds to a key's usage counters only (not to its requests of the day).
+    fn add_counters(&self, key_id: &str, d: UsageDelta) {
         let mut map = self.usage.lock();
         let u = map
             .entry(key_id.to_owned())
@@ -396,9 +407,11 @@ impl AppState {
     /// Writes pending usage to the metadata store; on failure keeps it for the next try.
     pub async fn flush_usage(&self) -> Result<(), ApiError> {
         let rows: Vec<UsageRow> = std::mem::take(&mut *self.usage.lock()).into_values().collect();
-        if let Err(e) = self.meta.add_usage(&rows, now_ms()).await {
+        let daily = self.quotas.take_pending();
+        if let Err(e) = self.meta.add_usage(&rows, &daily, now_ms()).await {
+            self.quotas.restore_pending(daily);
             for r in rows {
-                self.add_usage(
+                self.add_counters(
                     &r.key_id,
                     UsageDelta {
                         requests: r.requests,

@@ -20,5 +20,6 @@ mod matrix_programs;
 mod matrix_sso;
 mod openai_client;
 mod programs;
+mod quota;
 mod security;
 mod sso;

@@ -296,6 +296,13 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             assert_eq!(key_info(ts, &id).await["rotated_to"].is_string(), want.is_success());
             (s, v, want)
         }
+        ("put", "/v1/keys/{id}/quota") => {
+            let id = fresh_key(ts).await;
+            let (s, v) = call(Method::PUT, format!("/v1/keys/{id}/quota"), Some(json!({"records": 5}))).await;
+            let want = expected(who, Who::Admin, false, StatusCode::OK);
+            assert_eq!(key_info(ts, &id).await["quota"]["records"] == json!(5), want.is_success());
+            (s, v, want)
+        }
         ("delete", "/v1/keys/{id}") => {
             let id = fresh_key(ts).await;
             let (s, v) = call(Method::DELETE, format!("/v1/keys/{id}"), None).await;
