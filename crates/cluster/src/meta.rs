@@ -19,6 +19,9 @@ const SCHEMA: &[&str] = &[
         node_id TEXT PRIMARY KEY,
         started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         seen_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    // The process holding the id (a random id per start): two live processes with one
+    // node id would take each other's leases.
+    "ALTER TABLE kzc_members ADD COLUMN IF NOT EXISTS instance TEXT NOT NULL DEFAULT ''",
     "CREATE TABLE IF NOT EXISTS kzc_collections (
         name TEXT PRIMARY KEY,
         cid TEXT NOT NULL UNIQUE,
@@ -165,14 +168,23 @@ impl Meta {
     }
 
     /// Marks `node` alive now.
-    pub async fn heartbeat(&self, node: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO kzc_members (node_id) VALUES ($1)
-             ON CONFLICT (node_id) DO UPDATE SET seen_at = now()",
+    pub async fn heartbeat(&self, node: &str, instance: &str, window: Duration) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO kzc_members (node_id, instance) VALUES ($1, $2)
+             ON CONFLICT (node_id) DO UPDATE SET seen_at = now(), instance = $2,
+                 started_at = CASE WHEN kzc_members.instance = $2 THEN kzc_members.started_at ELSE now() END
+             WHERE kzc_members.instance = $2 OR kzc_members.seen_at <= now() - make_interval(secs => $3)",
         )
         .bind(node)
+        .bind(instance)
+        .bind(window.as_secs_f64())
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::AlreadyExists(format!(
+                "node id {node:?} is held by another live process; give every node its own node_id"
+            )));
+        }
         Ok(())
     }
 

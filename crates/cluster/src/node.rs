@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     owned: Mutex<HashMap<ShardKey, i64>>,
     sealing: Mutex<HashSet<ShardKey>>,
     stopping: AtomicBool,
+    /// This process's claim on the node id (random per start).
+    instance: String,
 }
 
 impl Inner {
@@ -280,8 +282,19 @@ impl Node {
             owned: Mutex::new(HashMap::new()),
             sealing: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
         });
-        inner.meta.heartbeat(inner.id()).await?;
+        // A process with this id that died just now holds it until its heartbeat goes stale.
+        let window = inner.cfg.timing.heartbeat() * 3;
+        let deadline = tokio::time::Instant::now() + window + inner.cfg.timing.heartbeat();
+        loop {
+            match inner.meta.heartbeat(inner.id(), &inner.instance, window).await {
+                Err(Error::AlreadyExists(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other?,
+            }
+        }
         let weak = Arc::downgrade(&inner);
         let every = inner.cfg.timing.heartbeat();
         let rounds = tokio::spawn(async move {
@@ -792,7 +805,7 @@ async fn refresh_collections(inner: &Inner) -> Result<Vec<CollectionRow>> {
 /// One round: heartbeat, placement, leases, seals.
 async fn round(inner: &Arc<Inner>) -> Result<()> {
     let me = inner.id().to_owned();
-    inner.meta.heartbeat(&me).await?;
+    inner.meta.heartbeat(&me, &inner.instance, inner.cfg.timing.heartbeat() * 3).await?;
     let mut members = inner.meta.live_members(inner.cfg.timing.heartbeat() * 3).await?;
     if !members.contains(&me) {
         members.push(me.clone());

@@ -222,6 +222,21 @@ async fn scan(
     Ok(Json(st.scan(&p, &name, q).await?))
 }
 
+/// Committed changes of a collection, in commit order (change data capture; cluster mode
+/// only: a single node answers 409 `cluster_only`). Read on with `after` = `next`; 410
+/// `changes_expired` when the retention already dropped changes after `after`.
+#[utoipa::path(get, path = "/v1/collections/{name}/changes", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "docs"), ChangesParams),
+    responses((status = 200, description = "A page of changes", body = ChangesPage), Errors))]
+async fn changes(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams(name): PathParams<String>,
+    QueryParams(q): QueryParams<ChangesParams>,
+) -> Result<Json<ChangesPage>, ApiError> {
+    Ok(Json(st.changes(&p, &name, q).await?))
+}
+
 /// Get one record.
 #[utoipa::path(get, path = "/v1/collections/{name}/records/{id}", tag = "records", security(("bearer" = [])),
     params(("name" = String, Path, description = "Collection", example = "docs"), ("id" = String, Path, description = "Record id", example = "r1"), GetParams),
@@ -774,7 +789,7 @@ impl Modify for Security {
     modifiers(&Security),
     paths(
         list_collections, create_collection, describe_collection, drop_collection,
-        upsert, scan, get_record, delete_record, delete_records, search, embed,
+        upsert, scan, changes, get_record, delete_record, delete_records, search, embed,
         build_kernel, list_kernels, describe_kernel, kernel_events, delete_kernel, download_kernel, query_kernel,
         kernel_signing_key, start_backup, list_backups, backup_status, backup_events, usage, slow_queries, cluster_info,
         create_key, list_keys, rotate_key, set_key_quota, revoke_key, mint_token, audit_log, audit_verify,
@@ -811,6 +826,7 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/collections/{name}", get(describe_collection).delete(drop_collection))
         .route("/v1/collections/{name}/records", get(scan).post(upsert))
         .route("/v1/collections/{name}/records:delete", post(delete_records))
+        .route("/v1/collections/{name}/changes", get(changes))
         .route("/v1/collections/{name}/records/{id}", get(get_record).delete(delete_record))
         .route("/v1/collections/{name}/search", post(search))
         .route("/v1/embed", post(embed))

@@ -95,6 +95,29 @@ pub async fn scan(
     })
 }
 
+/// Committed changes after a position.
+pub async fn changes(
+    node: &Node,
+    name: &str,
+    after: u64,
+    limit: usize,
+    wait: std::time::Duration,
+    vectors: bool,
+) -> Result<ChangesPage, ApiError> {
+    let page = node.changes(name, after, limit, wait).await?;
+    let changes = page
+        .changes
+        .into_iter()
+        .map(|c| ChangeOut {
+            position: c.position,
+            op: c.op.to_owned(),
+            id: c.id,
+            record: c.record.map(|r| record_out(r, vectors)),
+        })
+        .collect();
+    Ok(ChangesPage { changes, next: page.next })
+}
+
 /// A search scattered over the shards.
 pub async fn search(
     st: &Arc<AppState>,

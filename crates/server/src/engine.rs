@@ -434,6 +434,37 @@ impl AppState {
         Ok(WriteResult { written: n, embedded: 0, seq })
     }
 
+    /// Committed changes of a collection (cluster mode).
+    pub async fn changes(
+        self: &Arc<Self>,
+        p: &Principal,
+        name: &str,
+        q: ChangesParams,
+    ) -> Result<ChangesPage, ApiError> {
+        p.require(Role::Reader, Some(name))?;
+        let limit = q.limit.unwrap_or(1000);
+        if !(1..=kernelize_cluster::MAX_CHANGES as u32).contains(&limit) {
+            return Err(ApiError::invalid(format!(
+                "limit must be 1..={}, got {limit}",
+                kernelize_cluster::MAX_CHANGES
+            )));
+        }
+        let wait_ms = q.wait_ms.unwrap_or(0);
+        if wait_ms > 30_000 {
+            return Err(ApiError::invalid(format!("wait_ms must be 0..=30000, got {wait_ms}")));
+        }
+        let Some(node) = &self.cluster else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "cluster_only",
+                "change data capture is a cluster feature (kernelize serve --cluster cluster.toml)",
+            ));
+        };
+        let wait = std::time::Duration::from_millis(wait_ms);
+        crate::cluster::changes(node, name, q.after.unwrap_or(0), limit as usize, wait, q.vectors.unwrap_or(false))
+            .await
+    }
+
     /// A page of records in key order.
     pub async fn scan(self: &Arc<Self>, p: &Principal, name: &str, q: ScanParams) -> Result<ScanPage, ApiError> {
         let limit = q.limit.unwrap_or(100);

@@ -222,6 +222,7 @@ impl From<kernelize_cluster::Error> for ApiError {
                 a = a.retry_after(1);
                 a
             }
+            E::Expired { .. } => ApiError::new(StatusCode::GONE, "changes_expired", e.to_string()),
             E::Internal(m) => ApiError::internal(m),
         }
     }

@@ -261,6 +261,18 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 /// Opens everything the configuration names and starts serving.
 pub async fn start(config: Config) -> Result<Running> {
     config.validate()?;
+    if let Some(path) = &config.cluster
+        && !config
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    {
+        anyhow::bail!(
+            "--cluster {}: the nodes of a cluster share one control plane (keys, audit log, fleet): \
+             set --database-url (KERNELIZE_DATABASE_URL) to the cluster's PostgreSQL",
+            path.display()
+        );
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Bind first: a taken port fails here, at once, before anything is opened.
     let listener =

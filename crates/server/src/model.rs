@@ -195,6 +195,48 @@ pub struct ScanPage {
     pub next_after: Option<String>,
 }
 
+/// Query of `GET /v1/collections/{name}/changes` (change data capture, cluster mode).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChangesParams {
+    /// Changes after this position (the `next` of the previous page); 0 or absent: from
+    /// the oldest change kept.
+    pub after: Option<u64>,
+    /// About this many changes, 1-10000 (default 1000); a page holds whole write
+    /// batches, so it may hold more.
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
+    /// Wait up to this long for a first change when there is none yet, 0-30000 ms (default 0).
+    #[param(minimum = 0, maximum = 30000)]
+    pub wait_ms: Option<u64>,
+    /// Include vectors (default false).
+    pub vectors: Option<bool>,
+}
+
+/// One committed change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChangeOut {
+    /// Its position in the change stream (increasing; the writes of one batch to one
+    /// shard share one).
+    pub position: u64,
+    /// `upsert` or `delete`.
+    pub op: String,
+    /// The record's id.
+    pub id: String,
+    /// The record as written (upserts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordOut>,
+}
+
+/// A page of changes, in commit order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChangesPage {
+    /// The changes.
+    pub changes: Vec<ChangeOut>,
+    /// Pass as `after` to read on (the `after` asked for when there were none).
+    pub next: u64,
+}
+
 /// `POST /v1/collections/{name}/records/delete`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

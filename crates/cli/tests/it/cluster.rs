@@ -223,6 +223,30 @@ fn three_node_processes_lose_no_acknowledged_write_and_share_one_rate_limit() {
     let r = http_ok(&n3.addr, "GET", "/v1/collections/docs/records/r77777?consistency=strong", None, "");
     assert_eq!(vector(&r), vector(&record(77_777)));
 
+    // Change data capture, from the node that was killed: every acknowledged write once
+    // (the retried batch was not stored twice), in position order.
+    let (mut after, mut seen) = (0u64, std::collections::HashSet::new());
+    loop {
+        let path = format!("/v1/collections/docs/changes?after={after}&limit=10000&wait_ms=2000");
+        let page = http_ok(&n3.addr, "GET", &path, None, "");
+        let changes = page["changes"].as_array().unwrap();
+        if changes.is_empty() {
+            assert_eq!(page["next"], after);
+            break;
+        }
+        let mut last = after;
+        for c in changes {
+            let p = c["position"].as_u64().unwrap();
+            assert!(p > after && p >= last, "position {p} after {last}");
+            last = p;
+            assert_eq!((c["op"].as_str(), c["record"]["vector"].is_null()), (Some("upsert"), true), "{c}");
+            assert!(seen.insert(c["id"].as_str().unwrap().to_owned()), "{c} twice");
+        }
+        after = page["next"].as_u64().unwrap();
+        assert_eq!(after, last);
+    }
+    assert_eq!(seen.len(), N, "changes seen");
+
     // One key, three nodes, one bucket: about RATE a second in all, not 3 × RATE.
     std::thread::sleep(Duration::from_secs(2)); // the bucket refills
     let window = Duration::from_secs(3);

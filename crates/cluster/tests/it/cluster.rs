@@ -432,3 +432,22 @@ async fn gc_deletes_only_what_no_shard_names() {
     b.shutdown().await.unwrap();
     spec.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_processes_cannot_share_a_node_id() {
+    let spec = Spec::new(1);
+    let a = spec.node("a").await;
+    // Another process (on another machine: its own cache) configured with the same id.
+    let elsewhere = |dir: &str| {
+        let mut c = spec.config("a");
+        c.cache_dir = spec.root.path().join(dir);
+        c
+    };
+    let e = Node::start(elsewhere("a2")).await.err().expect("a second process with id a");
+    assert!(matches!(e, Error::AlreadyExists(_)) && e.to_string().contains("node_id"), "{e}");
+    // A process that died holds its id only until its heartbeat goes stale.
+    a.abort();
+    let again = Node::start(elsewhere("a3")).await.unwrap();
+    again.shutdown().await.unwrap();
+    spec.destroy().await;
+}

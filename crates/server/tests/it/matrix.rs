@@ -150,6 +150,14 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             let (s, v) = call(Method::GET, "/v1/collections/docs/records?limit=5".into(), None).await;
             (s, v, expected(who, Who::Reader, true, StatusCode::OK))
         }
+        ("get", "/v1/collections/{name}/changes") => {
+            // Change data capture is a cluster feature: a single node says so.
+            let (s, v) = call(Method::GET, "/v1/collections/docs/changes?limit=5".into(), None).await;
+            if s == StatusCode::CONFLICT {
+                assert_eq!(v["code"], "cluster_only", "{v}");
+            }
+            (s, v, expected(who, Who::Reader, true, StatusCode::CONFLICT))
+        }
         ("get", "/v1/collections/{name}/records/{id}") => {
             let (s, v) = call(Method::GET, "/v1/collections/docs/records/r1".into(), None).await;
             (s, v, expected(who, Who::Reader, true, StatusCode::OK))
