@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     stopping: AtomicBool,
     /// This process's claim on the node id (random per start).
     instance: String,
+    /// Replicas the last round wanted this node to host, when it ended, or why it failed.
+    last_round: Mutex<Result<(usize, std::time::Instant), String>>,
 }
 
 impl Inner {
@@ -283,6 +285,7 @@ impl Node {
             sealing: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
             instance: uuid::Uuid::new_v4().simple().to_string(),
+            last_round: Mutex::new(Err("no round yet".into())),
         });
         // A process with this id that died just now holds it until its heartbeat goes stale.
         let window = inner.cfg.timing.heartbeat() * 3;
@@ -308,6 +311,7 @@ impl Node {
                 }
                 if let Err(e) = round(&inner).await {
                     tracing::warn!(node = inner.id(), error = %e, "cluster round failed; retrying");
+                    *inner.last_round.lock() = Err(e.to_string());
                 }
             }
         });
@@ -362,6 +366,23 @@ impl Node {
         self.rounds.abort();
         inner.owned.lock().clear();
         inner.replicas.lock().clear();
+    }
+
+    /// Whether this node can serve its part (for `/readyz`): connected to NATS, its last
+    /// round (heartbeat, placement, leases) succeeded within three heartbeats, and every
+    /// replica that round assigned to it is built. `Err` says what is missing.
+    pub fn readiness(&self) -> Result<String, String> {
+        let inner = &self.inner;
+        inner.log.connected().map_err(|e| e.to_string())?;
+        let (wanted, at) = inner.last_round.lock().clone().map_err(|e| format!("last cluster round failed: {e}"))?;
+        if at.elapsed() > inner.cfg.timing.heartbeat() * 3 {
+            return Err(format!("no cluster round for {} ms", at.elapsed().as_millis()));
+        }
+        let hosted = inner.replicas.lock().len();
+        if hosted < wanted {
+            return Err(format!("{hosted} of {wanted} replicas built"));
+        }
+        Ok(format!("ok: {hosted} replicas, {} leases", inner.owned.lock().len()))
     }
 
     /// Shards this node holds the lease of.
@@ -868,6 +889,7 @@ async fn round(inner: &Arc<Inner>) -> Result<()> {
         inner.owned.lock().remove(&(r.cid.clone(), r.shard));
         r.discard(inner);
     }
+    *inner.last_round.lock() = Ok((keep.len(), std::time::Instant::now()));
     Ok(())
 }
 

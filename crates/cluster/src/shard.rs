@@ -204,7 +204,10 @@ impl Replica {
             Ok(Err(Error::Search(kernelize_index::search::SearchError::UnknownField { field, known }))) => {
                 err_reply("unknown_field", format!("{field}\u{0}{known}"))
             }
-            Ok(Err(Error::Search(e))) => err_reply("invalid", e.to_string()),
+            Ok(Err(Error::Search(
+                e
+                @ (kernelize_index::search::SearchError::Invalid(_) | kernelize_index::search::SearchError::Filter(_)),
+            ))) => err_reply("invalid", e.to_string()),
             Ok(Err(Error::Invalid(e))) => err_reply("invalid", e),
             Ok(Err(e)) => err_reply("internal", e.to_string()),
             Err(e) => err_reply("internal", e.to_string()),

@@ -196,6 +196,10 @@ pub enum SearchError {
 #[derive(Debug, Default)]
 pub struct IndexCache {
     open: Mutex<HashMap<PathBuf, Arc<SegmentIndex>>>,
+    /// One lock per segment whose index is being opened or built: two searches (or a
+    /// search and `ensure`) that find it missing build it once, not both into one
+    /// temporary file.
+    building: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     /// Build missing indexes in memory only (a read-only data directory).
     in_memory: bool,
 }
@@ -236,14 +240,22 @@ impl IndexCache {
     ) -> Result<(Arc<SegmentIndex>, bool), IndexError> {
         // A cached index serves only the segment it was built for: a dropped and
         // re-created collection reuses segment file names.
-        if let Some(ix) = self.open.lock().get(segment.path())
-            && ix.meta().settings == settings
-            && ix.meta().metric == metric
-            && ix.meta().segment_bytes == segment.file_bytes() as u64
-            && ix.meta().segment_seqs == segment.seq_range()
-            && ix.meta().nodes == segment.len() as u64
-        {
-            return Ok((ix.clone(), false));
+        let cached = || {
+            self.open.lock().get(segment.path()).cloned().filter(|ix| {
+                ix.meta().settings == settings
+                    && ix.meta().metric == metric
+                    && ix.meta().segment_bytes == segment.file_bytes() as u64
+                    && ix.meta().segment_seqs == segment.seq_range()
+                    && ix.meta().nodes == segment.len() as u64
+            })
+        };
+        if let Some(ix) = cached() {
+            return Ok((ix, false));
+        }
+        let lock = self.building.lock().entry(segment.path().to_owned()).or_default().clone();
+        let _building = lock.lock();
+        if let Some(ix) = cached() {
+            return Ok((ix, false));
         }
         let opened = match SegmentIndex::open(storage, segment) {
             Ok(Some(ix)) if ix.meta().settings == settings && ix.meta().metric == metric => Some(ix),
@@ -281,6 +293,7 @@ impl IndexCache {
         let mut open = self.open.lock();
         open.retain(|p, _| storage.exists(p).unwrap_or(true));
         open.insert(segment.path().to_owned(), ix.clone());
+        self.building.lock().retain(|p, l| Arc::strong_count(l) > 1 || open.contains_key(p));
         Ok((ix, built))
     }
 

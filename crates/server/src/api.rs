@@ -721,7 +721,16 @@ async fn readyz(State(st): St) -> Response {
         };
         checks.insert(format!("collection:{name}"), state);
     }
-    let ready = dir_ok.is_ok() && meta_ok.is_ok() && collections_ok;
+    // A cluster node: joined, connected, and hosting every replica assigned to it.
+    let cluster_ok = match &st.cluster {
+        None => true,
+        Some(node) => {
+            let r = node.readiness();
+            checks.insert("cluster".to_owned(), r.clone().unwrap_or_else(|e| e));
+            r.is_ok()
+        }
+    };
+    let ready = dir_ok.is_ok() && meta_ok.is_ok() && collections_ok && cluster_ok;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Health { status: if ready { "ok" } else { "not ready" }.into(), checks })).into_response()
 }

@@ -220,6 +220,19 @@ fn three_node_processes_lose_no_acknowledged_write_and_share_one_rate_limit() {
             assert_eq!(ids, want, "exact search on {}", n.addr);
         }
     }
+    // Ready: joined, connected, every assigned replica built (the restarted node too).
+    for n in [&n1, &n2, &n3] {
+        let t = Instant::now();
+        loop {
+            let (status, body) = http(&n.addr, "GET", "/readyz", None, "");
+            if status == 200 {
+                assert!(body["checks"]["cluster"].as_str().is_some_and(|c| c.starts_with("ok")), "{body}");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{} not ready: {body}", n.addr);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     let r = http_ok(&n3.addr, "GET", "/v1/collections/docs/records/r77777?consistency=strong", None, "");
     assert_eq!(vector(&r), vector(&record(77_777)));
 

@@ -369,6 +369,11 @@ async fn a_joining_node_takes_its_shards_over_while_writes_go_on() {
         assert!(t.elapsed() < Duration::from_secs(30), "{name} took no shards: {placed:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let t = Instant::now();
+    while let Err(e) = c.readiness() {
+        assert!(t.elapsed() < Duration::from_secs(30), "{name} not ready: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let lost = |n: &Node| n.stats().leases_lost.load(std::sync::atomic::Ordering::Relaxed);
     assert!(lost(&a) + lost(&b) >= 2, "the old owners handed their leases over");
     assert!(c.stats().leases_taken.load(std::sync::atomic::Ordering::Relaxed) >= 2);

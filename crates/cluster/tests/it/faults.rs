@@ -146,6 +146,8 @@ async fn nats_postgresql_and_s3_killed_in_turn_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = progress.errors.lock().len();
     assert!(during > 0, "no write failed while NATS was down");
+    let not_ready = nodes[0].readiness().expect_err("ready without NATS");
+    assert!(not_ready.contains("nats"), "{not_ready}");
     nats.start();
     wait_batches(&progress, 10, "after NATS came back").await;
     progress.phase.store(0, Ordering::SeqCst);
@@ -179,6 +181,13 @@ async fn nats_postgresql_and_s3_killed_in_turn_lose_nothing() {
     }
 
     // Every acknowledged write, once, on every node.
+    for n in &nodes {
+        let t = Instant::now();
+        while let Err(e) = n.readiness() {
+            assert!(t.elapsed() < Duration::from_secs(30), "node {} not ready again: {e}", n.id());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let acked: HashSet<String> = progress.acked.lock().iter().cloned().collect();
     let token = progress.token.load(Ordering::SeqCst);
     for n in &nodes {

@@ -58,3 +58,33 @@ fn a_recreated_collection_gets_fresh_indexes() {
         assert_eq!(fixture::ids(&approx), fixture::ids(&exact));
     }
 }
+
+/// Several threads (searches, a seal's `ensure`) that find one segment's index missing
+/// at once build it once: they used to write one temporary file together and all but the
+/// first failed to rename it ("No such file or directory").
+#[test]
+fn concurrent_first_searches_build_one_index_once() {
+    let (_dir, db) = crate::tempdb();
+    let coll = build(&db, "c", Quantization::None);
+    let storage = &**db.storage();
+    let cfg = coll.config();
+    let snap = coll.snapshot();
+    for round in 0..3 {
+        let cache = IndexCache::new();
+        for s in snap.segments() {
+            let _ = storage.remove_file(&kernelize_store::segment_companion(s.path(), "idx"));
+        }
+        let built: Vec<bool> = std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let s = &snap.segments()[0];
+                        cache.get(storage, s, cfg.metric, cfg.index).map(|(_, b)| b)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread").expect("get")).collect()
+        });
+        assert_eq!(built.iter().filter(|b| **b).count(), 1, "round {round}: built {built:?}");
+    }
+}
