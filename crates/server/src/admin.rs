@@ -149,6 +149,21 @@ pub fn has_root_admin(rows: &[KeyRow], now: i64) -> bool {
 /// server may be stopped or running), audited as `system`, and returns it — to be shown
 /// once. Behind `kernelize admin-key reset`.
 pub async fn reset_admin_key(config: &crate::Config) -> anyhow::Result<String> {
+    // A key hashed with a new pepper, or an audit entry keyed with a new audit key, would
+    // be of no use to the server: refuse a directory that is not a server's.
+    let mut needed = vec!["server-secret", crate::audit::KEY_FILE];
+    if config.database_url.is_none() {
+        needed.push("control.db");
+    }
+    for f in needed {
+        if !config.data_dir.join(f).exists() {
+            anyhow::bail!(
+                "{} has no {f}: not a server's data directory (pass the server's --data-dir{})",
+                config.data_dir.display(),
+                if config.database_url.is_none() { "" } else { " and --database-url" }
+            );
+        }
+    }
     let secrets = crate::auth::Secrets::load_or_create(&config.data_dir)?;
     let meta = crate::meta::MetaStore::connect(&config.database_url()).await?;
     let result = async {

@@ -239,6 +239,12 @@ fn admin_key_reset_recovers_a_locked_out_server() {
     let key = "kz_clitest00000_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
     let (child, _) = start_serve(dir.path(), key, &[]);
     stop(child);
+    // A wrong directory is refused, and nothing is created there.
+    let wrong = tempfile::tempdir().unwrap();
+    let out = kz(wrong.path(), &["admin-key", "reset"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a server's data directory"));
+    assert_eq!(fs_err::read_dir(wrong.path()).unwrap().count(), 0, "files left in the wrong directory");
     // Locked out: the operator lost the only admin key (revoking it is refused now, and
     // editing the table by hand would be caught by `audit verify`).
     let out = kz(dir.path(), &["admin-key", "reset"]);
