@@ -202,8 +202,9 @@ impl Log {
         let Some(name) = &self.changes else {
             return Err(Error::Invalid("change data capture is off (changes.retention_secs = 0)".into()));
         };
-        let mut mirror = self.js.get_stream(name).await.map_err(nats)?;
-        let first = mirror.info().await.map_err(nats)?.state.first_sequence;
+        // One request: the stream's info comes with it.
+        let mirror = self.js.get_stream(name).await.map_err(nats)?;
+        let first = mirror.cached_info().state.first_sequence;
         if after > 0 && after + 1 < first {
             return Err(Error::Expired { after, earliest: first - 1 });
         }

@@ -70,6 +70,22 @@ async fn wait_batches(p: &Progress, more: usize, what: &str) {
     }
 }
 
+/// Takes service `phase` (of `PHASES`) down with `sig` for 3 s, runs `meanwhile`, starts
+/// it again and waits until 10 more batches went through; returns the batches
+/// acknowledged while it was down.
+async fn outage(p: &Progress, phase: usize, service: &mut procs::Proc, sig: &str, meanwhile: impl FnOnce()) -> usize {
+    let before = p.batches.load(Ordering::SeqCst);
+    p.phase.store(phase, Ordering::SeqCst);
+    service.kill(sig);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked = p.batches.load(Ordering::SeqCst) - before;
+    meanwhile();
+    service.start();
+    wait_batches(p, 10, &format!("after {} came back", PHASES[phase])).await;
+    p.phase.store(0, Ordering::SeqCst);
+    acked
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_postgresql_and_s3_killed_in_turn_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,36 +157,16 @@ async fn nats_postgresql_and_s3_killed_in_turn_lose_nothing() {
     wait_batches(&progress, 10, "at first").await;
 
     // NATS: writes and reads fail with a clear error, then the clients reconnect.
-    progress.phase.store(1, Ordering::SeqCst);
-    nats.kill("-KILL");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = progress.errors.lock().len();
-    assert!(during > 0, "no write failed while NATS was down");
-    let not_ready = nodes[0].readiness().expect_err("ready without NATS");
-    assert!(not_ready.contains("nats"), "{not_ready}");
-    nats.start();
-    wait_batches(&progress, 10, "after NATS came back").await;
-    progress.phase.store(0, Ordering::SeqCst);
-
+    outage(&progress, 1, &mut nats, "-KILL", || {
+        assert!(!progress.errors.lock().is_empty(), "no write failed while NATS was down");
+        let not_ready = nodes[0].readiness().expect_err("ready without NATS");
+        assert!(not_ready.contains("nats"), "{not_ready}");
+    })
+    .await;
     // PostgreSQL: longer than a lease; writes go on meanwhile.
-    let before = progress.batches.load(Ordering::SeqCst);
-    progress.phase.store(2, Ordering::SeqCst);
-    pg.kill("-QUIT");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let while_pg_down = progress.batches.load(Ordering::SeqCst) - before;
-    pg.start();
-    wait_batches(&progress, 10, "after PostgreSQL came back").await;
-    progress.phase.store(0, Ordering::SeqCst);
-
+    let while_pg_down = outage(&progress, 2, &mut pg, "-QUIT", || {}).await;
     // The object store.
-    let before = progress.batches.load(Ordering::SeqCst);
-    progress.phase.store(3, Ordering::SeqCst);
-    s3.kill("-KILL");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let while_s3_down = progress.batches.load(Ordering::SeqCst) - before;
-    s3.start();
-    wait_batches(&progress, 10, "after the object store came back").await;
-    progress.phase.store(0, Ordering::SeqCst);
+    let while_s3_down = outage(&progress, 3, &mut s3, "-KILL", || {}).await;
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
     reader.await.unwrap();
