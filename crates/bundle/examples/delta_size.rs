@@ -51,7 +51,7 @@ fn vector(rng: &mut StdRng, centres: &[Vec<f32>]) -> Vec<f32> {
 
 fn kernel(units: &[Unit], dim: usize, key: &SigningKey) -> (Vec<u8>, f64) {
     let t = Instant::now();
-    let source = SourceInfo { collection: "delta-bench".into(), records: units.len() as u64, seq: 1 };
+    let source = SourceInfo { collection: "delta-bench".into(), records: units.len() as u64, seq: 1, encoder: None };
     let built =
         build(units.to_vec(), dim, kernelize_store::Metric::Cosine, source, &BuildOptions::default(), key, &|_, _| {})
             .expect("build");

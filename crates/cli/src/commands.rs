@@ -22,9 +22,14 @@ pub enum CollectionCmd {
     Create {
         /// Name: 1-64 letters, digits, '_' or '-'.
         name: String,
-        /// Vector dimension.
+        /// Vector dimension (set by --modality when given).
+        #[arg(long, required_unless_present = "modality")]
+        dim: Option<usize>,
+        /// What the collection holds, encoded in process: text (all-MiniLM-L6-v2, 384),
+        /// image (EfficientNet-Lite0, 1280) or audio (Resemblyzer voices, 256). Recorded
+        /// in the collection's configuration; `ingest` and `search --media` use it.
         #[arg(long)]
-        dim: usize,
+        modality: Option<String>,
         /// Distance metric: cosine, dot or l2.
         #[arg(long, default_value = "cosine")]
         metric: String,
@@ -547,22 +552,42 @@ fn recover(cli: &Cli, a: &RecoverArgs) -> Result<ExitCode> {
 fn collection(cli: &Cli, cmd: &CollectionCmd) -> Result<()> {
     let db = if matches!(cmd, CollectionCmd::List) { open_db_for_reading(cli)? } else { open_db(cli)? };
     match cmd {
-        CollectionCmd::Create { name, dim, metric, wal_archive, quantization, m, ef_construction } => {
+        CollectionCmd::Create { name, dim, modality, metric, wal_archive, quantization, m, ef_construction } => {
             let metric: Metric = metric.parse()?;
             if !(2..=256).contains(m) || !(1..=4096).contains(ef_construction) {
                 bail!("--m must be in 2..=256 and --ef-construction in 1..=4096");
             }
+            let encoder = modality
+                .as_deref()
+                .map(|m| m.parse::<kernelize_store::Modality>().map(kernelize_media::encoder_record))
+                .transpose()?;
+            let dim = match (&encoder, dim) {
+                (Some(e), Some(d)) if *d != e.dim => {
+                    bail!("--dim {d} does not match the {} encoder ({} dimensions); leave --dim out", e.model, e.dim)
+                }
+                (Some(e), _) => e.dim,
+                (None, Some(d)) => *d,
+                (None, None) => bail!("give --dim or --modality"),
+            };
             let index = IndexSettings { m: *m, ef_construction: *ef_construction, quantization: quantization.parse()? };
-            let config = CollectionConfig { dim: *dim, metric, wal_archive: *wal_archive, index };
+            let what = encoder.as_ref().map(|e| format!(", {} encoder {}", e.modality, e.model)).unwrap_or_default();
+            let config = CollectionConfig { dim, metric, wal_archive: *wal_archive, index, encoder };
             db.create_collection(name, config)?;
             println!(
-                "created collection {name} (dim {dim}, {metric}, index m={m} ef_construction={ef_construction} quantization={quantization})"
+                "created collection {name} (dim {dim}, {metric}{what}, index m={m} ef_construction={ef_construction} quantization={quantization})"
             );
         }
         CollectionCmd::List => {
             for c in db.collections() {
                 let cfg = c.config();
-                println!("{}\tdim={}\tmetric={}\trecords={}", c.name(), cfg.dim, cfg.metric, c.snapshot().count()?);
+                let encoder = cfg.encoder.as_ref().map(|e| format!("\tencoder={} {}", e.modality, e.model)).unwrap_or_default();
+                println!(
+                    "{}\tdim={}\tmetric={}\trecords={}{encoder}",
+                    c.name(),
+                    cfg.dim,
+                    cfg.metric,
+                    c.snapshot().count()?
+                );
             }
             for (name, _) in db.unavailable() {
                 println!("{name}\tunavailable (see `kernelize recover --collection {name}`)");

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use kernelize_embed::Embedder;
 use kernelize_ingest::{Format, IngestOptions};
+use kernelize_media::{Encoder, Modality};
 use kernelize_store::{CollectionConfig, Metric};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,8 +15,18 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
     /// The text.
-    pub text: String,
-    /// Model directory (default: all-MiniLM-L6-v2 in $KERNELIZE_MODELS_DIR, else in
+    #[arg(required_unless_present_any = ["image", "audio"])]
+    pub text: Option<String>,
+    /// An image file (JPEG, PNG, WebP) to encode with EfficientNet-Lite0 instead.
+    #[arg(long, conflicts_with_all = ["text", "audio"])]
+    pub image: Option<PathBuf>,
+    /// An audio file (WAV, FLAC, MP3, Ogg Vorbis) to encode with the voice encoder instead.
+    #[arg(long, conflicts_with_all = ["text", "image"])]
+    pub audio: Option<PathBuf>,
+    /// With --image: print the top ImageNet labels instead of the vector.
+    #[arg(long, requires = "image")]
+    pub labels: bool,
+    /// Model directory (default: the model's folder in $KERNELIZE_MODELS_DIR, else in
     /// ~/.local/share/kernelize/models, where `kernelize models install` puts it).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
@@ -24,7 +35,8 @@ pub struct EmbedArgs {
 /// `ingest` arguments.
 #[derive(Args, Debug)]
 pub struct IngestArgs {
-    /// Input file; the format comes from the extension unless `--format` is given.
+    /// Input file (the format comes from the extension unless `--format` is given), or a
+    /// folder of image or audio files for an image or audio collection.
     pub file: PathBuf,
     /// Collection to write into.
     #[arg(long, short)]
@@ -65,6 +77,20 @@ pub struct IngestArgs {
     /// Model directory.
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
+    /// With --create: the modality of the new collection (text, image, audio). Image and
+    /// audio collections ingest files: a folder (recursively), a Parquet column of file
+    /// bytes, or file paths in JSONL / CSV / Parquet (--media-field).
+    #[arg(long)]
+    pub modality: Option<String>,
+    /// Image and audio collections: the field holding each row's file path (relative
+    /// paths are resolved against the input file's folder) or, in Parquet, the file's
+    /// bytes.
+    #[arg(long, default_value = "path")]
+    pub media_field: String,
+    /// Image and audio collections: what a file that cannot be read or encoded does —
+    /// `stop` the load (what was acknowledged stays) or `skip` it and report it.
+    #[arg(long, default_value = "stop")]
+    pub on_bad_file: String,
 }
 
 pub fn model_dir(arg: &Option<PathBuf>) -> PathBuf {
@@ -77,13 +103,89 @@ pub fn load_embedder(dir: &Path) -> Result<Embedder> {
 }
 
 pub fn embed(a: &EmbedArgs) -> Result<ExitCode> {
-    let e = load_embedder(&model_dir(&a.model_dir))?;
-    let v = e.embed(&[a.text.as_str()])?;
-    println!("{}", serde_json::to_string(&v[0])?);
+    let media = match (&a.image, &a.audio) {
+        (Some(f), _) => Some((Modality::Image, f)),
+        (_, Some(f)) => Some((Modality::Audio, f)),
+        _ => None,
+    };
+    let Some((modality, file)) = media else {
+        let e = load_embedder(&model_dir(&a.model_dir))?;
+        let v = e.embed(&[a.text.as_deref().unwrap_or_default()])?;
+        println!("{}", serde_json::to_string(&v[0])?);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let bytes = read_media_file(file)?;
+    if a.labels {
+        let dir = media_model_dir(Modality::Image, &a.model_dir);
+        let encoder = kernelize_media::ImageEncoder::load(&dir)
+            .with_context(|| format!("loading the image model from {}", dir.display()))?;
+        for l in encoder.classify(&bytes, 5).with_context(|| file.display().to_string())? {
+            println!("{:.4}\t{}\t{}", l.probability, l.index, l.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let encoder = load_media_encoder(modality, &a.model_dir)?;
+    let mut out = encoder.encode(&[kernelize_media::Input::Bytes(&bytes)]);
+    let v = out.pop().context("the encoder returned nothing")?.with_context(|| file.display().to_string())?;
+    println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)
 }
 
+/// A media file's bytes, within the encoders' size limit.
+pub fn read_media_file(path: &Path) -> Result<Vec<u8>> {
+    let len = fs_err::metadata(path)?.len();
+    if len > kernelize_media::MAX_INPUT_BYTES as u64 {
+        bail!("{}: {len} bytes, more than the {} bytes a media file may have", path.display(), kernelize_media::MAX_INPUT_BYTES);
+    }
+    Ok(fs_err::read(path)?)
+}
+
+/// The model folder of an image or audio encoder: `dir` when given, else its folder in
+/// the models directory.
+fn media_model_dir(modality: Modality, dir: &Option<PathBuf>) -> PathBuf {
+    dir.clone().unwrap_or_else(|| {
+        let spec = match modality {
+            Modality::Image => &kernelize_embed::models::EFFICIENTNET_LITE0,
+            Modality::Audio => &kernelize_embed::models::RESEMBLYZER,
+            Modality::Text => &kernelize_embed::models::MINILM,
+        };
+        kernelize_embed::models::model_dir(spec.name)
+    })
+}
+
+/// Loads the encoder of `modality` (from `dir` when given), with a hint when missing.
+pub fn load_media_encoder(modality: Modality, dir: &Option<PathBuf>) -> Result<Box<dyn Encoder>> {
+    let dir = media_model_dir(modality, dir);
+    let loaded: kernelize_media::Result<Box<dyn Encoder>> = match modality {
+        Modality::Image => kernelize_media::ImageEncoder::load(&dir).map(|e| Box::new(e) as Box<dyn Encoder>),
+        Modality::Audio => kernelize_media::AudioEncoder::load(&dir).map(|e| Box::new(e) as Box<dyn Encoder>),
+        Modality::Text => kernelize_media::TextEncoder::load(&dir).map(|e| Box::new(e) as Box<dyn Encoder>),
+    };
+    loaded.with_context(|| format!("loading the {modality} model from {}", dir.display()))
+}
+
 pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
+    let modality = a.modality.as_deref().map(str::parse::<Modality>).transpose()?;
+    if a.create
+        && let Some(m) = modality.filter(|m| *m != Modality::Text)
+    {
+        let db = open_db(cli)?;
+        if db.collection(&a.collection).is_err() {
+            let record = kernelize_media::encoder_record(m);
+            db.create_collection(
+                &a.collection,
+                CollectionConfig { encoder: Some(record.clone()), ..CollectionConfig::new(record.dim, Metric::Cosine) },
+            )?;
+        }
+    }
+    {
+        let db = open_db(cli)?;
+        if let Ok(c) = db.collection(&a.collection)
+            && c.config().modality() != Modality::Text
+        {
+            return ingest_media(&c, a);
+        }
+    }
     let db = open_db(cli)?;
     let dir = model_dir(&a.model_dir);
     // The model is needed only when texts must be embedded; load it when present.
@@ -130,6 +232,45 @@ pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
         s.seconds,
         s.records_per_second
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ingests files into an image or audio collection.
+fn ingest_media(collection: &kernelize_store::Collection, a: &IngestArgs) -> Result<ExitCode> {
+    let modality = collection.config().modality();
+    let encoder = load_media_encoder(modality, &a.model_dir)?;
+    let mut opts = IngestOptions::default();
+    opts.format = a.format.as_deref().map(str::parse::<Format>).transpose().map_err(|e| anyhow::anyhow!("{e}"))?;
+    opts.id_field = a.id_field.clone();
+    opts.text_field = a.text_field.clone();
+    opts.batch_size = a.batch;
+    opts.generate_ids = a.generate_ids;
+    opts.media_field = Some(a.media_field.clone());
+    opts.bad_media = a.on_bad_file.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pb = progress::bytes(0, "ingest");
+    let summary = kernelize_ingest::ingest_media(collection, &a.file, &opts, &*encoder, &mut |p| {
+        pb.set_length(p.bytes_total);
+        pb.set_position(p.bytes_read);
+    });
+    pb.finish_and_clear();
+    let s = summary?;
+    println!(
+        "ingested {} into {} ({modality}): {} files encoded, {} skipped, {} records in {} batches, {:.2}s ({:.1} files/s)",
+        a.file.display(),
+        a.collection,
+        s.media_encoded,
+        s.media_skipped,
+        s.records_written,
+        s.batches,
+        s.seconds,
+        if s.seconds > 0.0 { s.media_encoded as f64 / s.seconds } else { 0.0 }
+    );
+    for line in &s.skipped {
+        println!("skipped {line}");
+    }
+    if s.media_skipped as usize > s.skipped.len() {
+        println!("... and {} more skipped", s.media_skipped as usize - s.skipped.len());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

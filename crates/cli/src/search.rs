@@ -24,6 +24,10 @@ pub struct SearchArgs {
     /// File holding the query vector as a JSON array of numbers.
     #[arg(long)]
     pub vector_file: Option<PathBuf>,
+    /// Image or audio collections: the query file (an image: "more like this"; a voice
+    /// clip: search by voice), encoded with the collection's encoder.
+    #[arg(long, conflicts_with = "vector_file")]
+    pub media: Option<PathBuf>,
     /// Metadata filter, e.g. `pos = "n" and (year >= 1990 or tag in ["a", "b"])`;
     /// operators `= != < <= > >= in`, `and`, `or`, `not`, parentheses, dotted paths.
     #[arg(long)]
@@ -80,18 +84,30 @@ pub fn search(cli: &Cli, a: &SearchArgs) -> Result<ExitCode> {
         (_, Some("vector")) | (_, None) => Mode::Vector,
         (_, Some(m)) => bail!("unknown mode {m:?}: expected vector, keyword or hybrid"),
     };
-    if a.text.is_none() && a.vector_file.is_none() {
-        bail!("give the query as --text \"…\" or --vector-file FILE");
+    if a.text.is_none() && a.vector_file.is_none() && a.media.is_none() {
+        bail!("give the query as --text \"…\", --vector-file FILE or --media FILE");
     }
     let filter = a.filter.as_deref().map(Filter::parse).transpose()?;
     let mut vector = a.vector_file.as_ref().map(read_vector).transpose()?;
-    if vector.is_none() && mode != Mode::Keyword {
+    let db = open_db_for_reading(cli)?;
+    let coll = db.collection(&a.collection)?;
+    let modality = coll.config().modality();
+    if let Some(file) = &a.media {
+        if modality == kernelize_media::Modality::Text {
+            bail!("collection {} has no image or audio encoder; --media needs one (collection create --modality)", a.collection);
+        }
+        let bytes = crate::embedding::read_media_file(file)?;
+        let encoder = crate::embedding::load_media_encoder(modality, &a.model_dir)?;
+        let v = encoder.encode(&[kernelize_media::Input::Bytes(&bytes)]).pop().context("the encoder returned nothing")?;
+        vector = Some(v.with_context(|| file.display().to_string())?);
+    } else if vector.is_none() && mode != Mode::Keyword {
+        if modality != kernelize_media::Modality::Text {
+            bail!("collection {} holds {modality}: query it with --media FILE (or --text in keyword mode)", a.collection);
+        }
         let e = load_embedder(&model_dir(&a.model_dir))?;
         let text = a.text.as_deref().unwrap_or_default();
         vector = e.embed(&[text])?.into_iter().next();
     }
-    let db = open_db_for_reading(cli)?;
-    let coll = db.collection(&a.collection)?;
     // A read-only directory gets no index files: missing ones are built in memory.
     let cache = if db.is_read_only() { IndexCache::read_only() } else { IndexCache::new() };
     let searcher = Searcher::new(&coll, &**db.storage(), &cache);

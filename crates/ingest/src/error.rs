@@ -20,6 +20,9 @@ pub enum Position {
     },
     /// A row of a columnar or tensor format (Parquet, safetensors, `.npy`), counted from 0.
     Row(u64),
+    /// A file of a folder (media ingestion), counted from 0 in sorted path order; the
+    /// location's file is that file.
+    File(u64),
 }
 
 impl Position {
@@ -32,7 +35,7 @@ impl Position {
     pub fn line_or_row(&self) -> u64 {
         match *self {
             Position::Line { line, .. } => line,
-            Position::Row(row) => row,
+            Position::Row(row) | Position::File(row) => row,
         }
     }
 }
@@ -72,6 +75,7 @@ impl fmt::Display for Location {
             Position::Line { line, column: Some(column) } => write!(f, "{file}:{line}:{column}")?,
             Position::Line { line, column: None } => write!(f, "{file}:{line}")?,
             Position::Row(row) => write!(f, "{file} row {row}")?,
+            Position::File(_) => write!(f, "{file}")?,
         }
         if let Some(field) = &self.field {
             write!(f, " (field {field:?})")?;

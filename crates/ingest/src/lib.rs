@@ -44,6 +44,9 @@ mod pipeline;
 mod read;
 
 pub use error::{Error, ErrorClass, Location, Position, Result};
-pub use options::{DEFAULT_BATCH_SIZE, Format, IngestOptions, MAX_BATCH_SIZE};
-pub use pipeline::{IngestSummary, MAX_METADATA_BYTES, MAX_TEXT_BYTES, Progress, QUEUE_DEPTH, ingest};
-pub use read::{MAX_LINE_BYTES, Reader, Row};
+pub use options::{BadMedia, DEFAULT_BATCH_SIZE, Format, IngestOptions, MAX_BATCH_SIZE};
+pub use pipeline::{
+    IngestSummary, MAX_METADATA_BYTES, MAX_SKIPPED_REPORTED, MAX_TEXT_BYTES, MEDIA_BATCH_SIZE, Progress, QUEUE_DEPTH,
+    ingest, ingest_media, media_extensions,
+};
+pub use read::{MAX_LINE_BYTES, MediaRef, Reader, Row};

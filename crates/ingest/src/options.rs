@@ -45,6 +45,11 @@ pub enum Format {
     /// A 2-D NumPy array (`.npy`, format versions 1–3) of float16, float32 or
     /// float64, little- or big-endian, C order. Ids as for safetensors.
     Npy,
+    /// A folder of image or audio files (media ingestion), walked recursively in sorted
+    /// path order: each file with one of [`IngestOptions::media_extensions`] is a record
+    /// whose id is its path relative to the folder; other files are passed over. Chosen
+    /// whenever the input is a folder. Positions are files from 0.
+    Folder,
 }
 
 impl Format {
@@ -72,6 +77,7 @@ impl Format {
             Format::Parquet => "parquet",
             Format::Safetensors => "safetensors",
             Format::Npy => "npy",
+            Format::Folder => "folder",
         }
     }
 
@@ -101,8 +107,9 @@ impl FromStr for Format {
             "parquet" => Ok(Format::Parquet),
             "safetensors" => Ok(Format::Safetensors),
             "npy" => Ok(Format::Npy),
+            "folder" => Ok(Format::Folder),
             _ => Err(Error::Options(format!(
-                "unknown format {s:?}: expected one of jsonl, ndjson, csv, parquet, safetensors, npy"
+                "unknown format {s:?}: expected one of jsonl, ndjson, csv, parquet, safetensors, npy, folder"
             ))),
         }
     }
@@ -150,6 +157,39 @@ pub struct IngestOptions {
     /// Records per batch: one `embed` call and one atomic upsert each. Default 1000,
     /// at most [`MAX_BATCH_SIZE`].
     pub batch_size: usize,
+    /// Media ingestion ([`crate::ingest_media`]): the field holding each row's image or
+    /// audio file — a path (JSONL, CSV, a Parquet string column; relative paths are
+    /// resolved against the input file's folder) or the bytes (a Parquet binary column).
+    /// Set by `ingest_media` when unset; folders need no field.
+    pub media_field: Option<String>,
+    /// Media ingestion: the file extensions a folder walk picks up (set by
+    /// `ingest_media` from the encoder's modality).
+    pub media_extensions: Vec<String>,
+    /// Media ingestion: what a file that cannot be read or encoded does — stop the load
+    /// (the default) or be skipped and reported in the summary.
+    pub bad_media: BadMedia,
+}
+
+/// What a bad media file does to a media ingestion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadMedia {
+    /// Stop with an error naming the file; what was acknowledged before stays.
+    #[default]
+    Stop,
+    /// Leave the file out, count it and report it in the summary.
+    Skip,
+}
+
+impl FromStr for BadMedia {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<BadMedia> {
+        match s.to_ascii_lowercase().as_str() {
+            "stop" => Ok(BadMedia::Stop),
+            "skip" => Ok(BadMedia::Skip),
+            _ => Err(Error::Options(format!("unknown bad-media policy {s:?}: expected stop or skip"))),
+        }
+    }
 }
 
 impl Default for IngestOptions {
@@ -166,6 +206,9 @@ impl Default for IngestOptions {
             chunk_tokens: None,
             chunk_overlap: None,
             batch_size: DEFAULT_BATCH_SIZE,
+            media_field: None,
+            media_extensions: Vec::new(),
+            bad_media: BadMedia::Stop,
         }
     }
 }

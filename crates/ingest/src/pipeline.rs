@@ -6,10 +6,11 @@
 //! reading and embedding the next batch overlap with the fsync of the current one,
 //! while memory stays bounded.
 
-use crate::error::{Error, Location, Result};
-use crate::options::{Format, IngestOptions};
-use crate::read::{Reader, Row};
+use crate::error::{Error, Location, Position, Result};
+use crate::options::{BadMedia, Format, IngestOptions};
+use crate::read::{MediaRef, Reader, Row};
 use kernelize_embed::Embedder;
+use kernelize_media::{Encoder, Input, Modality};
 use kernelize_store::{Collection, MAX_ID_BYTES, Metadata, Record, validate_record};
 use serde_json::Value;
 use std::path::Path;
@@ -65,6 +66,28 @@ pub struct IngestSummary {
     pub seconds: f64,
     /// Records written per second.
     pub records_per_second: f64,
+    /// Image or audio files encoded (media ingestion).
+    pub media_encoded: u64,
+    /// Bad media files left out ([`BadMedia::Skip`]).
+    pub media_skipped: u64,
+    /// Why, for the first [`MAX_SKIPPED_REPORTED`] of them: the file and the reason.
+    pub skipped: Vec<String>,
+}
+
+/// Skipped media files a summary names one by one.
+pub const MAX_SKIPPED_REPORTED: usize = 100;
+/// Most records of a media batch (one `encode` call and one atomic upsert).
+pub const MEDIA_BATCH_SIZE: usize = 64;
+/// Most bytes of media files held by one batch before it is encoded and written.
+const MEDIA_BATCH_BYTES: usize = 256 << 20;
+
+/// The file extensions a folder walk picks up for a modality.
+pub fn media_extensions(modality: Modality) -> &'static [&'static str] {
+    match modality {
+        Modality::Image => &["jpg", "jpeg", "png", "webp"],
+        Modality::Audio => &["wav", "flac", "mp3", "ogg", "oga"],
+        Modality::Text => &[],
+    }
 }
 
 /// Reads `source` and upserts its rows into `collection` in atomic batches of
@@ -93,6 +116,63 @@ pub fn ingest(
     embedder: Option<&Embedder>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<IngestSummary> {
+    if opts.media_field.is_some() {
+        return Err(Error::Options("a media field needs media ingestion (an image or audio encoder)".into()));
+    }
+    run(collection, source, opts, embedder, None, progress)
+}
+
+/// Media ingestion: reads `source` — a folder of image or audio files (recursively), a
+/// Parquet file with a column of file bytes, or a JSONL / CSV / Parquet file with a
+/// column of file paths ([`IngestOptions::media_field`], default `path`) — encodes every
+/// file with `encoder` and upserts the records in atomic batches (at most
+/// [`MEDIA_BATCH_SIZE`] records and 256 MiB of files each).
+///
+/// Each record keeps the row's text and metadata and gains a `media` object: `source`
+/// (the path as given, or `parquet row N`), `sha256` (of the file's bytes), `bytes`, and
+/// what the encoder learnt (`format`, `width`/`height` and the top ImageNet `label` of an
+/// image; `sample_rate`, `channels`, `duration_secs` of a clip). A row's own `media`
+/// metadata key is refused.
+///
+/// A file that cannot be read or encoded stops the load ([`BadMedia::Stop`], with an
+/// error naming the file and what was acknowledged before it) or is left out and
+/// reported in [`IngestSummary::skipped`] ([`BadMedia::Skip`]).
+pub fn ingest_media(
+    collection: &Collection,
+    source: &Path,
+    opts: &IngestOptions,
+    encoder: &dyn Encoder,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<IngestSummary> {
+    let record = encoder.record();
+    if record.modality == Modality::Text {
+        return Err(Error::Options("media ingestion needs an image or audio encoder".into()));
+    }
+    if record.dim != collection.config().dim {
+        return Err(Error::Options(format!(
+            "the {} encoder makes {}-dimensional vectors and the collection has dimension {}",
+            record.model,
+            record.dim,
+            collection.config().dim
+        )));
+    }
+    let mut opts = opts.clone();
+    opts.media_field.get_or_insert_with(|| "path".into());
+    if opts.media_extensions.is_empty() {
+        opts.media_extensions = media_extensions(record.modality).iter().map(|e| (*e).to_owned()).collect();
+    }
+    opts.batch_size = opts.batch_size.min(MEDIA_BATCH_SIZE);
+    run(collection, source, &opts, None, Some(encoder), progress)
+}
+
+fn run(
+    collection: &Collection,
+    source: &Path,
+    opts: &IngestOptions,
+    embedder: Option<&Embedder>,
+    media: Option<&dyn Encoder>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<IngestSummary> {
     let start = Instant::now();
     let reader = Reader::open(source, opts)?;
     if let (Some(e), Some(n)) = (embedder, opts.chunk_tokens)
@@ -115,21 +195,25 @@ pub fn ingest(
         reader,
         opts,
         embedder,
+        media,
         dim: collection.config().dim,
         tx,
         cancel: &cancel,
         records: Vec::with_capacity(opts.batch_size),
         to_embed: Vec::new(),
+        to_encode: Vec::new(),
+        media_bytes: 0,
         stats: Stats::default(),
+        skipped: Vec::new(),
     };
-    let (failure, stats) = std::thread::scope(|s| {
+    let (failure, stats, skipped) = std::thread::scope(|s| {
         let handle = std::thread::Builder::new()
             .name("kz-ingest-read".into())
             .spawn_scoped(s, move || producer.run())
             .map_err(|e| Error::Internal(format!("cannot start the reader thread: {e}")));
         let handle = match handle {
             Ok(h) => h,
-            Err(e) => return (Some(e), Stats::default()),
+            Err(e) => return (Some(e), Stats::default(), Vec::new()),
         };
         let mut failure = None;
         while let Ok(msg) = rx.recv() {
@@ -154,10 +238,12 @@ pub fn ingest(
         cancel.store(true, Ordering::Relaxed);
         drop(rx);
         match handle.join() {
-            Ok(stats) => (failure, stats),
-            Err(_) => {
-                (failure.or_else(|| Some(Error::Internal("the reader thread panicked".into()))), Stats::default())
-            }
+            Ok((stats, skipped)) => (failure, stats, skipped),
+            Err(_) => (
+                failure.or_else(|| Some(Error::Internal("the reader thread panicked".into()))),
+                Stats::default(),
+                Vec::new(),
+            ),
         }
     });
     if let Some(error) = failure {
@@ -181,6 +267,9 @@ pub fn ingest(
         bytes_read: stats.bytes_read,
         seconds,
         records_per_second: if seconds > 0.0 { state.records_written as f64 / seconds } else { 0.0 },
+        media_encoded: stats.encoded,
+        media_skipped: stats.skipped,
+        skipped,
     })
 }
 
@@ -191,6 +280,8 @@ struct Stats {
     bytes_read: u64,
     chunks: u64,
     embedded: u64,
+    encoded: u64,
+    skipped: u64,
 }
 
 /// A batch of records ready to write, with the producer's counters when it was sent.
@@ -199,10 +290,21 @@ struct Batch {
     stats: Stats,
 }
 
+/// A media file waiting for the batch's `encode` call.
+struct PendingMedia {
+    /// Index into the batch's records.
+    record: usize,
+    location: Location,
+    /// The path as given, or `parquet row N`, for the record's `media.source`.
+    source: String,
+    bytes: Vec<u8>,
+}
+
 struct Producer<'a> {
     reader: Reader,
     opts: &'a IngestOptions,
     embedder: Option<&'a Embedder>,
+    media: Option<&'a dyn Encoder>,
     dim: usize,
     vector_field: String,
     tx: SyncSender<Result<Batch>>,
@@ -210,15 +312,19 @@ struct Producer<'a> {
     records: Vec<Record>,
     /// Indices into `records` of the records whose text is to be embedded.
     to_embed: Vec<usize>,
+    /// The batch's media files, in record order.
+    to_encode: Vec<PendingMedia>,
+    media_bytes: usize,
     stats: Stats,
+    skipped: Vec<String>,
 }
 
 impl Producer<'_> {
-    fn run(mut self) -> Stats {
+    fn run(mut self) -> (Stats, Vec<String>) {
         if let Err(e) = self.produce() {
             let _ = self.tx.send(Err(e));
         }
-        self.stats
+        (self.stats, self.skipped)
     }
 
     /// Reads every row; `Ok` also when the writer has gone away.
@@ -246,6 +352,9 @@ impl Producer<'_> {
 
     /// Adds a row's records, flushing full batches; `false` when the writer is gone.
     fn add_row(&mut self, row: Row) -> Result<bool> {
+        if self.media.is_some() {
+            return self.add_media_row(row);
+        }
         let opts = self.opts;
         if let Some(vector) = &row.vector {
             let at = || self.loc(&row).with_field(self.vector_field.clone());
@@ -325,6 +434,105 @@ impl Producer<'_> {
         self.push(record, true)
     }
 
+    /// Adds a row of media ingestion: reads its file (a bad one is skipped or stops the
+    /// load); the vector comes at [`Producer::flush`].
+    fn add_media_row(&mut self, row: Row) -> Result<bool> {
+        let field = self.opts.media_field.clone().unwrap_or_default();
+        let mut loc = self.loc(&row).with_field(field.clone());
+        if row.metadata.as_ref().is_some_and(|m| m.contains_key("media")) {
+            return Err(Error::row(
+                self.loc(&row).with_field("media"),
+                "the metadata key \"media\" is reserved for what media ingestion records",
+            ));
+        }
+        let (source, bytes) = match row.media {
+            None => return Err(Error::row(loc, format!("the row has no media file ({field:?})"))),
+            Some(MediaRef::Bytes(b)) => (format!("{} row {}", self.reader.path().display(), row.position.line_or_row()), Ok(b)),
+            Some(MediaRef::Path(p)) => {
+                if let Position::File(_) = row.position {
+                    loc = Location::new(&p, row.position);
+                }
+                let source = if self.reader.format() == Format::Folder { row.id.clone() } else { p.display().to_string() };
+                (source, read_media(&p))
+            }
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(reason) => return self.bad_media(loc, reason).map(|()| true),
+        };
+        let record = Record { id: row.id, vector: Vec::new(), text: row.text, metadata: row.metadata };
+        self.check(&record, &loc)?;
+        self.media_bytes += bytes.len();
+        self.to_encode.push(PendingMedia { record: self.records.len(), location: loc, source, bytes });
+        self.records.push(record);
+        if self.records.len() >= self.opts.batch_size || self.media_bytes >= MEDIA_BATCH_BYTES {
+            return self.flush();
+        }
+        Ok(true)
+    }
+
+    /// A bad media file: an error under [`BadMedia::Stop`], else counted and reported.
+    fn bad_media(&mut self, location: Location, reason: String) -> Result<()> {
+        match self.opts.bad_media {
+            BadMedia::Stop => Err(Error::row(location, reason)),
+            BadMedia::Skip => {
+                self.stats.skipped += 1;
+                if self.skipped.len() < MAX_SKIPPED_REPORTED {
+                    self.skipped.push(format!("{location}: {reason}"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Encodes the batch's media files and gives their records vectors and `media`
+    /// metadata; records of files that fail are dropped (skip) or the load stops.
+    fn encode_media(&mut self) -> Result<()> {
+        let Some(encoder) = self.media else {
+            return Err(Error::Internal("media to encode without an encoder".into()));
+        };
+        let pending = std::mem::take(&mut self.to_encode);
+        self.media_bytes = 0;
+        let inputs: Vec<Input<'_>> = pending.iter().map(|p| Input::Bytes(&p.bytes)).collect();
+        let results = encoder.encode_with_info(&inputs);
+        drop(inputs);
+        if results.len() != pending.len() {
+            return Err(Error::Internal(format!("{} files gave {} results", pending.len(), results.len())));
+        }
+        let mut dropped = vec![false; self.records.len()];
+        for (p, result) in pending.into_iter().zip(results) {
+            let encoded = match result {
+                Ok(e) => e,
+                Err(e) => {
+                    self.bad_media(p.location, e.to_string())?;
+                    if let Some(d) = dropped.get_mut(p.record) {
+                        *d = true;
+                    }
+                    continue;
+                }
+            };
+            let Some(record) = self.records.get_mut(p.record) else {
+                return Err(Error::Internal("a media file without its record".into()));
+            };
+            let info = kernelize_media::media_metadata(&p.source, &p.bytes, encoded.info);
+            record.metadata.get_or_insert_with(Metadata::new).insert("media".into(), Value::Object(info));
+            record.vector = encoded.vector;
+            if let Some(record) = self.records.get(p.record) {
+                self.check(record, &p.location)?;
+            }
+            self.stats.encoded += 1;
+        }
+        if dropped.iter().any(|d| *d) {
+            let mut i = 0;
+            self.records.retain(|_| {
+                let keep = !dropped.get(i).copied().unwrap_or(false);
+                i += 1;
+                keep
+            });
+        }
+        Ok(())
+    }
+
     /// Checks the store's limits on id, text and metadata, naming the field.
     fn check(&self, r: &Record, loc: &Location) -> Result<()> {
         let opts = self.opts;
@@ -374,8 +582,12 @@ impl Producer<'_> {
         Ok(true)
     }
 
-    /// Embeds the batch's texts and sends the batch. `false` when the writer is gone.
+    /// Embeds the batch's texts (encodes its media) and sends the batch. `false` when
+    /// the writer is gone.
     fn flush(&mut self) -> Result<bool> {
+        if !self.to_encode.is_empty() {
+            self.encode_media()?;
+        }
         if !self.to_embed.is_empty() {
             let embedder = self.embedder.ok_or_else(|| Error::Internal("texts to embed without an embedder".into()))?;
             let texts: Vec<&str> = self
@@ -399,6 +611,21 @@ impl Producer<'_> {
         let records = std::mem::replace(&mut self.records, Vec::with_capacity(self.opts.batch_size));
         Ok(self.tx.send(Ok(Batch { records, stats: self.stats })).is_ok())
     }
+}
+
+/// A media file's bytes, at most [`kernelize_media::MAX_INPUT_BYTES`]; the reason when not.
+fn read_media(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let max = kernelize_media::MAX_INPUT_BYTES;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() > max {
+        return Err(format!("{} is larger than {max} bytes, the limit for one media file", path.display()));
+    }
+    Ok(bytes)
 }
 
 /// The first 64 bytes of an id, for messages.

@@ -51,6 +51,11 @@ pub struct SourceInfo {
     pub records: u64,
     /// The collection's sequence number at the snapshot (0 for merges).
     pub seq: u64,
+    /// The encoder the collection's vectors came from (modality, model, dimension,
+    /// preprocessing), so a reader encodes its queries the same way; absent in kernels
+    /// built before modalities and from collections without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<kernelize_store::EncoderRecord>,
 }
 
 /// The search structure over the quantized vectors.

@@ -51,6 +51,14 @@ pub fn merge(
             ma.dim, ma.metric, mb.dim, mb.metric
         )));
     }
+    if let (Some(ea), Some(eb)) = (&ma.source.encoder, &mb.source.encoder)
+        && ea != eb
+    {
+        return Err(KernelError::Invalid(format!(
+            "cannot merge kernels of different encoders ({} {} and {} {})",
+            ea.modality, ea.model, eb.modality, eb.model
+        )));
+    }
     progress("decoding", 0.0);
     let (ua, ub) = (a.rows_decoded()?, b.rows_decoded()?);
     let a_wins = match mode {
@@ -71,6 +79,7 @@ pub fn merge(
         collection: format!("{}+{}", ma.source.collection, mb.source.collection),
         records: units.iter().map(|u| u.ids.len() as u64).sum(),
         seq: 0,
+        encoder: ma.source.encoder.clone().or_else(|| mb.source.encoder.clone()),
     };
     let mut opts = opts.clone();
     opts.kernel_version = ma.kernel_version.max(mb.kernel_version) + 1;

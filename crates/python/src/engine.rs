@@ -79,17 +79,34 @@ impl Database {
 
     /// Creates a collection.
     #[allow(clippy::too_many_arguments, reason = "Python keyword arguments")]
-    #[pyo3(signature = (name, dim, metric = "cosine", quantization = "none", m = 16, ef_construction = 200))]
+    #[pyo3(signature = (name, dim = None, metric = "cosine", quantization = "none", m = 16, ef_construction = 200, modality = None))]
     fn create_collection(
         &self,
         py: Python<'_>,
         name: String,
-        dim: usize,
+        dim: Option<usize>,
         metric: &str,
         quantization: &str,
         m: usize,
         ef_construction: usize,
+        modality: Option<&str>,
     ) -> PyResult<Collection> {
+        let encoder = match modality {
+            None => None,
+            Some(s) => Some(kernelize_media::encoder_record(s.parse().map_err(|e: kernelize_store::Error| Failure::invalid(e.to_string()))?)),
+        };
+        let dim = match (&encoder, dim) {
+            (Some(e), Some(d)) if d != e.dim => {
+                return Err(Failure::invalid(format!(
+                    "dim {d} does not match the {} encoder ({} dimensions); leave dim out",
+                    e.model, e.dim
+                ))
+                .into());
+            }
+            (Some(e), _) => e.dim,
+            (None, Some(d)) => d,
+            (None, None) => return Err(Failure::invalid("give dim, or a modality (text, image, audio)").into()),
+        };
         let metric = match metric {
             "cosine" => Metric::Cosine,
             "dot" => Metric::Dot,
@@ -116,6 +133,7 @@ impl Database {
         }
         let mut config = CollectionConfig::new(dim, metric);
         config.index = IndexSettings { m, ef_construction, quantization };
+        config.encoder = encoder;
         let db = self.shared.db()?;
         py.detach(|| db.create_collection(&name, config).map_err(Failure::from))?;
         Ok(Collection { shared: self.shared.clone(), name })
@@ -257,6 +275,12 @@ impl Collection {
     #[getter]
     fn dim(&self) -> PyResult<usize> {
         Ok(self.shared.collection(&self.name)?.config().dim)
+    }
+
+    /// What the collection holds: `text`, `image` or `audio` (its encoder's modality).
+    #[getter]
+    fn modality(&self) -> PyResult<String> {
+        Ok(self.shared.collection(&self.name)?.config().modality().to_string())
     }
 
     /// Metric name.
@@ -613,6 +637,7 @@ impl Collection {
                     collection: name,
                     records: units.len() as u64,
                     seq: snap.seq(),
+                    encoder: cfg.encoder.clone(),
                 };
                 let built = kernelize_kernel::build(units, cfg.dim, cfg.metric, source, &opts, &key, &|_, _| {})?;
                 kernelize_kernel::write_file(&out, &built.bytes)?;

@@ -24,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arrow::ArrowStream>()?;
     m.add_class::<kernel::Kernel>()?;
     m.add_function(wrap_pyfunction!(runtime::embed, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::embed_media, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(kernel::generate_signing_key, m)?)?;

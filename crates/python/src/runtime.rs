@@ -20,6 +20,8 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 /// Threads asked for by `set_num_threads` (0: one per core).
 static THREADS: Mutex<usize> = Mutex::new(0);
 static EMBEDDER: Mutex<Option<Arc<Embedder>>> = Mutex::new(None);
+/// The image and audio encoders, loaded on first use.
+static MEDIA: Mutex<Vec<(kernelize_media::Modality, Arc<dyn kernelize_media::Encoder>)>> = Mutex::new(Vec::new());
 
 fn wanted_threads() -> usize {
     match *THREADS.lock() {
@@ -80,6 +82,52 @@ pub fn embed_texts(py: Python<'_>, texts: &[String]) -> Res<(Vec<f32>, usize)> {
         let vectors = on_pool(|| Ok(e.embed(&refs)?))?;
         Ok((vectors.concat(), dim))
     })
+}
+
+/// The encoder of an image or audio modality, loaded on first use from the models directory.
+pub fn media_encoder(modality: kernelize_media::Modality) -> Res<Arc<dyn kernelize_media::Encoder>> {
+    let mut slot = MEDIA.lock();
+    if let Some((_, e)) = slot.iter().find(|(m, _)| *m == modality) {
+        return Ok(e.clone());
+    }
+    let e: Arc<dyn kernelize_media::Encoder> =
+        Arc::from(kernelize_media::load_encoder(modality, &kernelize_embed::models::models_dir()).map_err(|e| Failure::invalid(e.to_string()))?);
+    slot.push((modality, e.clone()));
+    Ok(e)
+}
+
+/// Encodes image or audio files on the pool (GIL released); the first bad file is an
+/// error naming its index.
+pub fn encode_media(py: Python<'_>, files: &[Vec<u8>], modality: kernelize_media::Modality) -> Res<(Vec<f32>, usize)> {
+    py.detach(|| {
+        let e = media_encoder(modality)?;
+        let inputs: Vec<kernelize_media::Input<'_>> = files.iter().map(|b| kernelize_media::Input::Bytes(b)).collect();
+        let results = on_pool(|| Ok(e.encode(&inputs)))?;
+        let mut flat = Vec::with_capacity(files.len() * e.dim());
+        for (i, r) in results.into_iter().enumerate() {
+            flat.extend(r.map_err(|err| Failure::invalid(format!("media[{i}]: {err}")))?);
+        }
+        Ok((flat, e.dim()))
+    })
+}
+
+/// `embed_media(files, modality) -> ndarray[n, dim] float32`: image files (JPEG, PNG,
+/// WebP) through EfficientNet-Lite0 (1280-d) or audio files (WAV, FLAC, MP3, Ogg) through
+/// Resemblyzer's voice encoder (256-d), unit length.
+#[pyfunction]
+pub fn embed_media<'py>(py: Python<'py>, files: Vec<Vec<u8>>, modality: &str) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let m = parse_media_modality(modality)?;
+    let (flat, dim) = encode_media(py, &files, m)?;
+    Ok(matrix(py, flat, dim)?)
+}
+
+/// `image` or `audio`.
+pub fn parse_media_modality(s: &str) -> Res<kernelize_media::Modality> {
+    match s {
+        "image" => Ok(kernelize_media::Modality::Image),
+        "audio" => Ok(kernelize_media::Modality::Audio),
+        other => Err(Failure::invalid(format!("modality {other:?}: expected image or audio"))),
+    }
 }
 
 /// Rows of a flat row-major buffer as a 2-D float32 array.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 fn info(c: ClusterCollection) -> CollectionInfo {
     CollectionInfo {
+        encoder: c.config.encoder.as_ref().map(EncoderInfo::from),
         name: c.name,
         dim: c.config.dim as u64,
         metric: metric_name(c.config.metric),

@@ -114,6 +114,7 @@ pub fn collection_info(c: &Collection) -> Result<CollectionInfo, ApiError> {
     Ok(CollectionInfo {
         name: s.name,
         dim: s.dim as u64,
+        encoder: cfg.encoder.as_ref().map(EncoderInfo::from),
         metric: metric_name(cfg.metric),
         quantization: quantization_name(cfg.index.quantization),
         m: cfg.index.m as u64,
@@ -154,8 +155,8 @@ pub(crate) fn search_mode(req: &SearchRequest) -> Result<Mode, ApiError> {
         SearchMode::Keyword => Mode::Keyword,
         SearchMode::Hybrid => Mode::Hybrid,
     };
-    if req.vector.is_none() && req.text.is_none() {
-        return Err(ApiError::invalid("give the query as `vector`, `text`, or both"));
+    if req.vector.is_none() && req.text.is_none() && req.media.is_none() {
+        return Err(ApiError::invalid("give the query as `vector`, `text` or `media`"));
     }
     if mode == Mode::Keyword && req.text.is_none() {
         return Err(ApiError::invalid("keyword search needs `text`"));
@@ -165,7 +166,18 @@ pub(crate) fn search_mode(req: &SearchRequest) -> Result<Mode, ApiError> {
 
 /// A collection's configuration from a create request, checked.
 fn collection_config(req: &CreateCollection) -> Result<CollectionConfig, ApiError> {
-    let dim = req.dim as usize;
+    let encoder = req.modality.map(|m| kernelize_media::encoder_record(m.into()));
+    let dim = match (&encoder, req.dim) {
+        (Some(e), Some(d)) if d as usize != e.dim => {
+            return Err(ApiError::invalid(format!(
+                "dim {d} does not match the {} encoder ({}, {} dimensions); leave dim out",
+                e.modality, e.model, e.dim
+            )));
+        }
+        (Some(e), _) => e.dim,
+        (None, Some(d)) => d as usize,
+        (None, None) => return Err(ApiError::invalid("give `dim`, or a `modality` (text, image, audio) that sets it")),
+    };
     if dim == 0 || dim > kernelize_store::MAX_DIM {
         return Err(ApiError::invalid(format!("dim must be 1..={}, got {dim}", kernelize_store::MAX_DIM)));
     }
@@ -193,7 +205,7 @@ fn collection_config(req: &CreateCollection) -> Result<CollectionConfig, ApiErro
         MetricName::Dot => Metric::Dot,
         MetricName::L2 => Metric::L2,
     };
-    Ok(CollectionConfig { index, ..CollectionConfig::new(dim, metric) })
+    Ok(CollectionConfig { index, encoder, ..CollectionConfig::new(dim, metric) })
 }
 
 impl AppState {
@@ -290,18 +302,20 @@ impl AppState {
         req: UpsertRequest,
         idempotency_key: Option<String>,
     ) -> Result<WriteResult, ApiError> {
-        let (local, dim) = match &self.cluster {
+        let (local, cfg) = match &self.cluster {
             Some(node) => {
                 p.require(Role::Writer, Some(name))?;
-                (None, node.collection_config(name).await?.dim)
+                (None, node.collection_config(name).await?)
             }
             None => {
                 let c = self.collection(p, Role::Writer, name)?;
-                let dim = c.config().dim;
-                (Some(c), dim)
+                let cfg = c.config().clone();
+                (Some(c), cfg)
             }
         };
+        let dim = cfg.dim;
         batch_size("records", req.records.len(), self.live().limits.max_batch)?;
+        let (req, media_encoded) = self.encode_media_records(name, &cfg, req).await?;
         // Refused whole, before anything is embedded or written, when it would pass the
         // key's quota; the admission holds the key's write lock until the write is done.
         let admitted = self.admit_upsert(p, name, &req.records, dim).await?;
@@ -324,7 +338,7 @@ impl AppState {
                 quote(name),
             )));
         }
-        let embedded = missing.len() as u64;
+        let embedded = missing.len() as u64 + media_encoded;
         let records = blocking(move || {
             let mut vectors = match &embedder {
                 Some(e) => {
@@ -512,6 +526,7 @@ impl AppState {
         name: &str,
         req: SearchRequest,
     ) -> Result<SearchResponse, ApiError> {
+        let req = self.encode_media_query(p, name, req).await?;
         if let Some(node) = &self.cluster {
             p.require(Role::Reader, Some(name))?;
             return crate::cluster::search(self, node, p, name, req).await;
@@ -519,6 +534,14 @@ impl AppState {
         let c = self.collection(p, Role::Reader, name)?;
         let (k, ef) = self.search_width(req.k, req.ef, "ef")?;
         let mode = search_mode(&req)?;
+        if let Some(m) = crate::media::media_modality(c.config())
+            && req.vector.is_none()
+            && mode != Mode::Keyword
+        {
+            return Err(ApiError::invalid(format!(
+                "an {m} collection is searched with `media` (a file, base64) or a vector; `text` only in keyword mode"
+            )));
+        }
         let filter = parse_filter(req.filter)?;
         let embedder = if req.vector.is_none() && mode != Mode::Keyword { Some(self.embedder()?) } else { None };
         let include_vectors = req.include_vectors.unwrap_or(false);
@@ -603,6 +626,103 @@ impl AppState {
         Ok(SearchResponse { hits, took_ms: took, explain: if asked { ex } else { None } })
     }
 
+    /// Gives records that bring `media` their vector and `metadata.media` (image and
+    /// audio collections); refuses `media` elsewhere and text-only records in them.
+    /// Returns the request and how many files were encoded.
+    async fn encode_media_records(
+        self: &Arc<Self>,
+        name: &str,
+        cfg: &CollectionConfig,
+        mut req: UpsertRequest,
+    ) -> Result<(UpsertRequest, u64), ApiError> {
+        let Some(modality) = crate::media::media_modality(cfg) else {
+            if let Some(i) = req.records.iter().position(|r| r.media.is_some()) {
+                return Err(crate::media::not_a_media_collection(&format!("records[{i}]"), name));
+            }
+            return Ok((req, 0));
+        };
+        let mut todo = Vec::new();
+        let mut files = Vec::new();
+        for (i, r) in req.records.iter_mut().enumerate() {
+            match (r.media.take(), &r.vector) {
+                (Some(b64), None) => {
+                    files.push(crate::media::decode(&format!("records[{i}].media"), &b64)?);
+                    todo.push(i);
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::invalid(format!("records[{i}]: give `media` or `vector`, not both")));
+                }
+                (None, None) => {
+                    return Err(ApiError::invalid(format!(
+                        "records[{i}] (id {}): an {modality} collection needs `media` (the file, base64) or a vector",
+                        quote(&r.id)
+                    )));
+                }
+                (None, Some(_)) => {}
+            }
+        }
+        if files.is_empty() {
+            return Ok((req, 0));
+        }
+        let state = self.clone();
+        let ids: Vec<String> = todo.iter().map(|&i| req.records[i].id.clone()).collect();
+        let name_of = move |j: usize| format!("records[{}] (id {})", todo[j], quote(&ids[j]));
+        let (files, encoded, name_of) = cancellable(move |cancel| {
+            let encoder = state.media.get(modality)?;
+            let encoded = crate::media::encode_all(&*encoder, &files, &name_of, cancel)?;
+            Ok((files, encoded, name_of))
+        })
+        .await?;
+        let n = encoded.len() as u64;
+        let mut j = 0;
+        for (i, r) in req.records.iter_mut().enumerate() {
+            if r.vector.is_some() {
+                continue;
+            }
+            let (Some(e), Some(bytes)) = (encoded.get(j), files.get(j)) else {
+                return Err(ApiError::internal(format!("records[{i}]: no encoding")));
+            };
+            let media = kernelize_media::media_metadata("upload", bytes, e.info.clone());
+            r.metadata = Some(crate::media::with_media(&name_of(j), r.metadata.take(), media)?);
+            r.vector = Some(e.vector.clone());
+            j += 1;
+        }
+        Ok((req, n))
+    }
+
+    /// A search that brings `media`: encoded with the collection's encoder into `vector`.
+    async fn encode_media_query(
+        self: &Arc<Self>,
+        p: &Principal,
+        name: &str,
+        mut req: SearchRequest,
+    ) -> Result<SearchRequest, ApiError> {
+        let Some(b64) = req.media.take() else {
+            return Ok(req);
+        };
+        p.require(Role::Reader, Some(name))?;
+        if req.vector.is_some() {
+            return Err(ApiError::invalid("give `media` or `vector`, not both"));
+        }
+        let cfg = match &self.cluster {
+            Some(node) => node.collection_config(name).await?,
+            None => self.db.collection(name)?.config().clone(),
+        };
+        let Some(modality) = crate::media::media_modality(&cfg) else {
+            return Err(crate::media::not_a_media_collection("media", name));
+        };
+        let bytes = crate::media::decode("media", &b64)?;
+        let state = self.clone();
+        let mut encoded = cancellable(move |cancel| {
+            let encoder = state.media.get(modality)?;
+            crate::media::encode_all(&*encoder, &[bytes], &|_| "media".to_owned(), cancel)
+        })
+        .await?;
+        req.vector = encoded.pop().map(|e| e.vector);
+        self.add_usage(&p.key_id, UsageDelta { texts_embedded: 1, ..Default::default() });
+        Ok(req)
+    }
+
     /// The slow-query log (admin).
     pub fn slow_queries(&self, p: &Principal) -> Result<SlowQueryList, ApiError> {
         p.require(Role::Admin, None)?;
@@ -614,6 +734,31 @@ impl AppState {
     pub async fn embed(self: &Arc<Self>, p: &Principal, req: EmbedRequest) -> Result<EmbedResponse, ApiError> {
         // Every role may embed: it reads no collection.
         batch_size("texts", req.texts.len(), self.live().limits.max_batch)?;
+        batch_size("media", req.media.len(), self.live().limits.max_batch)?;
+        if let Some(m) = req.modality.map(kernelize_store::Modality::from)
+            && m != kernelize_store::Modality::Text
+        {
+            if !req.texts.is_empty() {
+                return Err(ApiError::invalid("give either `texts` or `media` with an image or audio `modality`"));
+            }
+            let files =
+                req.media.iter().enumerate().map(|(i, b)| crate::media::decode(&format!("media[{i}]"), b)).collect::<Result<Vec<_>, _>>()?;
+            let state = self.clone();
+            let n = files.len();
+            let (record, encoded) = cancellable(move |cancel| {
+                let encoder = state.media.get(m)?;
+                let encoded = crate::media::encode_all(&*encoder, &files, &|i| format!("media[{i}]"), cancel)?;
+                Ok((encoder.record().clone(), encoded))
+            })
+            .await?;
+            self.add_usage(&p.key_id, UsageDelta { texts_embedded: n as i64, ..Default::default() });
+            self.metrics.texts_embedded.inc_by(n as u64);
+            let (vectors, info) = encoded.into_iter().map(|e| (e.vector, e.info)).unzip();
+            return Ok(EmbedResponse { model: record.model, dim: record.dim as u64, vectors, info });
+        }
+        if !req.media.is_empty() {
+            return Err(ApiError::invalid("`media` needs `modality`: image or audio"));
+        }
         let e = self.embedder()?;
         let n = req.texts.len();
         let dim = e.dim() as u64;
@@ -624,6 +769,6 @@ impl AppState {
         .await?;
         self.add_usage(&p.key_id, UsageDelta { texts_embedded: n as i64, ..Default::default() });
         self.metrics.texts_embedded.inc_by(n as u64);
-        Ok(EmbedResponse { model: "all-MiniLM-L6-v2".into(), dim, vectors })
+        Ok(EmbedResponse { model: "all-MiniLM-L6-v2".into(), dim, vectors, info: Vec::new() })
     }
 }

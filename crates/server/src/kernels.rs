@@ -364,6 +364,7 @@ impl AppState {
                     collection: coll.name().to_owned(),
                     records: units.len() as u64,
                     seq: snap.seq(),
+                    encoder: cfg.encoder.clone(),
                 };
                 let report = |stage: &str, f: f32| {
                     progress.send_replace(crate::progress::Stage { stage: stage.to_owned(), fraction: f });

@@ -23,6 +23,7 @@ pub mod fleet_notify;
 pub mod http;
 pub mod kernels;
 pub mod map;
+pub mod media;
 pub mod meta;
 pub mod metrics;
 pub mod model;

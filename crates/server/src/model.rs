@@ -38,9 +38,18 @@ pub struct CreateCollection {
     /// 1-64 of `A-Z a-z 0-9 _ -`, not starting with `-`.
     #[schema(example = "docs", pattern = "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")]
     pub name: String,
-    /// Vector dimension (384 for the built-in embedder).
+    /// Vector dimension (384 for the built-in text embedder). Required unless `modality`
+    /// is given, which sets it (text 384, image 1280, audio 256).
+    #[serde(default)]
     #[schema(example = 384, minimum = 1, maximum = 65536)]
-    pub dim: u32,
+    pub dim: Option<u32>,
+    /// What the collection holds, encoded by the server: `text` (all-MiniLM-L6-v2),
+    /// `image` (EfficientNet-Lite0: records and queries bring `media`, an image file in
+    /// base64) or `audio` (Resemblyzer's voice encoder: `media` is an audio file).
+    /// Recorded in the collection's configuration; default none (vectors from the
+    /// client, or texts embedded when the dimension is 384).
+    #[serde(default)]
+    pub modality: Option<ModalityName>,
     /// Distance metric (default cosine).
     #[serde(default)]
     pub metric: Option<MetricName>,
@@ -57,6 +66,62 @@ pub struct CreateCollection {
     pub ef_construction: Option<u32>,
 }
 
+/// The kind of content a collection's encoder reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModalityName {
+    /// Text.
+    Text,
+    /// Images: JPEG, PNG, WebP.
+    Image,
+    /// Audio: WAV, FLAC, MP3, Ogg Vorbis.
+    Audio,
+}
+
+impl From<ModalityName> for kernelize_store::Modality {
+    fn from(m: ModalityName) -> Self {
+        match m {
+            ModalityName::Text => kernelize_store::Modality::Text,
+            ModalityName::Image => kernelize_store::Modality::Image,
+            ModalityName::Audio => kernelize_store::Modality::Audio,
+        }
+    }
+}
+
+impl From<kernelize_store::Modality> for ModalityName {
+    fn from(m: kernelize_store::Modality) -> Self {
+        match m {
+            kernelize_store::Modality::Text => ModalityName::Text,
+            kernelize_store::Modality::Image => ModalityName::Image,
+            kernelize_store::Modality::Audio => ModalityName::Audio,
+        }
+    }
+}
+
+/// The encoder a collection (or kernel) records.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EncoderInfo {
+    /// Text, image or audio.
+    pub modality: ModalityName,
+    /// Model name (`kernelize models list`).
+    pub model: String,
+    /// Output dimension.
+    pub dim: u64,
+    /// The preprocessing, in words.
+    pub preprocessing: String,
+}
+
+impl From<&kernelize_store::EncoderRecord> for EncoderInfo {
+    fn from(r: &kernelize_store::EncoderRecord) -> Self {
+        EncoderInfo {
+            modality: r.modality.into(),
+            model: r.model.clone(),
+            dim: r.dim as u64,
+            preprocessing: r.preprocessing.clone(),
+        }
+    }
+}
+
 /// A collection and its statistics.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CollectionInfo {
@@ -64,6 +129,9 @@ pub struct CollectionInfo {
     pub name: String,
     /// Vector dimension.
     pub dim: u64,
+    /// The encoder chosen at creation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<EncoderInfo>,
     /// Metric.
     pub metric: MetricName,
     /// In-memory representation for search.
@@ -106,6 +174,12 @@ pub struct RecordIn {
     /// Text (searchable with BM25).
     #[serde(default)]
     pub text: Option<String>,
+    /// Image or audio collections: the file (JPEG/PNG/WebP; WAV/FLAC/MP3/Ogg), base64,
+    /// encoded by the server when no vector is given. Its source, SHA-256, size and what
+    /// the encoder found (format, width/height and label; duration) are kept in
+    /// `metadata.media`.
+    #[serde(default)]
+    pub media: Option<String>,
     /// Metadata (filterable).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -303,6 +377,10 @@ pub struct SearchRequest {
     /// Query text.
     #[serde(default)]
     pub text: Option<String>,
+    /// Image or audio collections: the query file (an image, a voice clip), base64,
+    /// encoded with the collection's encoder ("more like this", search by voice).
+    #[serde(default)]
+    pub media: Option<String>,
     /// Results wanted (default 10; capped by the server's `max_k`).
     #[serde(default)]
     #[schema(minimum = 1)]
@@ -431,7 +509,14 @@ pub struct SlowQueryList {
 #[serde(deny_unknown_fields)]
 pub struct EmbedRequest {
     /// Texts to embed (truncated at 256 tokens).
+    #[serde(default)]
     pub texts: Vec<String>,
+    /// Image or audio files, base64, encoded by the `modality`'s model.
+    #[serde(default)]
+    pub media: Vec<String>,
+    /// The model for `media`: `image` or `audio` (texts always use the text model).
+    #[serde(default)]
+    pub modality: Option<ModalityName>,
 }
 
 /// Embeddings, in the order of the texts.
@@ -441,8 +526,12 @@ pub struct EmbedResponse {
     pub model: String,
     /// Dimension.
     pub dim: u64,
-    /// One unit-length vector per text.
+    /// One unit-length vector per text (or media file).
     pub vectors: Vec<Vec<f32>>,
+    /// What the encoder found in each media file (format, size, label, duration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub info: Vec<Map<String, Value>>,
 }
 
 /// `POST /v1/backups`.

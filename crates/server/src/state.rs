@@ -110,6 +110,8 @@ pub struct AppState {
     pub cache: IndexCache,
     /// The embedder, or why it is unavailable.
     pub embedder: Result<Arc<Embedder>, String>,
+    /// The image and audio encoders, loaded on first use.
+    pub media: crate::media::MediaEncoders,
     /// Control-plane metadata.
     pub meta: MetaStore,
     /// Key pepper and token signing key.
@@ -249,6 +251,7 @@ impl AppState {
             db,
             cache: IndexCache::new(),
             embedder,
+            media: crate::media::MediaEncoders::default(),
             meta,
             secrets,
             metrics: Metrics::new(),

@@ -47,7 +47,9 @@ pub use export::{arrow_batch, arrow_schema, export_parquet};
 pub use keys::{
     KEY_LEN, KEYRING_FILE, KeyInfo, MASTER_KEY_ENV, MasterKey, init_encrypted, is_encrypted, list_keys, rotate_master,
 };
-pub use manifest::{CollectionConfig, IndexSettings, Manifest, Metric, Quantization, SegmentRef};
+pub use manifest::{
+    CollectionConfig, EncoderRecord, IndexSettings, Manifest, Metric, Modality, Quantization, SegmentRef,
+};
 pub use memtable::{Entry, Key};
 pub use record::{
     MAX_DIM, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES, MAX_VECTOR_NORM2, Metadata, Op, Record, key_hash,

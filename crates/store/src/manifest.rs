@@ -120,13 +120,72 @@ pub struct CollectionConfig {
     /// Search index settings.
     #[serde(default)]
     pub index: IndexSettings,
+    /// The encoder that turns this collection's content (texts, images, audio) into its
+    /// vectors, chosen at creation; absent in manifests written before modalities existed
+    /// and for collections that only ever receive vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<EncoderRecord>,
 }
 
 impl CollectionConfig {
     /// A configuration with the archive off.
     pub fn new(dim: usize, metric: Metric) -> CollectionConfig {
-        CollectionConfig { dim, metric, wal_archive: false, index: IndexSettings::default() }
+        CollectionConfig { dim, metric, wal_archive: false, index: IndexSettings::default(), encoder: None }
     }
+
+    /// The modality of the collection's content: its encoder's, text when it has none.
+    pub fn modality(&self) -> Modality {
+        self.encoder.as_ref().map_or(Modality::Text, |e| e.modality)
+    }
+}
+
+/// What kind of content a collection's vectors encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// Text (sentence embeddings).
+    Text,
+    /// Images (JPEG, PNG, WebP).
+    Image,
+    /// Audio (WAV, FLAC, MP3, Ogg Vorbis): voices.
+    Audio,
+}
+
+impl FromStr for Modality {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Modality> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(Modality::Text),
+            "image" => Ok(Modality::Image),
+            "audio" => Ok(Modality::Audio),
+            _ => Err(Error::InvalidInput(format!("unknown modality {s:?}: expected text, image or audio"))),
+        }
+    }
+}
+
+impl fmt::Display for Modality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Modality::Text => "text",
+            Modality::Image => "image",
+            Modality::Audio => "audio",
+        })
+    }
+}
+
+/// The encoder a collection (or a kernel) was made with: enough to refuse a query
+/// vector from a different model and to encode queries the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderRecord {
+    /// Text, image or audio.
+    pub modality: Modality,
+    /// The model, as `kernelize models list` names it (e.g. `EfficientNet-Lite0`).
+    pub model: String,
+    /// Output dimension.
+    pub dim: usize,
+    /// The preprocessing, in words (resize, crop, normalisation; resampling, mel bands).
+    pub preprocessing: String,
 }
 
 /// A live segment as the manifest names it.

@@ -58,6 +58,8 @@ pub(crate) struct CsvSource {
     vector: Option<usize>,
     text: Option<usize>,
     metadata: Option<usize>,
+    /// The media path column, in media ingestion.
+    media: Option<usize>,
     /// Other columns: (index, name).
     others: Vec<(usize, String)>,
 }
@@ -87,8 +89,9 @@ impl CsvSource {
                 format!("no id column {:?} (columns: {}); name the id column or generate ids", ctx.id_field, columns()),
             ));
         }
-        ctx.require_text_or_vector(vector.is_some(), text.is_some(), columns)?;
-        let used = [id, vector, text, metadata];
+        let media = ctx.media_field.as_deref().and_then(find);
+        ctx.require_content(vector.is_some(), text.is_some(), media.is_some(), columns)?;
+        let used = [id, vector, text, metadata, media];
         let others = headers
             .iter()
             .enumerate()
@@ -104,6 +107,7 @@ impl CsvSource {
             vector,
             text,
             metadata,
+            media,
             others,
         })
     }
@@ -159,6 +163,10 @@ impl Source for CsvSource {
             None => None,
         };
         let text = self.cell(self.text).map(str::to_owned);
+        let media = match (self.cell(self.media), &ctx.media_field) {
+            (Some(p), Some(field)) => Some(ctx.media_path(position, field, p)?),
+            _ => None,
+        };
         let explicit = match self.cell(self.metadata) {
             Some(s) => json_metadata_text(ctx, position, s)?,
             None => None,
@@ -169,7 +177,7 @@ impl Source for CsvSource {
                 rest.insert(name.clone(), scalar_value(s));
             }
         }
-        Ok(Some(Row { position, id, vector, text, metadata: merge_metadata(rest, explicit) }))
+        Ok(Some(Row { position, id, vector, text, metadata: merge_metadata(rest, explicit), media }))
     }
 
     fn bytes_read(&self) -> u64 {

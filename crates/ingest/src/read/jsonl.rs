@@ -93,6 +93,20 @@ fn object_row(ctx: &Ctx, position: Position, mut obj: serde_json::Map<String, Va
     let vector = obj.remove(&ctx.vector_field).unwrap_or(Value::Null);
     let text = obj.remove(&ctx.text_field).unwrap_or(Value::Null);
     let metadata = obj.remove(&ctx.metadata_field).unwrap_or(Value::Null);
+    let media = match &ctx.media_field {
+        Some(field) => match obj.remove(field).unwrap_or(Value::Null) {
+            Value::Null => None,
+            Value::String(p) => Some(ctx.media_path(position, field, &p)?),
+            other => {
+                return Err(ctx.field_err(
+                    position,
+                    field,
+                    format!("expected a media file path (a string), got {}", super::json_type(&other)),
+                ));
+            }
+        },
+        None => None,
+    };
     let id = match json_id(ctx, position, id)? {
         Some(id) => id,
         None => ctx.missing_id(position)?,
@@ -103,6 +117,7 @@ fn object_row(ctx: &Ctx, position: Position, mut obj: serde_json::Map<String, Va
         vector: json_vector(ctx, position, vector)?,
         text: json_text(ctx, position, text)?,
         metadata: merge_metadata(obj, json_metadata(ctx, position, metadata)?),
+        media,
     })
 }
 

@@ -2,6 +2,7 @@
 
 mod csv;
 mod dense;
+mod folder;
 mod jsonl;
 mod npy;
 mod parquet;
@@ -31,6 +32,18 @@ pub struct Row {
     pub text: Option<String>,
     /// Metadata: the metadata field's object merged with the row's other fields.
     pub metadata: Option<Metadata>,
+    /// The image or audio file of the row, in media ingestion
+    /// ([`IngestOptions::media_field`]).
+    pub media: Option<MediaRef>,
+}
+
+/// Where a row's image or audio file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaRef {
+    /// A file: a folder's entry, or a path field resolved against the input file's folder.
+    Path(PathBuf),
+    /// The bytes themselves (a Parquet binary column).
+    Bytes(Vec<u8>),
 }
 
 /// The reader behind a [`Reader`]; `Ok(None)` at the end.
@@ -64,11 +77,16 @@ impl Reader {
     /// Opens `path` in the format [`IngestOptions::format_for`] picks, reading and
     /// checking its header or schema.
     pub fn open(path: &Path, opts: &IngestOptions) -> Result<Reader> {
-        let format = opts.format_for(path)?;
+        let meta = fs_err::metadata(path).map_err(|e| Error::io(path, e))?;
+        let format = if meta.is_dir() { Format::Folder } else { opts.format_for(path)? };
         opts.validate(format)?;
-        let total_bytes = fs_err::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        let total_bytes = meta.len();
         let ctx = Ctx::new(path, opts);
         let source: Box<dyn Source> = match format {
+            Format::Folder => {
+                let (source, bytes) = folder::FolderSource::open(ctx, opts)?;
+                return Ok(Reader { path: path.to_path_buf(), format, total_bytes: bytes, source: Box::new(source), done: false });
+            }
             Format::Jsonl => Box::new(jsonl::JsonlSource::open(ctx)?),
             Format::Csv => Box::new(csv::CsvSource::open(ctx)?),
             Format::Parquet => Box::new(parquet::ParquetSource::open(ctx, total_bytes)?),
@@ -137,12 +155,28 @@ pub(crate) struct Ctx {
     pub metadata_field: String,
     pub generate_ids: bool,
     pub ids_file: Option<PathBuf>,
+    /// Media ingestion: the field holding each row's file path (or bytes, in Parquet).
+    pub media_field: Option<String>,
+    /// The folder relative media paths are resolved against (the input file's).
+    pub base_dir: PathBuf,
 }
 
 impl Ctx {
-    /// A columnar file must have a text column or a vector column; `columns` lists what it
-    /// has, for the error.
-    pub fn require_text_or_vector(&self, has_vector: bool, has_text: bool, columns: impl Fn() -> String) -> Result<()> {
+    /// A columnar file must have a text column or a vector column (a media column in media
+    /// ingestion); `columns` lists what it has, for the error.
+    pub fn require_content(
+        &self,
+        has_vector: bool,
+        has_text: bool,
+        has_media: bool,
+        columns: impl Fn() -> String,
+    ) -> Result<()> {
+        if let Some(media) = &self.media_field {
+            if has_media {
+                return Ok(());
+            }
+            return Err(Error::file(&self.path, format!("no media column {media:?} (columns: {})", columns())));
+        }
         if has_vector || has_text {
             return Ok(());
         }
@@ -167,7 +201,17 @@ impl Ctx {
             metadata_field: opts.metadata_field.clone(),
             generate_ids: opts.generate_ids,
             ids_file: opts.ids_file.clone(),
+            media_field: opts.media_field.clone(),
+            base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         }
+    }
+
+    /// A media path from a row, resolved against the input file's folder.
+    pub fn media_path(&self, position: Position, field: &str, path: &str) -> Result<MediaRef> {
+        if path.is_empty() {
+            return Err(self.field_err(position, field, "the media path is empty"));
+        }
+        Ok(MediaRef::Path(self.base_dir.join(path)))
     }
 
     pub fn loc(&self, position: Position) -> Location {

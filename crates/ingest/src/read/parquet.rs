@@ -7,9 +7,11 @@
 //! - metadata: a string column of JSON objects;
 //! - every other column into metadata: booleans, integers and finite floats as JSON
 //!   booleans and numbers, strings as strings, any other type (dates, timestamps,
-//!   decimals, nested) as its Arrow display text; nulls are left out.
+//!   decimals, nested) as its Arrow display text; nulls are left out;
+//! - in media ingestion, the media column: Binary / LargeBinary / BinaryView (the file's
+//!   bytes) or a string column (its path, relative to the Parquet file's folder).
 
-use super::{Ctx, Row, Source, json_metadata_text, merge_metadata};
+use super::{Ctx, MediaRef, Row, Source, json_metadata_text, merge_metadata};
 use crate::error::{Error, Position, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type, Int64Type, UInt64Type};
@@ -22,6 +24,9 @@ use std::collections::VecDeque;
 
 /// Rows decoded per record batch.
 const BATCH_ROWS: usize = 1024;
+/// Rows decoded per record batch when a binary media column is read (each row may hold
+/// a file of up to 64 MiB).
+const MEDIA_BATCH_ROWS: usize = 16;
 
 pub(crate) struct ParquetSource {
     ctx: Ctx,
@@ -30,6 +35,7 @@ pub(crate) struct ParquetSource {
     vector: Option<usize>,
     text: Option<usize>,
     metadata: Option<usize>,
+    media: Option<usize>,
     others: Vec<(usize, String)>,
     pending: VecDeque<Row>,
     failed: Option<Error>,
@@ -101,13 +107,20 @@ impl ParquetSource {
         {
             return Err(bad_type(&ctx.metadata_field, "a string column of JSON objects", i));
         }
-        ctx.require_text_or_vector(vector.is_some(), text.is_some(), columns)?;
-        let used = [id, vector, text, metadata];
+        let media = ctx.media_field.as_deref().and_then(find);
+        if let (Some(i), Some(field)) = (media, &ctx.media_field) {
+            let t = schema.field(i).data_type();
+            if !is_string(t) && !is_binary(t) {
+                return Err(bad_type(field, "a binary column (the file's bytes) or a string column (its path)", i));
+            }
+        }
+        ctx.require_content(vector.is_some(), text.is_some(), media.is_some(), columns)?;
+        let used = [id, vector, text, metadata, media];
         let others = (0..schema.fields().len())
             .filter(|i| !used.contains(&Some(*i)))
             .map(|i| (i, schema.field(i).name().clone()))
             .collect();
-        let reader = guarded(&ctx.path, || builder.with_batch_size(BATCH_ROWS).build())?
+        let reader = guarded(&ctx.path, || builder.with_batch_size(if media.is_some() { MEDIA_BATCH_ROWS } else { BATCH_ROWS }).build())?
             .map_err(|e| Error::file(&ctx.path, format!("cannot read the Parquet file: {e}")))?;
         Ok(ParquetSource {
             ctx,
@@ -116,6 +129,7 @@ impl ParquetSource {
             vector,
             text,
             metadata,
+            media,
             others,
             pending: VecDeque::new(),
             failed: None,
@@ -140,6 +154,7 @@ impl ParquetSource {
         let texts = as_large_utf8(self.text)?;
         let metas = as_large_utf8(self.metadata)?;
         let vectors = self.vector.map(|i| batch.column(i));
+        let media = self.media.map(|i| batch.column(i));
         let mut others = Vec::with_capacity(self.others.len());
         for (i, name) in &self.others {
             others.push((name, column_values(batch.column(*i)).map_err(at_batch)?));
@@ -161,6 +176,10 @@ impl ParquetSource {
                     None => None,
                 };
                 let text = string_at(&texts, r);
+                let media = match (media, &ctx.media_field) {
+                    (Some(col), Some(field)) => media_at(ctx, position, field, col, r)?,
+                    _ => None,
+                };
                 let explicit = match string_at(&metas, r) {
                     Some(s) => json_metadata_text(ctx, position, &s)?,
                     None => None,
@@ -171,7 +190,7 @@ impl ParquetSource {
                         rest.insert((*name).clone(), v.clone());
                     }
                 }
-                Ok(Row { position, id, vector, text, metadata: merge_metadata(rest, explicit) })
+                Ok(Row { position, id, vector, text, metadata: merge_metadata(rest, explicit), media })
             })();
             match row {
                 Ok(row) => self.pending.push_back(row),
@@ -191,6 +210,40 @@ impl ParquetSource {
 fn guarded<T>(path: &std::path::Path, f: impl FnOnce() -> T) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .map_err(|_| Error::file(path, "the Parquet decoder failed on malformed data"))
+}
+
+fn is_binary(t: &DataType) -> bool {
+    matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView)
+}
+
+/// The media of row `r`: the bytes of a binary column, or a path from a string column.
+fn media_at(ctx: &Ctx, position: Position, field: &str, col: &ArrayRef, r: usize) -> Result<Option<MediaRef>> {
+    if col.is_null(r) {
+        return Ok(None);
+    }
+    let bytes = if let Some(a) = col.as_binary_opt::<i32>() {
+        a.value(r)
+    } else if let Some(a) = col.as_binary_opt::<i64>() {
+        a.value(r)
+    } else if let Some(a) = col.as_binary_view_opt() {
+        a.value(r)
+    } else if let Some(a) = col.as_string_opt::<i32>() {
+        return ctx.media_path(position, field, a.value(r)).map(Some);
+    } else if let Some(a) = col.as_string_opt::<i64>() {
+        return ctx.media_path(position, field, a.value(r)).map(Some);
+    } else if let Some(a) = col.as_string_view_opt() {
+        return ctx.media_path(position, field, a.value(r)).map(Some);
+    } else {
+        return Err(ctx.field_err(position, field, format!("unsupported media column type {}", col.data_type())));
+    };
+    if bytes.len() > kernelize_media::MAX_INPUT_BYTES {
+        return Err(ctx.field_err(
+            position,
+            field,
+            format!("the media is {} bytes, the limit is {}", bytes.len(), kernelize_media::MAX_INPUT_BYTES),
+        ));
+    }
+    Ok(Some(MediaRef::Bytes(bytes.to_vec())))
 }
 
 /// The vector of row `r` of a list column; `None` when null.

@@ -6,6 +6,7 @@
 //! with that instruction; none passes silently.
 #![expect(clippy::unwrap_used, reason = "test helpers fail the test on any setup error")]
 
+mod media;
 mod model;
 mod pipeline;
 mod readers;

@@ -163,7 +163,7 @@ fn write_format_fixtures() {
     fs_err::write(dir.join("signing.pub"), format!("{}\n", key.public().to_hex())).unwrap();
     for (stem, opts) in variants() {
         let units = corpus();
-        let source = SourceInfo { collection: "fixture".into(), records: units.len() as u64, seq: 1 };
+        let source = SourceInfo { collection: "fixture".into(), records: units.len() as u64, seq: 1, encoder: None };
         let built = build(units, DIM, Metric::Cosine, source, &opts, &key, &|_, _| {}).unwrap();
         kernelize_kernel::write_file(&dir.join(format!("{stem}.kernel")), &built.bytes).unwrap();
     }

@@ -51,7 +51,7 @@ fn corpus(n: usize, dups: usize, seed: u64, prefix: &str) -> Vec<Unit> {
 }
 
 fn source(n: usize) -> SourceInfo {
-    SourceInfo { collection: "docs".into(), records: n as u64, seq: 1 }
+    SourceInfo { collection: "docs".into(), records: n as u64, seq: 1, encoder: None }
 }
 
 fn queries(n: usize, seed: u64) -> Vec<EvalQuery> {
@@ -322,4 +322,34 @@ fn tiny_collections_build_and_answer() {
             assert_eq!(hits[0].ids[0], "s0");
         }
     }
+}
+
+#[test]
+fn kernels_record_their_encoder_and_merges_of_different_encoders_are_refused() {
+    let key = SigningKey::generate().unwrap();
+    let opts = BuildOptions::default();
+    let record = |model: &str| kernelize_store::EncoderRecord {
+        modality: kernelize_store::Modality::Image,
+        model: model.into(),
+        dim: DIM,
+        preprocessing: "resize, crop, normalise".into(),
+    };
+    let make = |units: Vec<Unit>, model: &str| {
+        let n = units.len();
+        let src = SourceInfo { encoder: Some(record(model)), ..source(n) };
+        let bytes = build(units, DIM, Metric::Cosine, src, &opts, &key, &|_, _| {}).unwrap().bytes;
+        Kernel::from_bytes(&bytes, model, &trust(&key)).unwrap()
+    };
+    let a = make(corpus(200, 0, 1, "a"), "EfficientNet-Lite0");
+    assert_eq!(a.manifest().source.encoder, Some(record("EfficientNet-Lite0")), "the record survives signing and parsing");
+    let same = make(corpus(100, 0, 2, "b"), "EfficientNet-Lite0");
+    let m = merge(&a, &same, MergeMode::Union, &opts, &key, &|_, _| {}).unwrap();
+    let merged = Kernel::from_bytes(&m.bytes, "m", &trust(&key)).unwrap();
+    assert_eq!(merged.manifest().source.encoder, Some(record("EfficientNet-Lite0")));
+    let other = make(corpus(100, 0, 3, "c"), "another-model");
+    let err = merge(&a, &other, MergeMode::Union, &opts, &key, &|_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("different encoders"), "{err}");
+    // A kernel without the record (built before modalities) still opens.
+    let plain = Kernel::from_bytes(&built(corpus(50, 0, 4, "d"), &opts, &key), "plain", &trust(&key)).unwrap();
+    assert_eq!(plain.manifest().source.encoder, None);
 }

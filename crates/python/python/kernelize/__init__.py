@@ -23,6 +23,7 @@ from ._embedded import Collection, Database, Kernel
 from ._native import __version__, get_num_threads, set_num_threads
 from ._native import generate_signing_key as _generate_signing_key
 from ._native import embed as _embed
+from ._native import embed_media as _embed_media
 from .errors import KernelizeError
 
 
@@ -44,12 +45,22 @@ def embed(texts) -> np.ndarray:
     return _embed([str(t) for t in check_texts(texts, None)])
 
 
+def embed_media(files, modality: str) -> np.ndarray:
+    """Image files (JPEG, PNG, WebP: EfficientNet-Lite0, ``[n, 1280]``) or audio files
+    (WAV, FLAC, MP3, Ogg Vorbis: Resemblyzer's voice encoder, ``[n, 256]``) as unit-length
+    float32 vectors, on this process's threads. ``files``: bytes or paths;
+    ``modality``: ``image`` or ``audio``."""
+    from ._common import media_bytes
+
+    return _embed_media(media_bytes(files), str(modality))
+
+
 def generate_signing_key(stem: Union[str, os.PathLike]) -> str:
     """Makes an ed25519 kernel signing key: ``<stem>.key`` (mode 0600) and
     ``<stem>.pub``; returns the public key as 64 hex digits."""
     return _generate_signing_key(os.fspath(stem))
 
 
-__all__ = ["open", "connect", "embed", "Database", "Collection", "Client", "RemoteCollection", "Kernel",
+__all__ = ["open", "connect", "embed", "embed_media", "Database", "Collection", "Client", "RemoteCollection", "Kernel",
            "SearchResult", "errors", "KernelizeError", "set_num_threads", "get_num_threads",
            "generate_signing_key", "__version__"]

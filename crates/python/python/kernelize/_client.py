@@ -8,6 +8,7 @@ the classes of :mod:`kernelize.errors` from the server's ``{code, message, reque
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import random
@@ -21,7 +22,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from ._common import CollectionAPI, Record, SearchResult, check_ids, check_texts, ids_array
+from ._common import CollectionAPI, Record, SearchResult, check_ids, check_texts, ids_array, media_bytes
 from .errors import ConnectionFailed, InvalidArgument, KernelizeError, Timeout, from_server
 
 #: Records per upsert request (the server's default limit is 10,000 and 64 MiB).
@@ -134,11 +135,16 @@ class Client:
 
     # -- data directory ----------------------------------------------------------------
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", *, quantization: str = "none",
-                          m: int = 16, ef_construction: int = 200) -> "RemoteCollection":
-        info = self.request("POST", "/v1/collections",
-                            {"name": name, "dim": int(dim), "metric": metric, "quantization": quantization,
-                             "m": int(m), "ef_construction": int(ef_construction)}, idempotent=False)
+    def create_collection(self, name: str, dim: Optional[int] = None, metric: str = "cosine", *,
+                          quantization: str = "none", m: int = 16, ef_construction: int = 200,
+                          modality: Optional[str] = None) -> "RemoteCollection":
+        body: Dict[str, Any] = {"name": name, "metric": metric, "quantization": quantization, "m": int(m),
+                                "ef_construction": int(ef_construction)}
+        if dim is not None:
+            body["dim"] = int(dim)
+        if modality is not None:
+            body["modality"] = modality
+        info = self.request("POST", "/v1/collections", body, idempotent=False)
         return RemoteCollection(self, info)
 
     def collection(self, name: str) -> "RemoteCollection":
@@ -160,6 +166,12 @@ class Client:
         texts = [str(t) for t in check_texts(texts, None)]
         out = self.request("POST", "/v1/embed", {"texts": texts})
         return np.asarray(out["vectors"], dtype=np.float32).reshape(len(texts), int(out["dim"]))
+
+    def embed_media(self, files: Any, modality: str) -> np.ndarray:
+        """Encodes image or audio files (bytes or paths) on the server; ``[n, dim]`` float32."""
+        data = [base64.b64encode(b).decode("ascii") for b in media_bytes(files)]
+        out = self.request("POST", "/v1/embed", {"media": data, "modality": modality})
+        return np.asarray(out["vectors"], dtype=np.float32).reshape(len(data), int(out["dim"]))
 
     def health(self) -> Dict[str, Any]:
         return self.request("GET", "/healthz")
@@ -196,6 +208,7 @@ class RemoteCollection(CollectionAPI):
         self.name = info["name"]
         self.dim = int(info["dim"])
         self.metric = info["metric"]
+        self.modality = (info.get("encoder") or {}).get("modality", "text")
         self._path = f"/v1/collections/{_seg(self.name)}"
 
     def upsert(self, ids: Iterable[str], vectors: Any = None, *, texts: Optional[Sequence[Optional[str]]] = None,
@@ -240,6 +253,9 @@ class RemoteCollection(CollectionAPI):
                 raise
             out.append(_record(r, vectors))
         return out
+
+    def _encode_media(self, files: List[bytes]) -> np.ndarray:
+        return self._client.embed_media(files, self.modality)
 
     def _search(self, q: Optional[np.ndarray], t: Optional[List[str]], k: int, ef: Optional[int],
                 f: Optional[str], mode: str, exact: bool, records: bool, include_vectors: bool) -> SearchResult:

@@ -176,14 +176,22 @@ class CollectionAPI:
     def search(self, queries: Any = None, *, texts: Optional[Sequence[str]] = None, k: int = 10,
                filter: FilterLike = None, mode: str = "vector", ef: Optional[int] = None,
                exact: bool = False, return_records: bool = False,
-               include_vectors: bool = False) -> SearchResult:
+               include_vectors: bool = False, media: Any = None) -> SearchResult:
         """Searches with one or many queries.
 
         ``queries``: vectors ``[nq, dim]`` (or one ``[dim]``); ``texts``: query texts
         (embedded with MiniLM when no vectors are given; the keyword side of ``keyword``
-        and ``hybrid``). ``filter`` restricts by metadata; ``ef`` widens the graph walk
-        (recall for speed); ``exact`` scans every record (ground truth)."""
+        and ``hybrid``); ``media``: image or audio files (bytes or paths) for a collection
+        made with ``modality="image"`` or ``"audio"``, encoded with its encoder ("more
+        like this", search by voice). ``filter`` restricts by metadata; ``ef`` widens the
+        graph walk (recall for speed); ``exact`` scans every record (ground truth)."""
         check_search(k, mode, ef)
+        if media is not None:
+            if queries is not None:
+                raise InvalidArgument("search: give queries (vectors) or media, not both")
+            if getattr(self, "modality", "text") not in ("image", "audio"):
+                raise InvalidArgument(f"collection {self.name!r} has no image or audio encoder")
+            queries = self._encode_media(media_bytes(media))
         q = None if queries is None else as_matrix(queries, self.dim, "queries")
         t = None if texts is None else [str(x) for x in check_texts(texts, None)]
         if q is None and t is None:
@@ -210,3 +218,22 @@ class CollectionAPI:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} dim={self.dim}>"
 
+
+
+def media_bytes(files: Any) -> List[bytes]:
+    """Files as bytes: each item is ``bytes`` / ``bytearray`` / ``memoryview`` or a path
+    (``str`` / ``os.PathLike``), read here; one item alone is taken as a list of one."""
+    import os
+
+    if isinstance(files, (bytes, bytearray, memoryview, str, os.PathLike)):
+        files = [files]
+    out: List[bytes] = []
+    for i, f in enumerate(files):
+        if isinstance(f, (bytes, bytearray, memoryview)):
+            out.append(bytes(f))
+        elif isinstance(f, (str, os.PathLike)):
+            with open(os.fspath(f), "rb") as fh:
+                out.append(fh.read())
+        else:
+            raise InvalidArgument(f"media[{i}]: expected bytes or a path, got {type(f).__name__}")
+    return out

@@ -34,14 +34,17 @@ class Database:
     def read_only(self) -> bool:
         return self._native.read_only
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", *, quantization: str = "none",
-                          m: int = 16, ef_construction: int = 200) -> "Collection":
+    def create_collection(self, name: str, dim: Optional[int] = None, metric: str = "cosine", *,
+                          quantization: str = "none", m: int = 16, ef_construction: int = 200,
+                          modality: Optional[str] = None) -> "Collection":
         """Creates a collection of ``dim``-dimensional vectors compared by ``metric``
         (``cosine``, ``dot`` or ``l2``); ``quantization`` (``none``, ``int8``,
         ``rabitq1``, ``rabitq4``) picks what the search index keeps in memory (results
-        are always re-ranked with exact distances)."""
-        return Collection(self._native.create_collection(name, int(dim), metric, quantization, int(m),
-                                                         int(ef_construction)))
+        are always re-ranked with exact distances). ``modality`` (``text``, ``image``,
+        ``audio``) records the encoder and sets ``dim``: ``search(media=...)`` then
+        encodes images or voice clips with it."""
+        return Collection(self._native.create_collection(name, None if dim is None else int(dim), metric,
+                                                         quantization, int(m), int(ef_construction), modality))
 
     def collection(self, name: str) -> "Collection":
         """An existing collection (:class:`~kernelize.errors.NotFound` otherwise)."""
@@ -86,6 +89,7 @@ class Collection(CollectionAPI):
         self.name = native.name
         self.dim = native.dim
         self.metric = native.metric
+        self.modality = native.modality
 
     def upsert(self, ids: Iterable[str], vectors: Any = None, *, texts: Optional[Sequence[Optional[str]]] = None,
                metadata: Optional[Sequence[Optional[Dict[str, Any]]]] = None) -> int:
@@ -102,6 +106,9 @@ class Collection(CollectionAPI):
     def delete(self, ids: Iterable[str]) -> int:
         """Deletes records by id (atomically); absent ids are no error."""
         return self._c.delete(check_ids(ids))
+
+    def _encode_media(self, files: List[bytes]) -> np.ndarray:
+        return _native.embed_media(files, self.modality)
 
     def _get(self, ids: List[str], vectors: bool) -> List[Optional[Record]]:
         return [decode_record(r) for r in self._c.get(ids, vectors)]

@@ -15,6 +15,7 @@ mod health;
 mod kernels;
 mod map;
 mod matrix;
+mod media;
 mod matrix_fleet;
 mod matrix_programs;
 mod matrix_sso;

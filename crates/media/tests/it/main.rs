@@ -1,0 +1,3 @@
+//! Integration tests of kernelize-media.
+
+mod image;
