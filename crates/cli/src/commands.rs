@@ -580,7 +580,8 @@ fn collection(cli: &Cli, cmd: &CollectionCmd) -> Result<()> {
         CollectionCmd::List => {
             for c in db.collections() {
                 let cfg = c.config();
-                let encoder = cfg.encoder.as_ref().map(|e| format!("\tencoder={} {}", e.modality, e.model)).unwrap_or_default();
+                let encoder =
+                    cfg.encoder.as_ref().map(|e| format!("\tencoder={} {}", e.modality, e.model)).unwrap_or_default();
                 println!(
                     "{}\tdim={}\tmetric={}\trecords={}{encoder}",
                     c.name(),

@@ -91,6 +91,11 @@ pub struct IngestArgs {
     /// `stop` the load (what was acknowledged stays) or `skip` it and report it.
     #[arg(long, default_value = "stop")]
     pub on_bad_file: String,
+    /// Image and audio collections: keep a copy of each file in the collection, so the
+    /// server serves it back (GET .../records/{id}/media; the console's thumbnails and
+    /// players).
+    #[arg(long)]
+    pub keep_files: bool,
 }
 
 pub fn model_dir(arg: &Option<PathBuf>) -> PathBuf {
@@ -135,7 +140,11 @@ pub fn embed(a: &EmbedArgs) -> Result<ExitCode> {
 pub fn read_media_file(path: &Path) -> Result<Vec<u8>> {
     let len = fs_err::metadata(path)?.len();
     if len > kernelize_media::MAX_INPUT_BYTES as u64 {
-        bail!("{}: {len} bytes, more than the {} bytes a media file may have", path.display(), kernelize_media::MAX_INPUT_BYTES);
+        bail!(
+            "{}: {len} bytes, more than the {} bytes a media file may have",
+            path.display(),
+            kernelize_media::MAX_INPUT_BYTES
+        );
     }
     Ok(fs_err::read(path)?)
 }
@@ -247,6 +256,7 @@ fn ingest_media(collection: &kernelize_store::Collection, a: &IngestArgs) -> Res
     opts.generate_ids = a.generate_ids;
     opts.media_field = Some(a.media_field.clone());
     opts.bad_media = a.on_bad_file.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    opts.keep_media = a.keep_files;
     let pb = progress::bytes(0, "ingest");
     let summary = kernelize_ingest::ingest_media(collection, &a.file, &opts, &*encoder, &mut |p| {
         pb.set_length(p.bytes_total);

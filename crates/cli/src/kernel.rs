@@ -406,7 +406,12 @@ pub fn kernel(cli: &Cli, cmd: &KernelCmd) -> Result<ExitCode> {
             let snap = coll.snapshot();
             let units = kernelize_kernel::units_of(&snap)?;
             let cfg = coll.config();
-            let source = SourceInfo { collection: collection.clone(), records: units.len() as u64, seq: snap.seq(), encoder: cfg.encoder.clone() };
+            let source = SourceInfo {
+                collection: collection.clone(),
+                records: units.len() as u64,
+                seq: snap.seq(),
+                encoder: cfg.encoder.clone(),
+            };
             let (pb, progress) = progress_bar();
             let built = kernelize_kernel::build(units, cfg.dim, cfg.metric, source, &opts, &key, &progress)?;
             pb.finish_and_clear();

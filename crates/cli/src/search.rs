@@ -94,15 +94,22 @@ pub fn search(cli: &Cli, a: &SearchArgs) -> Result<ExitCode> {
     let modality = coll.config().modality();
     if let Some(file) = &a.media {
         if modality == kernelize_media::Modality::Text {
-            bail!("collection {} has no image or audio encoder; --media needs one (collection create --modality)", a.collection);
+            bail!(
+                "collection {} has no image or audio encoder; --media needs one (collection create --modality)",
+                a.collection
+            );
         }
         let bytes = crate::embedding::read_media_file(file)?;
         let encoder = crate::embedding::load_media_encoder(modality, &a.model_dir)?;
-        let v = encoder.encode(&[kernelize_media::Input::Bytes(&bytes)]).pop().context("the encoder returned nothing")?;
+        let v =
+            encoder.encode(&[kernelize_media::Input::Bytes(&bytes)]).pop().context("the encoder returned nothing")?;
         vector = Some(v.with_context(|| file.display().to_string())?);
     } else if vector.is_none() && mode != Mode::Keyword {
         if modality != kernelize_media::Modality::Text {
-            bail!("collection {} holds {modality}: query it with --media FILE (or --text in keyword mode)", a.collection);
+            bail!(
+                "collection {} holds {modality}: query it with --media FILE (or --text in keyword mode)",
+                a.collection
+            );
         }
         let e = load_embedder(&model_dir(&a.model_dir))?;
         let text = a.text.as_deref().unwrap_or_default();

@@ -147,7 +147,11 @@ pub const RESEMBLYZER: ModelSpec = ModelSpec {
         sha256: "b6ebfab0062beab45402fcdfef811e3929f2bee78489109576c36ad7831d3fb9",
         bytes: 5_695_800,
     }],
-    convert: Some(Conversion { source: "pretrained.pt", source_sha256: "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e", key: Some("model_state") }),
+    convert: Some(Conversion {
+        source: "pretrained.pt",
+        source_sha256: "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+        key: Some("model_state"),
+    }),
 };
 
 /// Every model `kernelize models install` knows, the default set first.

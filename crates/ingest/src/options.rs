@@ -168,6 +168,10 @@ pub struct IngestOptions {
     /// Media ingestion: what a file that cannot be read or encoded does — stop the load
     /// (the default) or be skipped and reported in the summary.
     pub bad_media: BadMedia,
+    /// Media ingestion: keep each file beside the collection
+    /// ([`kernelize_store::Collection::put_media`]) so the server can serve it back
+    /// (the console's thumbnails and players), before its record is written.
+    pub keep_media: bool,
 }
 
 /// What a bad media file does to a media ingestion.
@@ -209,6 +213,7 @@ impl Default for IngestOptions {
             media_field: None,
             media_extensions: Vec::new(),
             bad_media: BadMedia::Stop,
+            keep_media: false,
         }
     }
 }

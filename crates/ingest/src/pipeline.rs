@@ -190,12 +190,14 @@ fn run(
 
     let (tx, rx) = sync_channel::<Result<Batch>>(QUEUE_DEPTH);
     let cancel = AtomicBool::new(false);
+    let keep = opts.keep_media.then_some(collection);
     let producer = Producer {
         vector_field: if format.is_tensor() { "vector".into() } else { opts.vector_field.clone() },
         reader,
         opts,
         embedder,
         media,
+        keep,
         dim: collection.config().dim,
         tx,
         cancel: &cancel,
@@ -305,6 +307,8 @@ struct Producer<'a> {
     opts: &'a IngestOptions,
     embedder: Option<&'a Embedder>,
     media: Option<&'a dyn Encoder>,
+    /// Media ingestion with [`IngestOptions::keep_media`]: where files are kept.
+    keep: Option<&'a Collection>,
     dim: usize,
     vector_field: String,
     tx: SyncSender<Result<Batch>>,
@@ -447,12 +451,15 @@ impl Producer<'_> {
         }
         let (source, bytes) = match row.media {
             None => return Err(Error::row(loc, format!("the row has no media file ({field:?})"))),
-            Some(MediaRef::Bytes(b)) => (format!("{} row {}", self.reader.path().display(), row.position.line_or_row()), Ok(b)),
+            Some(MediaRef::Bytes(b)) => {
+                (format!("{} row {}", self.reader.path().display(), row.position.line_or_row()), Ok(b))
+            }
             Some(MediaRef::Path(p)) => {
                 if let Position::File(_) = row.position {
                     loc = Location::new(&p, row.position);
                 }
-                let source = if self.reader.format() == Format::Folder { row.id.clone() } else { p.display().to_string() };
+                let source =
+                    if self.reader.format() == Format::Folder { row.id.clone() } else { p.display().to_string() };
                 (source, read_media(&p))
             }
         };
@@ -515,6 +522,9 @@ impl Producer<'_> {
                 return Err(Error::Internal("a media file without its record".into()));
             };
             let info = kernelize_media::media_metadata(&p.source, &p.bytes, encoded.info);
+            if let (Some(c), Some(sha)) = (self.keep, info.get("sha256").and_then(|v| v.as_str())) {
+                c.put_media(sha, &p.bytes)?;
+            }
             record.metadata.get_or_insert_with(Metadata::new).insert("media".into(), Value::Object(info));
             record.vector = encoded.vector;
             if let Some(record) = self.records.get(p.record) {
@@ -619,9 +629,7 @@ fn read_media(path: &Path) -> std::result::Result<Vec<u8>, String> {
     let max = kernelize_media::MAX_INPUT_BYTES;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(max as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    file.take(max as u64 + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.len() > max {
         return Err(format!("{} is larger than {max} bytes, the limit for one media file", path.display()));
     }

@@ -111,6 +111,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                     "batch": args.batch,
                     "repeats": args.repeats,
                     "median_s": median,
+                    "best_s": times[0],
                     "images_per_s": per_s,
                 })
             );

@@ -21,8 +21,10 @@
 //! found. (On all-zero audio the reference's volume normalisation also divides by zero; its
 //! NaN samples are trimmed away by the VAD and end in that same constant vector.)
 //!
-//! Untrusted input is bounded: [`crate::MAX_INPUT_BYTES`], 600 s of decoded audio, 4 to
-//! 384 kHz, 32 channels; a malformed file is an [`Error::Input`] for that file alone.
+//! Untrusted input is bounded: [`crate::MAX_INPUT_BYTES`], 600 s of decoded audio
+//! ([`MAX_DURATION_SECS`]), 4 to 96 kHz, 32 channels (at most 230 MB of decoded samples per
+//! file); a malformed file is an [`Error::Input`] for that file alone, and a panic inside
+//! a third-party decoder is caught and reported as one.
 
 mod decode;
 mod gemm;
@@ -93,11 +95,7 @@ impl AudioEncoder {
     pub fn load(dir: &Path) -> Result<AudioEncoder> {
         let weights = Weights::open(dir, kernelize_embed::models::RESEMBLYZER.name)?;
         let network = lstm::Network::load(&weights)?;
-        Ok(AudioEncoder {
-            network,
-            front_end: mel::MelFrontEnd::new(),
-            record: record(),
-        })
+        Ok(AudioEncoder { network, front_end: mel::MelFrontEnd::new(), record: record() })
     }
 
     /// The model's directory under the models directory

@@ -90,7 +90,9 @@ const TEXT_PREPROCESSING: &str = "WordPiece tokens (uncased), truncated to 256; 
 pub fn load_encoder(modality: Modality, models_root: &Path) -> Result<Box<dyn Encoder>> {
     Ok(match modality {
         Modality::Text => Box::new(TextEncoder::load(&models_root.join(kernelize_embed::models::MINILM.name))?),
-        Modality::Image => Box::new(ImageEncoder::load(&models_root.join(kernelize_embed::models::EFFICIENTNET_LITE0.name))?),
+        Modality::Image => {
+            Box::new(ImageEncoder::load(&models_root.join(kernelize_embed::models::EFFICIENTNET_LITE0.name))?)
+        }
         Modality::Audio => Box::new(AudioEncoder::load(&models_root.join(kernelize_embed::models::RESEMBLYZER.name))?),
     })
 }

@@ -124,13 +124,13 @@ impl ImageEncoder {
 
     /// The `top` most probable ImageNet labels of an image file (at most 1,000).
     pub fn classify(&self, bytes: &[u8], top: usize) -> Result<Vec<Label>> {
-        Ok(self.run(bytes, top, self.parallelism(1))?.labels)
+        Ok(self.run(bytes, top, Self::parallelism(1))?.labels)
     }
 
     /// Vector, header facts and `top` labels of every input in one pass each, spread over
     /// the rayon pool; a bad input fails alone.
     pub fn encode_with_labels(&self, inputs: &[Input<'_>], top: usize) -> Vec<Result<Analysis>> {
-        let par = self.parallelism(inputs.len());
+        let par = Self::parallelism(inputs.len());
         inputs
             .par_iter()
             .map(|input| match input {
@@ -142,7 +142,7 @@ impl ImageEncoder {
 
     /// A single image may use the whole pool inside its GEMMs; in a batch each image is
     /// one task and its GEMMs stay on its thread.
-    fn parallelism(&self, batch: usize) -> Parallelism {
+    fn parallelism(batch: usize) -> Parallelism {
         let threads = rayon::current_num_threads();
         if batch == 1 && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
     }

@@ -49,11 +49,8 @@ impl Weights {
                 format!("tensor {name} has shape {:?}, expected {shape:?}", view.shape()),
             ));
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::corrupt(&self.path, format!("tensor {name} has a non-finite value at element {i}")));
         }

@@ -93,7 +93,9 @@ impl Database {
     ) -> PyResult<Collection> {
         let encoder = match modality {
             None => None,
-            Some(s) => Some(kernelize_media::encoder_record(s.parse().map_err(|e: kernelize_store::Error| Failure::invalid(e.to_string()))?)),
+            Some(s) => Some(kernelize_media::encoder_record(
+                s.parse().map_err(|e: kernelize_store::Error| Failure::invalid(e.to_string()))?,
+            )),
         };
         let dim = match (&encoder, dim) {
             (Some(e), Some(d)) if d != e.dim => {

@@ -90,8 +90,10 @@ pub fn media_encoder(modality: kernelize_media::Modality) -> Res<Arc<dyn kerneli
     if let Some((_, e)) = slot.iter().find(|(m, _)| *m == modality) {
         return Ok(e.clone());
     }
-    let e: Arc<dyn kernelize_media::Encoder> =
-        Arc::from(kernelize_media::load_encoder(modality, &kernelize_embed::models::models_dir()).map_err(|e| Failure::invalid(e.to_string()))?);
+    let e: Arc<dyn kernelize_media::Encoder> = Arc::from(
+        kernelize_media::load_encoder(modality, &kernelize_embed::models::models_dir())
+            .map_err(|e| Failure::invalid(e.to_string()))?,
+    );
     slot.push((modality, e.clone()));
     Ok(e)
 }

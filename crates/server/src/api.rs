@@ -250,6 +250,28 @@ async fn get_record(
     Ok(Json(st.get_record(&p, &name, id, q).await?))
 }
 
+/// The image or audio file a record of an image or audio collection was encoded from
+/// (kept when it came over HTTP; `kernelize ingest --keep-files` keeps ingested ones),
+/// with its media type. Served inert: `Content-Security-Policy: sandbox`, `nosniff`.
+#[utoipa::path(get, path = "/v1/collections/{name}/records/{id}/media", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Collection", example = "photos"), ("id" = String, Path, description = "Record id", example = "cat.jpg")),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        Errors))]
+async fn record_media(
+    State(st): St,
+    Auth(p): Auth,
+    PathParams((name, id)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (bytes, media_type) = st.record_media(&p, &name, id).await?;
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("inline"));
+    resp.extensions_mut().insert(PagePolicy::MEDIA);
+    Ok(resp)
+}
+
 /// Delete one record.
 #[utoipa::path(delete, path = "/v1/collections/{name}/records/{id}", tag = "records", security(("bearer" = [])),
     params(("name" = String, Path, description = "Collection", example = "docs"), ("id" = String, Path, description = "Record id", example = "r1"), ("Idempotency-Key" = Option<String>, Header, description = "Cluster: a retried write with the same key is stored once")),
@@ -771,6 +793,9 @@ impl PagePolicy {
     /// API responses.
     pub const API: PagePolicy =
         PagePolicy { csp: "default-src 'none'; frame-ancestors 'none'", cache_control: "no-store" };
+    /// A kept image or audio file: inert if opened as a page (sandboxed, nothing loads).
+    pub const MEDIA: PagePolicy =
+        PagePolicy { csp: "default-src 'none'; frame-ancestors 'none'; sandbox", cache_control: "private, no-store" };
 }
 
 struct Security;
@@ -798,7 +823,7 @@ impl Modify for Security {
     modifiers(&Security),
     paths(
         list_collections, create_collection, describe_collection, drop_collection,
-        upsert, scan, changes, get_record, delete_record, delete_records, search, embed,
+        upsert, scan, changes, get_record, record_media, delete_record, delete_records, search, embed,
         build_kernel, list_kernels, describe_kernel, kernel_events, delete_kernel, download_kernel, query_kernel,
         kernel_signing_key, start_backup, list_backups, backup_status, backup_events, usage, slow_queries, cluster_info,
         create_key, list_keys, rotate_key, set_key_quota, revoke_key, mint_token, audit_log, audit_verify,
@@ -837,6 +862,7 @@ pub fn protected_routes() -> Router<Arc<AppState>> {
         .route("/v1/collections/{name}/records:delete", post(delete_records))
         .route("/v1/collections/{name}/changes", get(changes))
         .route("/v1/collections/{name}/records/{id}", get(get_record).delete(delete_record))
+        .route("/v1/collections/{name}/records/{id}/media", get(record_media))
         .route("/v1/collections/{name}/search", post(search))
         .route("/v1/embed", post(embed))
         .route("/v1/kernels", get(list_kernels).post(build_kernel))

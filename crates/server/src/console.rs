@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 /// The console's policy: its own scripts, styles and API only; no inline code, no
 /// frames, no plugins, forms posting only to itself.
 pub const POLICY: PagePolicy = PagePolicy {
-    csp: "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
+    csp: "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data: blob:; media-src blob:; \
           base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     cache_control: "no-cache",
 };

@@ -315,7 +315,7 @@ impl AppState {
         };
         let dim = cfg.dim;
         batch_size("records", req.records.len(), self.live().limits.max_batch)?;
-        let (req, media_encoded) = self.encode_media_records(name, &cfg, req).await?;
+        let (req, media_encoded) = self.encode_media_records(name, &cfg, local.clone(), req).await?;
         // Refused whole, before anything is embedded or written, when it would pass the
         // key's quota; the admission holds the key's write lock until the write is done.
         let admitted = self.admit_upsert(p, name, &req.records, dim).await?;
@@ -633,6 +633,7 @@ impl AppState {
         self: &Arc<Self>,
         name: &str,
         cfg: &CollectionConfig,
+        keep_in: Option<Collection>,
         mut req: UpsertRequest,
     ) -> Result<(UpsertRequest, u64), ApiError> {
         let Some(modality) = crate::media::media_modality(cfg) else {
@@ -667,27 +668,66 @@ impl AppState {
         let state = self.clone();
         let ids: Vec<String> = todo.iter().map(|&i| req.records[i].id.clone()).collect();
         let name_of = move |j: usize| format!("records[{}] (id {})", todo[j], quote(&ids[j]));
-        let (files, encoded, name_of) = cancellable(move |cancel| {
+        // Encoded, then each file kept beside the collection (single node) before the
+        // records that name it are written: a record never names a file that is not kept.
+        let (encoded, name_of) = cancellable(move |cancel| {
             let encoder = state.media.get(modality)?;
             let encoded = crate::media::encode_all(&*encoder, &files, &name_of, cancel)?;
-            Ok((files, encoded, name_of))
+            let mut out = Vec::with_capacity(encoded.len());
+            for (e, bytes) in encoded.into_iter().zip(&files) {
+                let media = kernelize_media::media_metadata("upload", bytes, e.info);
+                if let (Some(c), Some(sha)) = (&keep_in, media.get("sha256").and_then(|v| v.as_str())) {
+                    cancel.check()?;
+                    c.put_media(sha, bytes)?;
+                }
+                out.push((e.vector, media));
+            }
+            Ok((out, name_of))
         })
         .await?;
         let n = encoded.len() as u64;
-        let mut j = 0;
-        for (i, r) in req.records.iter_mut().enumerate() {
-            if r.vector.is_some() {
-                continue;
-            }
-            let (Some(e), Some(bytes)) = (encoded.get(j), files.get(j)) else {
-                return Err(ApiError::internal(format!("records[{i}]: no encoding")));
+        let mut encoded = encoded.into_iter();
+        for (j, r) in req.records.iter_mut().filter(|r| r.vector.is_none()).enumerate() {
+            let Some((vector, media)) = encoded.next() else {
+                return Err(ApiError::internal(format!("{}: no encoding", name_of(j))));
             };
-            let media = kernelize_media::media_metadata("upload", bytes, e.info.clone());
             r.metadata = Some(crate::media::with_media(&name_of(j), r.metadata.take(), media)?);
-            r.vector = Some(e.vector.clone());
-            j += 1;
+            r.vector = Some(vector);
         }
         Ok((req, n))
+    }
+
+    /// The kept file of a record of an image or audio collection, with its media type.
+    pub async fn record_media(
+        self: &Arc<Self>,
+        p: &Principal,
+        name: &str,
+        id: String,
+    ) -> Result<(Vec<u8>, &'static str), ApiError> {
+        if self.cluster.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "single_node_only",
+                "media files are kept by single nodes; a cluster does not keep them yet",
+            ));
+        }
+        let c = self.collection(p, Role::Reader, name)?;
+        cancellable(move |_| {
+            let r = c.get(&id)?.ok_or_else(|| ApiError::not_found(format!("no record {}", quote(&id))))?;
+            let media = r.metadata.as_ref().and_then(|m| m.get("media")).and_then(|m| m.as_object());
+            let sha = media.and_then(|m| m.get("sha256")).and_then(|v| v.as_str()).ok_or_else(|| {
+                ApiError::not_found(format!("record {} has no media file (metadata.media.sha256)", quote(&id)))
+            })?;
+            let format = media.and_then(|m| m.get("format")).and_then(|v| v.as_str()).unwrap_or("");
+            let bytes = c.media(sha).map_err(|e| ApiError::not_found(e.to_string()))?.ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "the file of record {} was not kept (ingest with --keep-files to keep ingested files)",
+                    quote(&id)
+                ))
+            })?;
+            Ok((bytes, crate::media::media_type(format)))
+        })
+        .await
     }
 
     /// A search that brings `media`: encoded with the collection's encoder into `vector`.
@@ -733,16 +773,19 @@ impl AppState {
     /// Embeds texts with the built-in model.
     pub async fn embed(self: &Arc<Self>, p: &Principal, req: EmbedRequest) -> Result<EmbedResponse, ApiError> {
         // Every role may embed: it reads no collection.
-        batch_size("texts", req.texts.len(), self.live().limits.max_batch)?;
-        batch_size("media", req.media.len(), self.live().limits.max_batch)?;
         if let Some(m) = req.modality.map(kernelize_store::Modality::from)
             && m != kernelize_store::Modality::Text
         {
             if !req.texts.is_empty() {
                 return Err(ApiError::invalid("give either `texts` or `media` with an image or audio `modality`"));
             }
-            let files =
-                req.media.iter().enumerate().map(|(i, b)| crate::media::decode(&format!("media[{i}]"), b)).collect::<Result<Vec<_>, _>>()?;
+            batch_size("media", req.media.len(), self.live().limits.max_batch)?;
+            let files = req
+                .media
+                .iter()
+                .enumerate()
+                .map(|(i, b)| crate::media::decode(&format!("media[{i}]"), b))
+                .collect::<Result<Vec<_>, _>>()?;
             let state = self.clone();
             let n = files.len();
             let (record, encoded) = cancellable(move |cancel| {
@@ -759,6 +802,7 @@ impl AppState {
         if !req.media.is_empty() {
             return Err(ApiError::invalid("`media` needs `modality`: image or audio"));
         }
+        batch_size("texts", req.texts.len(), self.live().limits.max_batch)?;
         let e = self.embedder()?;
         let n = req.texts.len();
         let dim = e.dim() as u64;

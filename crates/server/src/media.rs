@@ -108,3 +108,17 @@ pub fn not_a_media_collection(what: &str, name: &str) -> ApiError {
         quote(name)
     ))
 }
+
+/// The media type of a file by the `format` the encoder recorded.
+pub fn media_type(format: &str) -> &'static str {
+    match format.to_ascii_lowercase().as_str() {
+        "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "mp3" => "audio/mpeg",
+        "ogg" | "ogg vorbis" => "audio/ogg",
+        _ => "application/octet-stream",
+    }
+}

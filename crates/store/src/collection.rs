@@ -278,6 +278,8 @@ impl std::fmt::Debug for Collection {
 const MANIFEST: &str = "MANIFEST";
 const WAL_DIR: &str = "wal";
 const SEG_DIR: &str = "seg";
+/// Image and audio files kept beside the collection (`Collection::put_media`).
+const MEDIA_DIR: &str = "media";
 const ARCHIVE_DIR: &str = "wal-archive";
 const QUARANTINE_DIR: &str = "quarantine";
 
@@ -497,6 +499,43 @@ impl Collection {
     /// Its fixed configuration.
     pub fn config(&self) -> &CollectionConfig {
         &self.inner.config
+    }
+
+    /// Keeps an image or audio file beside the collection, under its SHA-256 (64 lowercase
+    /// hex digits): `media/<sha256>`, written atomically through the collection's storage
+    /// (so sealed when the data directory is encrypted). A file already kept is not
+    /// written again. Records name their file in `metadata.media.sha256`.
+    pub fn put_media(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::InvalidInput("the collection is open read-only".into()));
+        }
+        let path = self.media_path(sha256)?;
+        let storage = &*self.inner.storage;
+        if storage.exists(&path).at(&path)? {
+            return Ok(());
+        }
+        let dir = self.inner.dir.join(MEDIA_DIR);
+        storage.create_dir_all(&dir).at(&dir)?;
+        crate::storage::write_atomic(storage, &path, bytes).at(&path)
+    }
+
+    /// The kept file of that SHA-256, if any ([`Collection::put_media`]).
+    pub fn media(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.media_path(sha256)?;
+        let storage = &*self.inner.storage;
+        if !storage.exists(&path).at(&path)? {
+            return Ok(None);
+        }
+        storage.read(&path).at(&path).map(Some)
+    }
+
+    fn media_path(&self, sha256: &str) -> Result<PathBuf> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(Error::InvalidInput(format!(
+                "media name {sha256:?} is not a SHA-256 (64 lowercase hex digits)"
+            )));
+        }
+        Ok(self.inner.dir.join(MEDIA_DIR).join(sha256))
     }
 
     /// Its directory.

@@ -94,7 +94,12 @@ fn kernel(records: &[(String, Vec<f32>, String)], key: &kernelize_kernel::Signin
             metadata: None,
         })
         .collect();
-    let source = kernelize_kernel::format::SourceInfo { collection: "c".into(), records: records.len() as u64, seq: 1, encoder: None };
+    let source = kernelize_kernel::format::SourceInfo {
+        collection: "c".into(),
+        records: records.len() as u64,
+        seq: 1,
+        encoder: None,
+    };
     let opts = kernelize_kernel::BuildOptions { dedup_threshold: None, ..Default::default() };
     kernelize_kernel::build(units, 16, kernelize_store::Metric::Cosine, source, &opts, key, &|_, _| {}).unwrap().bytes
 }

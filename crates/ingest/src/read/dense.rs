@@ -163,7 +163,14 @@ impl Source for DenseSource {
         })?;
         let id = self.ids.next(&self.ctx, row)?;
         self.row += 1;
-        Ok(Some(Row { position, id, vector: Some(decode(&self.buf, self.layout)), text: None, metadata: None, media: None }))
+        Ok(Some(Row {
+            position,
+            id,
+            vector: Some(decode(&self.buf, self.layout)),
+            text: None,
+            metadata: None,
+            media: None,
+        }))
     }
 
     fn bytes_read(&self) -> u64 {

@@ -39,7 +39,13 @@ impl FolderSource {
     }
 }
 
-fn walk(root: &Path, dir: &Path, opts: &IngestOptions, depth: usize, out: &mut Vec<(String, PathBuf, u64)>) -> Result<()> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    opts: &IngestOptions,
+    depth: usize,
+    out: &mut Vec<(String, PathBuf, u64)>,
+) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(Error::file(dir, format!("folders nested more than {MAX_DEPTH} deep")));
     }
@@ -68,7 +74,8 @@ fn walk(root: &Path, dir: &Path, opts: &IngestOptions, depth: usize, out: &mut V
         let Some(id) = rel.to_str() else {
             return Err(Error::file(&path, "the file name is not UTF-8 (it would not make a valid id)"));
         };
-        let id = if std::path::MAIN_SEPARATOR == '/' { id.to_owned() } else { id.replace(std::path::MAIN_SEPARATOR, "/") };
+        let id =
+            if std::path::MAIN_SEPARATOR == '/' { id.to_owned() } else { id.replace(std::path::MAIN_SEPARATOR, "/") };
         if out.len() >= MAX_FILES {
             return Err(Error::file(root, format!("more than {MAX_FILES} media files; ingest sub-folders one by one")));
         }

@@ -85,7 +85,13 @@ impl Reader {
         let source: Box<dyn Source> = match format {
             Format::Folder => {
                 let (source, bytes) = folder::FolderSource::open(ctx, opts)?;
-                return Ok(Reader { path: path.to_path_buf(), format, total_bytes: bytes, source: Box::new(source), done: false });
+                return Ok(Reader {
+                    path: path.to_path_buf(),
+                    format,
+                    total_bytes: bytes,
+                    source: Box::new(source),
+                    done: false,
+                });
             }
             Format::Jsonl => Box::new(jsonl::JsonlSource::open(ctx)?),
             Format::Csv => Box::new(csv::CsvSource::open(ctx)?),

@@ -120,8 +120,10 @@ impl ParquetSource {
             .filter(|i| !used.contains(&Some(*i)))
             .map(|i| (i, schema.field(i).name().clone()))
             .collect();
-        let reader = guarded(&ctx.path, || builder.with_batch_size(if media.is_some() { MEDIA_BATCH_ROWS } else { BATCH_ROWS }).build())?
-            .map_err(|e| Error::file(&ctx.path, format!("cannot read the Parquet file: {e}")))?;
+        let reader = guarded(&ctx.path, || {
+            builder.with_batch_size(if media.is_some() { MEDIA_BATCH_ROWS } else { BATCH_ROWS }).build()
+        })?
+        .map_err(|e| Error::file(&ctx.path, format!("cannot read the Parquet file: {e}")))?;
         Ok(ParquetSource {
             ctx,
             reader,

@@ -48,11 +48,17 @@ fn audio_encoder() -> &'static AudioEncoder {
 
 fn media_collection(env: &Env, name: &str, modality: Modality) -> Collection {
     let record = encoder_record(modality);
-    let config = CollectionConfig { encoder: Some(record.clone()), ..CollectionConfig::new(record.dim, Metric::Cosine) };
+    let config =
+        CollectionConfig { encoder: Some(record.clone()), ..CollectionConfig::new(record.dim, Metric::Cosine) };
     env.db.create_collection(name, config).unwrap()
 }
 
-fn run(c: &Collection, path: &Path, opts: &IngestOptions, e: &dyn Encoder) -> Result<kernelize_ingest::IngestSummary, Error> {
+fn run(
+    c: &Collection,
+    path: &Path,
+    opts: &IngestOptions,
+    e: &dyn Encoder,
+) -> Result<kernelize_ingest::IngestSummary, Error> {
     ingest_media(c, path, opts, e, &mut |_: &Progress| {})
 }
 
@@ -73,7 +79,11 @@ fn image_folder(env: &Env, images: &[PathBuf], broken: bool) -> PathBuf {
     fs_err::create_dir_all(root.join("sub")).unwrap();
     for (i, src) in images.iter().enumerate() {
         let ext = src.extension().unwrap().to_str().unwrap();
-        let dest = if i == 1 { root.join("sub").join(format!("b.{ext}")) } else { root.join(format!("{}.{ext}", ['a', 'c', 'd', 'e'][i.min(3)])) };
+        let dest = if i == 1 {
+            root.join("sub").join(format!("b.{ext}"))
+        } else {
+            root.join(format!("{}.{ext}", ['a', 'c', 'd', 'e'][i.min(3)]))
+        };
         fs_err::copy(src, dest).unwrap();
     }
     fs_err::write(root.join("notes.txt"), "not an image").unwrap();
@@ -90,7 +100,9 @@ fn a_folder_of_images_is_ingested_recursively_with_media_metadata() {
     let images = fixture_files("images", &["jpg", "png", "webp"], 3);
     let folder = image_folder(&env, &images, false);
     let c = media_collection(&env, "photos", Modality::Image);
-    let s = run(&c, &folder, &IngestOptions::default(), image_encoder()).unwrap();
+    let mut opts = IngestOptions::default();
+    opts.keep_media = true;
+    let s = run(&c, &folder, &opts, image_encoder()).unwrap();
     assert_eq!((s.rows_read, s.records_written, s.media_encoded, s.media_skipped), (3, 3, 3, 0));
     let ext1 = images[1].extension().unwrap().to_str().unwrap();
     let id = format!("sub/b.{ext1}");
@@ -104,6 +116,11 @@ fn a_folder_of_images_is_ingested_recursively_with_media_metadata() {
     let got = c.get(&id).unwrap().unwrap().vector.clone();
     assert_eq!(&got, want[0].as_ref().unwrap());
     assert!(c.get("notes.txt").unwrap().is_none());
+    // The file is kept beside the collection, under its SHA-256.
+    let kept = c.media(media["sha256"].as_str().unwrap()).unwrap().unwrap();
+    assert_eq!(kept, fs_err::read(&images[1]).unwrap());
+    assert!(c.media(&"0".repeat(64)).unwrap().is_none());
+    assert!(c.media("../../etc/passwd").is_err(), "only SHA-256 names");
 }
 
 #[test]
@@ -172,7 +189,10 @@ fn a_parquet_column_of_bytes_and_jsonl_paths_are_ingested() {
 
     // Paths in JSONL, relative to the file's folder; a missing file names itself.
     fs_err::copy(&images[0], env.path("one.img")).unwrap();
-    let jsonl = env.write("list.jsonl", "{\"id\": \"j0\", \"path\": \"one.img\", \"tag\": \"x\"}\n{\"id\": \"j1\", \"path\": \"missing.jpg\"}\n");
+    let jsonl = env.write(
+        "list.jsonl",
+        "{\"id\": \"j0\", \"path\": \"one.img\", \"tag\": \"x\"}\n{\"id\": \"j1\", \"path\": \"missing.jpg\"}\n",
+    );
     let c2 = media_collection(&env, "listed", Modality::Image);
     let err = run(&c2, &jsonl, &IngestOptions::default(), image_encoder()).unwrap_err().to_string();
     assert!(err.contains("missing.jpg") && err.contains("list.jsonl:2"), "{err}");

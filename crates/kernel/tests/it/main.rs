@@ -341,7 +341,11 @@ fn kernels_record_their_encoder_and_merges_of_different_encoders_are_refused() {
         Kernel::from_bytes(&bytes, model, &trust(&key)).unwrap()
     };
     let a = make(corpus(200, 0, 1, "a"), "EfficientNet-Lite0");
-    assert_eq!(a.manifest().source.encoder, Some(record("EfficientNet-Lite0")), "the record survives signing and parsing");
+    assert_eq!(
+        a.manifest().source.encoder,
+        Some(record("EfficientNet-Lite0")),
+        "the record survives signing and parsing"
+    );
     let same = make(corpus(100, 0, 2, "b"), "EfficientNet-Lite0");
     let m = merge(&a, &same, MergeMode::Union, &opts, &key, &|_, _| {}).unwrap();
     let merged = Kernel::from_bytes(&m.bytes, "m", &trust(&key)).unwrap();

@@ -19,9 +19,10 @@ use symphonia::core::probe::Hint;
 /// Longest audio the audio encoder accepts, in seconds of decoded sound.
 pub const MAX_DURATION_SECS: u32 = 600;
 
-/// Sample rates accepted (Hz): telephone-band 4 kHz up to 384 kHz studio rates.
+/// Sample rates accepted (Hz): telephone-band 4 kHz up to 96 kHz studio rates. The top
+/// bounds memory: 600 s at 96 kHz is 230 MB of mono f32 samples before resampling.
 const MIN_SAMPLE_RATE: u32 = 4_000;
-const MAX_SAMPLE_RATE: u32 = 384_000;
+const MAX_SAMPLE_RATE: u32 = 96_000;
 
 /// Most channels accepted.
 const MAX_CHANNELS: usize = 32;
@@ -111,7 +112,8 @@ fn decode_track(mut p: Probed) -> Result<Vec<f32>> {
         .make(&p.codec_params, &DecoderOptions::default())
         .map_err(|e| Error::input(format!("cannot decode this {} file: {e}", p.format)))?;
     let max_frames = u64::from(MAX_DURATION_SECS) * u64::from(p.sample_rate);
-    let mut mono: Vec<f32> = Vec::with_capacity(p.frames.map_or(0, |n| usize::try_from(n.min(max_frames)).unwrap_or(0)));
+    let mut mono: Vec<f32> =
+        Vec::with_capacity(p.frames.map_or(0, |n| usize::try_from(n.min(max_frames)).unwrap_or(0)));
     let mut buffer: Option<(SampleBuffer<f32>, usize)> = None;
     let mut bad_packets = 0u32;
     let mut last_error = String::new();
@@ -175,7 +177,8 @@ fn decode_track(mut p: Probed) -> Result<Vec<f32>> {
             mono.extend(samples.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() / n));
         }
         if mono.len() as u64 > max_frames {
-            check_duration(mono.len() as u64, p.sample_rate)?;
+            // The container did not state its length (or understated it): stop here.
+            return Err(Error::input(format!("audio is longer than the {MAX_DURATION_SECS} s limit")));
         }
     }
     if mono.is_empty() {
@@ -215,7 +218,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -227,16 +230,44 @@ fn thousands(n: u64) -> String {
 const PCM_CODECS: [CodecType; 38] = {
     use codecs::*;
     [
-        CODEC_TYPE_PCM_S32LE, CODEC_TYPE_PCM_S32LE_PLANAR, CODEC_TYPE_PCM_S32BE, CODEC_TYPE_PCM_S32BE_PLANAR,
-        CODEC_TYPE_PCM_S24LE, CODEC_TYPE_PCM_S24LE_PLANAR, CODEC_TYPE_PCM_S24BE, CODEC_TYPE_PCM_S24BE_PLANAR,
-        CODEC_TYPE_PCM_S16LE, CODEC_TYPE_PCM_S16LE_PLANAR, CODEC_TYPE_PCM_S16BE, CODEC_TYPE_PCM_S16BE_PLANAR,
-        CODEC_TYPE_PCM_S8, CODEC_TYPE_PCM_S8_PLANAR, CODEC_TYPE_PCM_U32LE, CODEC_TYPE_PCM_U32LE_PLANAR,
-        CODEC_TYPE_PCM_U32BE, CODEC_TYPE_PCM_U32BE_PLANAR, CODEC_TYPE_PCM_U24LE, CODEC_TYPE_PCM_U24LE_PLANAR,
-        CODEC_TYPE_PCM_U24BE, CODEC_TYPE_PCM_U24BE_PLANAR, CODEC_TYPE_PCM_U16LE, CODEC_TYPE_PCM_U16LE_PLANAR,
-        CODEC_TYPE_PCM_U16BE, CODEC_TYPE_PCM_U16BE_PLANAR, CODEC_TYPE_PCM_U8, CODEC_TYPE_PCM_U8_PLANAR,
-        CODEC_TYPE_PCM_F32LE, CODEC_TYPE_PCM_F32LE_PLANAR, CODEC_TYPE_PCM_F32BE, CODEC_TYPE_PCM_F32BE_PLANAR,
-        CODEC_TYPE_PCM_F64LE, CODEC_TYPE_PCM_F64LE_PLANAR, CODEC_TYPE_PCM_F64BE, CODEC_TYPE_PCM_F64BE_PLANAR,
-        CODEC_TYPE_PCM_ALAW, CODEC_TYPE_PCM_MULAW,
+        CODEC_TYPE_PCM_S32LE,
+        CODEC_TYPE_PCM_S32LE_PLANAR,
+        CODEC_TYPE_PCM_S32BE,
+        CODEC_TYPE_PCM_S32BE_PLANAR,
+        CODEC_TYPE_PCM_S24LE,
+        CODEC_TYPE_PCM_S24LE_PLANAR,
+        CODEC_TYPE_PCM_S24BE,
+        CODEC_TYPE_PCM_S24BE_PLANAR,
+        CODEC_TYPE_PCM_S16LE,
+        CODEC_TYPE_PCM_S16LE_PLANAR,
+        CODEC_TYPE_PCM_S16BE,
+        CODEC_TYPE_PCM_S16BE_PLANAR,
+        CODEC_TYPE_PCM_S8,
+        CODEC_TYPE_PCM_S8_PLANAR,
+        CODEC_TYPE_PCM_U32LE,
+        CODEC_TYPE_PCM_U32LE_PLANAR,
+        CODEC_TYPE_PCM_U32BE,
+        CODEC_TYPE_PCM_U32BE_PLANAR,
+        CODEC_TYPE_PCM_U24LE,
+        CODEC_TYPE_PCM_U24LE_PLANAR,
+        CODEC_TYPE_PCM_U24BE,
+        CODEC_TYPE_PCM_U24BE_PLANAR,
+        CODEC_TYPE_PCM_U16LE,
+        CODEC_TYPE_PCM_U16LE_PLANAR,
+        CODEC_TYPE_PCM_U16BE,
+        CODEC_TYPE_PCM_U16BE_PLANAR,
+        CODEC_TYPE_PCM_U8,
+        CODEC_TYPE_PCM_U8_PLANAR,
+        CODEC_TYPE_PCM_F32LE,
+        CODEC_TYPE_PCM_F32LE_PLANAR,
+        CODEC_TYPE_PCM_F32BE,
+        CODEC_TYPE_PCM_F32BE_PLANAR,
+        CODEC_TYPE_PCM_F64LE,
+        CODEC_TYPE_PCM_F64LE_PLANAR,
+        CODEC_TYPE_PCM_F64BE,
+        CODEC_TYPE_PCM_F64BE_PLANAR,
+        CODEC_TYPE_PCM_ALAW,
+        CODEC_TYPE_PCM_MULAW,
     ]
 };
 

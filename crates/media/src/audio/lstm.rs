@@ -106,7 +106,9 @@ impl Network {
                 if t > 0 {
                     matmul(step, &h, &layer.w_hh_t, (b, GATES, HIDDEN), true, Parallelism::None);
                 }
-                for ((g, hp), cp) in step.chunks_exact(GATES).zip(h.chunks_exact_mut(HIDDEN)).zip(c.chunks_exact_mut(HIDDEN)) {
+                for ((g, hp), cp) in
+                    step.chunks_exact(GATES).zip(h.chunks_exact_mut(HIDDEN)).zip(c.chunks_exact_mut(HIDDEN))
+                {
                     cell(g, hp, cp);
                 }
                 if !last {
@@ -186,7 +188,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let poly = p * r * r + r + 1.0;
     // n is in -126..=127 after the clamp: the biased exponent n + 127 is a normal one.
     let bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;

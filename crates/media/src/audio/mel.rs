@@ -3,8 +3,8 @@
 //! (`librosa.feature.melspectrogram(y, sr=16000, n_fft=400, hop_length=160, n_mels=40)`:
 //! power 2, not logarithmic).
 
-use realfft::{RealFftPlanner, RealToComplex};
 use realfft::num_complex::Complex;
+use realfft::{RealFftPlanner, RealToComplex};
 use std::sync::Arc;
 
 /// `n_fft`: the 25 ms analysis window at 16 kHz.
@@ -30,7 +30,8 @@ const MIN_COVERAGE: f64 = 0.75;
 /// 75 % of it is audio, unless it is the only one.
 pub(crate) fn partial_starts(n_samples: usize) -> (Vec<usize>, usize) {
     let n_frames = (n_samples + 1).div_ceil(HOP);
-    let frame_step = ((f64::from(super::preprocess::SAMPLE_RATE) / PARTIAL_RATE) / HOP as f64).round_ties_even() as usize;
+    let frame_step =
+        ((f64::from(super::preprocess::SAMPLE_RATE) / PARTIAL_RATE) / HOP as f64).round_ties_even() as usize;
     let steps = (n_frames + frame_step + 1).saturating_sub(PARTIAL_FRAMES).max(1);
     let mut starts: Vec<usize> = (0..steps).step_by(frame_step).collect();
     if let Some(&last) = starts.last() {
@@ -56,9 +57,8 @@ pub(crate) struct MelFrontEnd {
 impl MelFrontEnd {
     pub(crate) fn new() -> MelFrontEnd {
         let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
-        let window = (0..N_FFT)
-            .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos())
-            .collect();
+        let window =
+            (0..N_FFT).map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos()).collect();
         let bands = mel_filters()
             .chunks_exact(N_BINS)
             .map(|row| {
@@ -97,7 +97,8 @@ impl MelFrontEnd {
                 *p = re.hypot(im).powi(2);
             }
             for (m, (first, weights)) in row.iter_mut().zip(&self.bands) {
-                *m = weights.iter().zip(&power[*first..]).map(|(w, p)| f64::from(*w) * f64::from(*p)).sum::<f64>() as f32;
+                *m = weights.iter().zip(&power[*first..]).map(|(w, p)| f64::from(*w) * f64::from(*p)).sum::<f64>()
+                    as f32;
             }
         }
         out
@@ -127,9 +128,8 @@ fn mel_to_hz(m: f64) -> f64 {
 fn mel_filters() -> Vec<f32> {
     let sr = f64::from(super::preprocess::SAMPLE_RATE);
     let (min_mel, max_mel) = (hz_to_mel(0.0), hz_to_mel(sr / 2.0));
-    let mel_f: Vec<f64> = (0..N_MELS + 2)
-        .map(|i| mel_to_hz(min_mel + (max_mel - min_mel) * i as f64 / (N_MELS + 1) as f64))
-        .collect();
+    let mel_f: Vec<f64> =
+        (0..N_MELS + 2).map(|i| mel_to_hz(min_mel + (max_mel - min_mel) * i as f64 / (N_MELS + 1) as f64)).collect();
     let fft_freqs: Vec<f64> = (0..N_BINS).map(|k| k as f64 * sr / N_FFT as f64).collect();
     let mut weights = vec![0f32; N_MELS * N_BINS];
     for (i, row) in weights.chunks_exact_mut(N_BINS).enumerate() {
@@ -171,7 +171,8 @@ mod tests {
     #[test]
     fn a_tone_lands_in_its_band() {
         let fe = MelFrontEnd::new();
-        let wav: Vec<f32> = (0..16_000).map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin()).collect();
+        let wav: Vec<f32> =
+            (0..16_000).map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin()).collect();
         let mel = fe.frames(&wav, 50);
         let row = &mel[25 * N_MELS..26 * N_MELS];
         let peak = row.iter().enumerate().fold((0, 0.0f32), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;

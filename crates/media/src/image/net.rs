@@ -100,29 +100,31 @@ impl Depthwise {
                 let x0 = (ox * s) as isize - pad_left as isize;
                 let kx = (-x0).max(0) as usize..k.min((w as isize - x0).max(0) as usize);
                 let o = &mut out[(oy * wo + ox) * c..][..c];
-                // Pixel offset (in the input) and tap index of every kernel position used.
-                let taps = ky.clone().flat_map(|dy| {
-                    kx.clone().map(move |dx| {
-                        let pixel = (y0 + dy as isize) as usize * w + (x0 + dx as isize) as usize;
-                        (pixel * c, dy * k + dx)
-                    })
-                });
                 for base in (0..lanes).step_by(LANES) {
-                    let mut acc: [f32; LANES] = self.bias[base..base + LANES].try_into().unwrap_or([0.0; LANES]);
-                    for (at, tap) in taps.clone() {
-                        let x: &[f32; LANES] = input[at + base..][..LANES].try_into().unwrap_or(&[0.0; LANES]);
-                        let wt: &[f32; LANES] =
-                            self.weights[tap * c + base..][..LANES].try_into().unwrap_or(&[0.0; LANES]);
-                        for l in 0..LANES {
-                            acc[l] += x[l] * wt[l];
+                    let mut acc = [0.0f32; LANES];
+                    acc.copy_from_slice(&self.bias[base..base + LANES]);
+                    for dy in ky.clone() {
+                        let row = (y0 + dy as isize) as usize * w;
+                        for dx in kx.clone() {
+                            let at = (row + (x0 + dx as isize) as usize) * c + base;
+                            let x = &input[at..at + LANES];
+                            let tap = (dy * k + dx) * c + base;
+                            let wt = &self.weights[tap..tap + LANES];
+                            for l in 0..LANES {
+                                acc[l] += x[l] * wt[l];
+                            }
                         }
                     }
                     o[base..base + LANES].copy_from_slice(&acc);
                 }
                 for ch in lanes..c {
                     let mut acc = self.bias[ch];
-                    for (at, tap) in taps.clone() {
-                        acc += input[at + ch] * self.weights[tap * c + ch];
+                    for dy in ky.clone() {
+                        let row = (y0 + dy as isize) as usize * w;
+                        for dx in kx.clone() {
+                            let at = (row + (x0 + dx as isize) as usize) * c;
+                            acc += input[at + ch] * self.weights[(dy * k + dx) * c + ch];
+                        }
                     }
                     o[ch] = acc;
                 }
@@ -148,6 +150,8 @@ pub(crate) struct Network {
     blocks: Vec<Block>,
     head: Dense,
     classifier: Dense,
+    /// Floats each [`Scratch`] buffer needs.
+    buffer_sizes: [usize; 4],
 }
 
 /// Output size and leading (top / left) padding of a TF "SAME" convolution.
@@ -159,11 +163,13 @@ fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
 
 fn clamp6(values: &mut [f32]) {
     for v in values {
-        *v = v.max(0.0).min(6.0);
+        *v = v.clamp(0.0, 6.0);
     }
 }
 
-/// Reused activation buffers of one thread (the largest activation is 112·112·96 floats).
+/// Reused activation buffers of one thread (about 10 MB in all): `a` the block inputs and
+/// outputs, `b` the expansions and the head's output, `c` the stem's im2col matrix and the
+/// depthwise outputs, `d` the projections (swapped with `a` after each block).
 #[derive(Default)]
 struct Scratch {
     a: Vec<f32>,
@@ -236,7 +242,8 @@ impl Network {
             }
             Dense { weights, bias, inputs: FEATURES, outputs: CLASSES }
         };
-        Ok(Network { stem, blocks, head, classifier })
+        let buffer_sizes = buffer_sizes(&blocks, head.outputs);
+        Ok(Network { stem, blocks, head, classifier, buffer_sizes })
     }
 
     /// The globally average-pooled head activations (1,280 values, not normalised) of a
@@ -250,9 +257,9 @@ impl Network {
     }
 
     fn features_with(&self, input: &[f32], s: &mut Scratch, par: Parallelism) -> Vec<f32> {
-        const MAX_ACTIVATION: usize = 112 * 112 * 96;
-        for buffer in [&mut s.a, &mut s.b, &mut s.c, &mut s.d] {
-            buffer.resize(MAX_ACTIVATION, 0.0);
+        let [a, b, c, d] = self.buffer_sizes;
+        for (buffer, len) in [(&mut s.a, a), (&mut s.b, b), (&mut s.c, c), (&mut s.d, d)] {
+            buffer.resize(len, 0.0);
         }
         // Stem: im2col of the 3×3 stride-2 "SAME" convolution, then one GEMM.
         let (h, pad) = same_padding(INPUT_SIZE, 3, 2);
@@ -305,6 +312,22 @@ impl Network {
         self.classifier.apply(features, 1, &mut out, None, false, Parallelism::None);
         out
     }
+}
+
+/// The length of each [`Scratch`] buffer, following the activations' shapes through
+/// the network as [`Network::features`] does.
+fn buffer_sizes(blocks: &[Block], head_outputs: usize) -> [usize; 4] {
+    let (mut h, _) = same_padding(INPUT_SIZE, 3, 2);
+    let (mut a, mut b, mut c) = (h * h * STEM_CHANNELS, 0, h * h * 27);
+    for block in blocks {
+        let hidden = block.depthwise.channels;
+        b = b.max(h * h * hidden);
+        (h, _) = same_padding(h, block.depthwise.kernel, block.depthwise.stride);
+        c = c.max(h * h * hidden);
+        a = a.max(h * h * block.project.outputs);
+    }
+    b = b.max(h * h * head_outputs);
+    [a, b, c, a]
 }
 
 /// A bias-free 1×1 convolution `conv` (`[outputs, inputs, 1, 1]`) with BatchNorm `bn`

@@ -31,20 +31,14 @@ pub(crate) fn centre_crop(width: usize, height: usize) -> (usize, usize, usize) 
 
 /// The network input of an image: 224 × 224 × 3 floats, row-major, channels last.
 pub(crate) fn preprocess(image: &Rgb8) -> Vec<f32> {
-    let (left, top, side) = centre_crop(image.width, image.height);
-    let row_bytes = image.width * 3;
-    // The crop as float rows (the resize's input).
-    let mut crop = Vec::with_capacity(side * side * 3);
-    for y in top..top + side {
-        let row = &image.pixels[y * row_bytes + left * 3..][..side * 3];
-        crop.extend(row.iter().map(|&v| f32::from(v)));
-    }
-    let mut x = if side == INPUT_SIZE {
-        crop
+    let crop = centre_crop(image.width, image.height);
+    let mut x = if crop.2 == INPUT_SIZE {
+        let (left, top, side) = crop;
+        let rows = image.pixels.chunks_exact(image.width * 3).skip(top).take(side);
+        rows.flat_map(|row| row[left * 3..][..side * 3].iter().map(|&v| f32::from(v))).collect()
     } else {
-        let columns = Taps::new(side, INPUT_SIZE);
-        let rows = Taps::new(side, INPUT_SIZE);
-        resize_height(&resize_width(&crop, side, &columns), INPUT_SIZE, &rows)
+        let taps = Taps::new(crop.2, INPUT_SIZE);
+        resize_height(&resize_width(image, crop, &taps), INPUT_SIZE, &taps)
     };
     for v in &mut x {
         *v = (*v - MEAN) / STD;
@@ -114,22 +108,46 @@ fn keys_cubic(x: f32) -> f32 {
     }
 }
 
-/// Resamples each row of `rows` (`height` rows of `width_in` RGB pixels, `height` =
-/// `src.len() / (3 · width_in)`) to `taps.start.len()` pixels.
-fn resize_width(src: &[f32], width_in: usize, taps: &Taps) -> Vec<f32> {
+/// Rows resampled together (independent sums, so the adds of one row do not wait for
+/// the previous add of the same row).
+const ROWS: usize = 4;
+
+/// The width pass, straight from the 8-bit pixels of the crop `(left, top, side)`: `side`
+/// rows of `taps.start.len()` RGB pixels.
+fn resize_width(image: &Rgb8, (left, top, side): (usize, usize, usize), taps: &Taps) -> Vec<f32> {
     let width_out = taps.start.len();
-    let mut out = Vec::with_capacity(src.len() / width_in * width_out);
-    for row in src.chunks_exact(width_in * 3) {
+    let row_out = width_out * 3;
+    let mut out = vec![0.0f32; side * row_out];
+    for (block, dst) in out.chunks_mut(ROWS * row_out).enumerate() {
+        let rows = dst.len() / row_out;
+        // The block's rows of the crop (the last one repeated to fill a short block).
+        let src: [&[u8]; ROWS] = std::array::from_fn(|r| {
+            let y = top + block * ROWS + r.min(rows - 1);
+            &image.pixels[(y * image.width + left) * 3..][..side * 3]
+        });
         for x in 0..width_out {
             let (start, weights) = taps.get(x);
-            let pixels = &row[start * 3..][..weights.len() * 3];
-            let mut acc = [0.0f32; 3];
-            for (j, (p, &w)) in pixels.chunks_exact(3).zip(weights).enumerate() {
+            let Some((&w0, rest)) = weights.split_first() else { continue };
+            let span = start * 3..(start + weights.len()) * 3;
+            let px: [&[u8]; ROWS] = std::array::from_fn(|r| &src[r][span.clone()]);
+            // ATen's order: the first tap's product, then each further product added.
+            let mut acc = [[0.0f32; 3]; ROWS];
+            for r in 0..ROWS {
                 for c in 0..3 {
-                    acc[c] = if j == 0 { p[c] * w } else { acc[c] + p[c] * w };
+                    acc[r][c] = f32::from(px[r][c]) * w0;
                 }
             }
-            out.extend_from_slice(&acc);
+            for (j, &w) in rest.iter().enumerate() {
+                let at = (j + 1) * 3;
+                for r in 0..ROWS {
+                    for c in 0..3 {
+                        acc[r][c] += f32::from(px[r][at + c]) * w;
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                dst[r * row_out + x * 3..][..3].copy_from_slice(acc);
+            }
         }
     }
     out

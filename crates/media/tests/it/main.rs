@@ -1,3 +1,4 @@
 //! Integration tests of kernelize-media.
 
+mod audio;
 mod image;

@@ -66,6 +66,7 @@ async function send(method, path, { body, credential, accept = 'json', query } =
   } catch (e) {
     throw new ApiError(0, 'network', e.message || String(e));
   }
+  if (accept === 'blob' && resp.ok) return resp.blob();
   const text = await resp.text();
   if (!resp.ok) {
     let parsed = null;

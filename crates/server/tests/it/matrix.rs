@@ -162,6 +162,15 @@ async fn exercise(ts: &TestServer, keys: &Keys, ids: &Ids, method: &str, templat
             let (s, v) = call(Method::GET, "/v1/collections/docs/records/r1".into(), None).await;
             (s, v, expected(who, Who::Reader, true, StatusCode::OK))
         }
+        ("get", "/v1/collections/{name}/records/{id}/media") => {
+            // docs is a vector collection: its records have no file (tests/it/media.rs
+            // fetches kept files); the roles and scopes are what is checked here.
+            let (s, v) = call(Method::GET, "/v1/collections/docs/records/r1/media".into(), None).await;
+            if s == StatusCode::NOT_FOUND {
+                assert!(v["message"].as_str().unwrap_or_default().contains("no media file"), "{v}");
+            }
+            (s, v, expected(who, Who::Reader, true, StatusCode::NOT_FOUND))
+        }
         ("delete", "/v1/collections/{name}/records/{id}") => {
             let id = format!("x-{tag}");
             let rec = json!({"records": [{"id": id, "vector": [0.0, 1.0, 0.0, 0.0]}]});

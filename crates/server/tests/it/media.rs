@@ -34,7 +34,7 @@ async fn image_collections_take_files_and_search_by_image() {
     let ts = TestServer::start(Backend::Sqlite).await;
     let k = ADMIN_KEY;
     let (s, info) = ts.post(k, "/v1/collections", json!({"name": "photos", "modality": "image"})).await;
-    assert_eq!(s, StatusCode::OK, "{info}");
+    assert_eq!(s, StatusCode::CREATED, "{info}");
     assert_eq!(info["dim"], 1280);
     assert_eq!(info["encoder"]["model"], "EfficientNet-Lite0");
     assert_eq!(info["encoder"]["modality"], "image");
@@ -61,6 +61,21 @@ async fn image_collections_take_files_and_search_by_image() {
         assert_eq!(ids(&hits)[0], format!("img{i}"));
         assert!(hits["hits"][0]["score"].as_f64().unwrap() > 0.999);
     }
+    // The file is kept and served back inert, with its media type.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/collections/photos/records/img2/media", ts.base))
+        .bearer_auth(k)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("image/"), "{ct}");
+    assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("sandbox"));
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), fs_err::read(&files[2]).unwrap().as_slice());
+    let (s, v) = ts.get(k, "/v1/collections/photos/records/nope/media").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
     // The embed route gives the stored vector.
     let (s, e) = ts.post(k, "/v1/embed", json!({"modality": "image", "media": [b64(&files[2])]})).await;
     assert_eq!(s, StatusCode::OK, "{e}");
@@ -73,7 +88,11 @@ async fn image_collections_take_files_and_search_by_image() {
     let bad: Vec<(&str, Value, &str)> = vec![
         ("/v1/collections/photos/records", json!({"records": [{"id": "t", "text": "a cat"}]}), "needs `media`"),
         ("/v1/collections/photos/records", json!({"records": [{"id": "x", "media": "%%%"}]}), "not base64"),
-        ("/v1/collections/photos/records", json!({"records": [{"id": "x", "media": "aGVsbG8gd29ybGQ="}]}), "records[0]"),
+        (
+            "/v1/collections/photos/records",
+            json!({"records": [{"id": "x", "media": "aGVsbG8gd29ybGQ="}]}),
+            "records[0]",
+        ),
         ("/v1/collections/photos/search", json!({"text": "a cat"}), "keyword mode"),
         ("/v1/embed", json!({"media": ["aGVsbG8="]}), "needs `modality`"),
         ("/v1/collections", json!({"name": "p2", "modality": "image", "dim": 384}), "does not match"),
@@ -82,13 +101,13 @@ async fn image_collections_take_files_and_search_by_image() {
     for (path, body, want) in bad {
         let (s, v) = ts.post(k, path, body.clone()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains(want), "{path} {body}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{path} {body}: {v}");
     }
     // A text collection refuses media.
     ts.create_collection("plain", 4).await;
     let (s, v) = ts.post(k, "/v1/collections/plain/search", json!({"media": b64(&files[0])})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("no image or audio encoder"), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("no image or audio encoder"), "{v}");
     ts.shutdown().await;
 }
 
@@ -97,7 +116,7 @@ async fn audio_collections_search_by_voice() {
     let ts = TestServer::start(Backend::Sqlite).await;
     let k = ADMIN_KEY;
     let (s, info) = ts.post(k, "/v1/collections", json!({"name": "voices", "modality": "audio"})).await;
-    assert_eq!(s, StatusCode::OK, "{info}");
+    assert_eq!(s, StatusCode::CREATED, "{info}");
     assert_eq!(info["dim"], 256);
     let files = fixture_files("audio", &["wav", "flac"], 3);
     let records: Vec<Value> =
@@ -109,5 +128,36 @@ async fn audio_collections_search_by_voice() {
     let (s, hits) = ts.post(k, "/v1/collections/voices/search", json!({"media": b64(&files[1]), "k": 2})).await;
     assert_eq!(s, StatusCode::OK, "{hits}");
     assert_eq!(ids(&hits)[0], "clip1");
+    ts.shutdown().await;
+}
+
+/// Creates `name` with `modality` and uploads `files` as `{prefix}{i}` (kept by the server).
+async fn seed(ts: &TestServer, name: &str, modality: &str, prefix: &str, files: &[PathBuf]) {
+    let (s, v) = ts.post(ADMIN_KEY, "/v1/collections", json!({"name": name, "modality": modality})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let records: Vec<Value> =
+        files.iter().enumerate().map(|(i, f)| json!({"id": format!("{prefix}{i}"), "media": b64(f)})).collect();
+    let (s, v) = ts.post(ADMIN_KEY, &format!("/v1/collections/{name}/records"), json!({"records": records})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_in_chromium() {
+    use crate::browser::{artifacts, console_tests, run_node};
+    let dir = console_tests();
+    let ts = TestServer::start(Backend::Sqlite).await;
+    seed(&ts, "photos", "image", "img", &fixture_files("images", &["jpg", "png", "webp"], 4)).await;
+    seed(&ts, "voices", "audio", "clip", &fixture_files("audio", &["wav", "flac", "ogg"], 2)).await;
+    let reader = ts.key("reader", Some(vec!["photos", "voices"])).await;
+    let out = artifacts("media");
+    let (base, out2) = (ts.base.clone(), out.clone());
+    let (ok, stderr) = tokio::task::spawn_blocking(move || {
+        let args = ["media.test.mjs".as_ref(), base.as_ref(), reader.as_ref(), out2.as_os_str()];
+        run_node(&dir, &args, std::time::Duration::from_secs(180))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "the media browser test failed (screenshots in {}):\n{stderr}", out.display());
+    eprintln!("{stderr}");
     ts.shutdown().await;
 }

@@ -56,6 +56,50 @@ function upsertForm(name, reload) {
   return [h('h2', { id: 'upsert-title' }, 'Upsert a record'), form];
 }
 
+/**
+ * The files of an image or audio collection's records (GET …/records/{id}/media), fetched
+ * with the session's token into blob: URLs (an <img> or <audio> cannot send the token),
+ * released when the view that shows them is redrawn.
+ */
+function mediaFiles(enc) {
+  const urls = { table: [], detail: [] };
+  async function load(id, into, slot) {
+    try {
+      const blob = await api('GET', `/v1/collections/${enc}/records/${encodeURIComponent(id)}/media`, undefined, { accept: 'blob' });
+      const url = URL.createObjectURL(blob);
+      urls[slot].push(url);
+      into.src = url;
+    } catch (e) {
+      into.replaceWith(h('span', { class: 'muted' }, describe(e)));
+    }
+  }
+  const label = (r) => {
+    const m = r.metadata.media;
+    const bits = [m.format, m.width && m.height ? `${m.width}×${m.height}` : '', m.label || '', m.duration_secs ? `${m.duration_secs.toFixed(1)} s` : ''];
+    return bits.filter(Boolean).join(', ');
+  };
+  return {
+    release(slot) {
+      for (const u of urls[slot]) URL.revokeObjectURL(u);
+      urls[slot] = [];
+    },
+    thumbnail(r) {
+      const img = h('img', { class: 'thumb', alt: `Image of record ${r.id}: ${label(r)}`, width: '64', height: '64' });
+      load(r.id, img, 'table');
+      return img;
+    },
+    view(r, slot) {
+      const m = r.metadata.media;
+      const audio = /wav|flac|mp3|ogg/i.test(m.format || '') || m.duration_secs !== undefined;
+      const el = audio
+        ? h('audio', { controls: true, preload: 'metadata', 'aria-label': `Audio of record ${r.id}: ${label(r)}` })
+        : h('img', { class: 'media-view', alt: `Image of record ${r.id}: ${label(r)}` });
+      load(r.id, el, slot);
+      return h('figure', { class: 'media' }, el, h('figcaption', null, label(r)));
+    },
+  };
+}
+
 export async function render(root, { args, query }) {
   const name = args[0];
   if (!name) {
@@ -64,6 +108,8 @@ export async function render(root, { args, query }) {
   }
   const enc = encodeURIComponent(name);
   const info = await api('GET', `/v1/collections/${enc}`);
+  const modality = info.encoder && info.encoder.modality !== 'text' ? info.encoder.modality : null;
+  const media = mediaFiles(enc);
   const writable = can.write(name);
   // Cursors of the pages seen so far: cursors[i] is the `after` of page i.
   let cursors = [''];
@@ -90,8 +136,10 @@ export async function render(root, { args, query }) {
   async function show(id) {
     try {
       const r = await api('GET', `/v1/collections/${enc}/records/${encodeURIComponent(id)}`);
+      media.release('detail');
       detail.replaceChildren(
         h('h2', { id: 'record-title', tabindex: '-1' }, `Record ${r.id}`),
+        ...(modality && r.metadata && r.metadata.media ? [media.view(r, 'detail')] : []),
         h('dl', null,
           h('dt', null, 'Text'), h('dd', null, r.text || '—'),
           h('dt', null, 'Metadata'), h('dd', null, h('pre', null, r.metadata ? JSON.stringify(r.metadata, null, 2) : '—')),
@@ -131,8 +179,10 @@ export async function render(root, { args, query }) {
     if (after) cursors.push(after);
     const ms = performance.now() - t0;
     const partial = after && records.length < want;
+    media.release('table');
     const columns = [
       { title: 'Id', cell: (x) => button(x.id, () => show(x.id), { class: 'secondary', 'aria-label': `Show record ${x.id}` }) },
+      ...(modality === 'image' ? [{ title: 'Image', cell: (x) => (x.metadata && x.metadata.media ? media.thumbnail(x) : '—') }] : []),
       { title: 'Text', clip: true, cell: (x) => fmt.clip(x.text) },
       { title: 'Metadata', clip: true, cell: (x) => h('code', null, fmt.clip(fmt.json(x.metadata))) },
     ];
