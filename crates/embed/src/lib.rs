@@ -32,7 +32,7 @@ pub mod bench;
 mod embedder;
 mod error;
 mod kernels;
-mod matmul;
+pub mod matmul;
 mod model;
 pub mod models;
 

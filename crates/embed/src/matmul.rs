@@ -1,10 +1,11 @@
-//! Safe wrapper around the `gemm` crate for the one product shape the model needs.
+//! Safe wrapper around the `gemm` crate for the one product shape the models need
+//! (this crate's text model, and the image and audio encoders of `kernelize-media`).
 //!
 //! `gemm` selects its micro-kernel (scalar, AVX2+FMA, AVX-512) at run time, so
 //! the binary stays portable across x86-64 CPUs.
 #![allow(unsafe_code, reason = "calls gemm::gemm, which takes raw pointers; bounds are checked here")]
 
-pub(crate) use gemm::Parallelism;
+pub use gemm::Parallelism;
 
 /// `c[m×n] = (accumulate ? c : 0) + a[m×k] · wt[k×n]`.
 ///
@@ -16,7 +17,7 @@ pub(crate) use gemm::Parallelism;
 /// # Panics
 /// When a slice is shorter than its dimensions say; callers size every buffer
 /// from the same `(m, n, k)`, so this is an internal invariant, not input.
-pub(crate) fn matmul(
+pub fn matmul(
     c: &mut [f32],
     a: &[f32],
     wt: &[f32],

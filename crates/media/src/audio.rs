@@ -27,7 +27,6 @@
 //! a third-party decoder is caught and reported as one.
 
 mod decode;
-mod gemm;
 mod lstm;
 mod mel;
 mod preprocess;
@@ -35,7 +34,7 @@ mod preprocess;
 use crate::encoder::{Encoded, Encoder, Input};
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
-use gemm::Parallelism;
+use kernelize_embed::matmul::Parallelism;
 use kernelize_store::{EncoderRecord, Modality};
 use rayon::prelude::*;
 use serde_json::{Map, Value};

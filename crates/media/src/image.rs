@@ -19,7 +19,6 @@
 //! A batch is spread over the rayon pool of the caller, one image per task.
 
 mod decode;
-mod matmul;
 mod net;
 mod preprocess;
 
@@ -28,8 +27,8 @@ pub use decode::{ImageInfo, MAX_DECODED_BYTES, MAX_SIDE, probe};
 use crate::encoder::{Encoded, Encoder, Input};
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
+use kernelize_embed::matmul::Parallelism;
 use kernelize_store::{EncoderRecord, Modality};
-use matmul::Parallelism;
 use net::Network;
 use rayon::prelude::*;
 use serde_json::{Map, Value};

@@ -7,10 +7,10 @@
 //! time step and partial are one GEMM (`[160·B, in] · [in, 1024]`), then the recurrence is
 //! one `[B, 256] · [256, 1024]` product per step, the gates computed in place.
 
-use super::gemm::{Parallelism, matmul};
 use super::mel::{N_MELS, PARTIAL_FRAMES};
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
+use kernelize_embed::matmul::{Parallelism, matmul};
 
 /// `model_hidden_size`.
 pub(crate) const HIDDEN: usize = 256;

@@ -8,10 +8,10 @@
 //! TensorFlow's "SAME" (the weights are a TF port): `out = ceil(in / stride)`, with the
 //! odd padding pixel at the bottom / right.
 
-use super::matmul::{Parallelism, matmul};
 use super::preprocess::INPUT_SIZE;
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
+use kernelize_embed::matmul::{Parallelism, matmul};
 use std::cell::RefCell;
 
 /// Width of the pooled features (the head convolution's output channels).
