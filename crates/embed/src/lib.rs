@@ -39,6 +39,7 @@ pub mod models;
 pub use bench::BenchReport;
 pub use embedder::{Chunk, Embedder};
 pub use error::{Error, Result};
+pub use model::Isa;
 
 #[cfg(test)]
 mod tests {

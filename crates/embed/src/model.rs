@@ -105,9 +105,10 @@ pub(crate) struct Model {
     layers: Vec<Layer>,
 }
 
-/// Instruction sets the non-GEMM kernels are compiled for, in increasing order.
+/// Instruction sets the non-GEMM kernels are compiled for, in increasing order (also
+/// what `kernelize-media`'s forward passes dispatch on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Isa {
+pub enum Isa {
     /// Whatever the target's baseline is (SSE2 on x86-64, NEON on aarch64).
     Generic,
     /// AVX2 + FMA.
@@ -118,7 +119,7 @@ pub(crate) enum Isa {
 
 impl Isa {
     /// The best instruction set this CPU supports (cached by `std`).
-    pub(crate) fn detect() -> Isa {
+    pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;

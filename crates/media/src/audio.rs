@@ -109,14 +109,21 @@ impl AudioEncoder {
     }
 
     fn embed_file_with(&self, bytes: &[u8], parallelism: Parallelism) -> Result<Encoded> {
+        let p = self.prepare_file(bytes)?;
+        let vector = self.network.embed(&p.frames, &p.starts, parallelism)?;
+        Ok(Encoded { vector, info: p.info })
+    }
+
+    /// Decoding and the front end of one file: its mel frames, partial starts and info.
+    fn prepare_file(&self, bytes: &[u8]) -> Result<Prepared> {
         let d = decode::decode(bytes)?;
-        let vector = self.embed_with(&d.samples, d.sample_rate, parallelism)?;
+        let (frames, starts) = self.front(&d.samples, d.sample_rate)?;
         let mut info = Map::new();
         info.insert("format".into(), Value::from(d.format));
         info.insert("sample_rate".into(), Value::from(d.sample_rate));
         info.insert("channels".into(), Value::from(d.channels));
         info.insert("duration_secs".into(), Value::from(d.samples.len() as f64 / f64::from(d.sample_rate)));
-        Ok(Encoded { vector, info })
+        Ok(Prepared { frames, starts, info })
     }
 
     /// The embedding of mono PCM samples in [-1, 1] at `sample_rate`, for callers that
@@ -131,6 +138,13 @@ impl AudioEncoder {
     }
 
     fn embed_with(&self, samples: &[f32], rate: u32, parallelism: Parallelism) -> Result<Vec<f32>> {
+        let (frames, starts) = self.front(samples, rate)?;
+        self.network.embed(&frames, &starts, parallelism)
+    }
+
+    /// Resampling, volume, VAD trimming and the mel spectrogram: the frames and the start
+    /// frame of every partial utterance.
+    fn front(&self, samples: &[f32], rate: u32) -> Result<(Vec<f32>, Vec<usize>)> {
         if samples.iter().any(|x| !x.is_finite()) {
             return Err(Error::input("the audio has non-finite (NaN or infinite) samples"));
         }
@@ -146,7 +160,7 @@ impl AudioEncoder {
         // Padding with zeros up to the last partial's end is implicit: frames read zeros
         // past the end of the waveform, as they read np.pad's zeros in the reference.
         let frames = self.front_end.frames(&wav, wave_len / mel::HOP);
-        self.network.embed(&frames, &starts, parallelism)
+        Ok((frames, starts))
     }
 }
 
@@ -168,6 +182,68 @@ impl Encoder for AudioEncoder {
             // One file: its input projections may use the whole pool.
             return vec![one(&inputs[0], Parallelism::Rayon(rayon::current_num_threads()))];
         }
-        inputs.par_iter().map(|input| one(input, Parallelism::None)).collect()
+        // Several: each file's front end in parallel, then the partials of all of them in
+        // batches of PARTIAL_BATCH (the recurrence reads each step's weights once for the
+        // whole batch), then each file's mean.
+        let prepared: Vec<Result<Prepared>> = inputs
+            .par_iter()
+            .map(|input| match input {
+                Input::Bytes(bytes) => self.prepare_file(bytes),
+                Input::Text(_) => Err(Error::input("the audio encoder takes audio files, not text")),
+            })
+            .collect();
+        let parts: Vec<(usize, &[f32], usize)> = prepared
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
+            .flat_map(|(i, p)| p.starts.iter().map(move |&s| (i, p.frames.as_slice(), s)))
+            .collect();
+        let batches: Vec<Result<Vec<f32>>> = parts
+            .par_chunks(PARTIAL_BATCH)
+            .map(|chunk| {
+                let batch: Vec<(&[f32], usize)> = chunk.iter().map(|&(_, mel, s)| (mel, s)).collect();
+                self.network.partials(&batch, Parallelism::None)
+            })
+            .collect();
+        // Each file's partial embeddings, in order.
+        let mut per_file: Vec<Result<Vec<f32>>> = prepared.iter().map(|_| Ok(Vec::new())).collect();
+        for (chunk, result) in parts.chunks(PARTIAL_BATCH).zip(batches) {
+            match result {
+                Ok(rows) => {
+                    for (&(i, _, _), row) in chunk.iter().zip(rows.chunks_exact(lstm::EMBED)) {
+                        if let Some(Ok(v)) = per_file.get_mut(i) {
+                            v.extend_from_slice(row);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for &(i, _, _) in chunk {
+                        if let Some(slot) = per_file.get_mut(i) {
+                            *slot = Err(Error::input(msg.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        prepared
+            .into_iter()
+            .zip(per_file)
+            .map(|(p, partials)| {
+                let p = p?;
+                let vector = lstm::mean_embedding(&partials?)?;
+                Ok(Encoded { vector, info: p.info })
+            })
+            .collect()
     }
+}
+
+/// Partial utterances run through the network together, across the files of a batch.
+const PARTIAL_BATCH: usize = 32;
+
+/// One file after decoding and the front end.
+struct Prepared {
+    frames: Vec<f32>,
+    starts: Vec<usize>,
+    info: Map<String, Value>,
 }

@@ -8,6 +8,7 @@ mod deploy;
 mod encryption;
 mod fleet;
 mod kernel;
+mod media;
 mod models;
 mod runbooks;
 mod serve;

@@ -7,9 +7,12 @@
 //! time step and partial are one GEMM (`[160·B, in] · [in, 1024]`), then the recurrence is
 //! one `[B, 256] · [256, 1024]` product per step, the gates computed in place.
 
+#![allow(unsafe_code, reason = "calls #[target_feature] instantiations after run-time feature detection")]
+
 use super::mel::{N_MELS, PARTIAL_FRAMES};
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
+use kernelize_embed::Isa;
 use kernelize_embed::matmul::{Parallelism, matmul};
 
 /// `model_hidden_size`.
@@ -74,15 +77,55 @@ impl Network {
     /// The utterance embedding of the partials starting at `starts` (mel frame indices into
     /// `mel`, row-major `[frames][40]`, each with 160 frames available).
     pub(crate) fn embed(&self, mel: &[f32], starts: &[usize], parallelism: Parallelism) -> Result<Vec<f32>> {
-        let b = starts.len();
+        let parts: Vec<(&[f32], usize)> = starts.iter().map(|&s| (mel, s)).collect();
+        let partials = self.partials(&parts, parallelism)?;
+        mean_embedding(&partials)
+    }
+
+    /// The L2-normalised embeddings (`[b, 256]`, row-major) of partials given as (mel
+    /// spectrogram, start frame) pairs — of one utterance or of several: a batch of files
+    /// runs its partials together, so each step's recurrent product reads the weights once
+    /// for many rows.
+    pub(crate) fn partials(&self, parts: &[(&[f32], usize)], parallelism: Parallelism) -> Result<Vec<f32>> {
+        match Isa::detect() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::detect() returned Avx512, so the CPU has every feature
+            // partials_avx512 is compiled for.
+            Isa::Avx512 => unsafe { self.partials_avx512(parts, parallelism) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::detect() returned Avx2, so the CPU has every feature
+            // partials_avx2 is compiled for.
+            Isa::Avx2 => unsafe { self.partials_avx2(parts, parallelism) },
+            _ => self.partials_impl(parts, parallelism),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    fn partials_avx512(&self, parts: &[(&[f32], usize)], parallelism: Parallelism) -> Result<Vec<f32>> {
+        self.partials_impl(parts, parallelism)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn partials_avx2(&self, parts: &[(&[f32], usize)], parallelism: Parallelism) -> Result<Vec<f32>> {
+        self.partials_impl(parts, parallelism)
+    }
+
+    /// [`Network::partials`], inlined into one instantiation per instruction set (the gate
+    /// arithmetic vectorises to the widest registers the CPU has; the GEMMs dispatch by
+    /// themselves).
+    #[inline(always)]
+    fn partials_impl(&self, parts: &[(&[f32], usize)], parallelism: Parallelism) -> Result<Vec<f32>> {
+        let b = parts.len();
         let steps = PARTIAL_FRAMES;
-        if b == 0 || starts.iter().any(|&s| (s + steps) * N_MELS > mel.len()) {
+        if b == 0 || parts.iter().any(|&(mel, s)| (s + steps) * N_MELS > mel.len()) {
             return Err(Error::input("internal error: partial utterances outside the spectrogram"));
         }
         // Time-major input: row (t, partial) = mel frame starts[partial] + t.
         let mut seq = vec![0f32; steps * b * N_MELS];
         for t in 0..steps {
-            for (p, &s) in starts.iter().enumerate() {
+            for (p, &(mel, s)) in parts.iter().enumerate() {
                 let row = (s + t) * N_MELS;
                 seq[(t * b + p) * N_MELS..(t * b + p + 1) * N_MELS].copy_from_slice(&mel[row..row + N_MELS]);
             }
@@ -119,10 +162,9 @@ impl Network {
                 seq = out;
             }
         }
-        // Linear + ReLU + L2 per partial, then the normalised mean.
+        // Linear + ReLU + L2 per partial.
         let mut partials = vec![0f32; b * EMBED];
         matmul(&mut partials, &h, &self.linear_t, (b, EMBED, HIDDEN), false, Parallelism::None);
-        let mut mean = vec![0f64; EMBED];
         for row in partials.chunks_exact_mut(EMBED) {
             for (x, bias) in row.iter_mut().zip(&self.linear_bias) {
                 *x = (*x + bias).max(0.0);
@@ -131,20 +173,31 @@ impl Network {
             if norm == 0.0 || !norm.is_finite() {
                 return Err(Error::input("the voice encoder gave an all-zero partial embedding for this audio"));
             }
-            for (m, x) in mean.iter_mut().zip(row.iter()) {
-                *m += f64::from(*x) / norm;
+            for x in row.iter_mut() {
+                *x = (f64::from(*x) / norm) as f32;
             }
         }
-        let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm == 0.0 || !norm.is_finite() {
-            return Err(Error::input("the voice encoder gave an all-zero embedding for this audio"));
-        }
-        Ok(mean.iter().map(|x| (x / norm) as f32).collect())
+        Ok(partials)
     }
 }
 
+/// The utterance embedding: the L2-normalised mean of its partials' (`[n, 256]`).
+pub(crate) fn mean_embedding(partials: &[f32]) -> Result<Vec<f32>> {
+    let mut mean = vec![0f64; EMBED];
+    for row in partials.chunks_exact(EMBED) {
+        for (m, x) in mean.iter_mut().zip(row) {
+            *m += f64::from(*x);
+        }
+    }
+    let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return Err(Error::input("the voice encoder gave an all-zero embedding for this audio"));
+    }
+    Ok(mean.iter().map(|x| (x / norm) as f32).collect())
+}
+
 /// One LSTM cell update for one partial: `g` holds the pre-activations of the four gates.
-#[inline]
+#[inline(always)]
 fn cell(g: &[f32], h: &mut [f32], c: &mut [f32]) {
     let (gi, rest) = g.split_at(HIDDEN);
     let (gf, rest) = rest.split_at(HIDDEN);
@@ -160,19 +213,19 @@ fn cell(g: &[f32], h: &mut [f32], c: &mut [f32]) {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-#[inline]
+#[inline(always)]
 fn tanh(x: f32) -> f32 {
     2.0 / (1.0 + exp(-2.0 * x)) - 1.0
 }
 
 /// `e^x` to about one ulp (Cephes' `expf` polynomial), branch-free so that the gate loops
 /// vectorise: `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `e^x = 2^n · p(r)`.
-#[inline]
+#[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;

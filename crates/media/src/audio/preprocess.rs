@@ -64,8 +64,47 @@ pub(crate) fn resample(wav: &[f32], rate: u32) -> Result<Vec<f32>> {
         window: WindowFunction::BlackmanHarris2,
     };
     let resampler_error = |e: &dyn std::fmt::Display| Error::input(format!("cannot resample from {rate} Hz: {e}"));
-    let mut resampler =
-        SincFixedIn::<f32>::new(ratio, 1.0, params, RESAMPLE_CHUNK, 1).map_err(|e| resampler_error(&e))?;
+    // Building the filter bank (sinc_len × phases windowed sincs) costs as much as
+    // resampling seconds of audio: resamplers are reused, reset, per source rate.
+    let mut resampler = match take_resampler(rate) {
+        Some(r) => r,
+        None => SincFixedIn::<f32>::new(ratio, 1.0, params, RESAMPLE_CHUNK, 1).map_err(|e| resampler_error(&e))?,
+    };
+    let out = run_resampler(&mut resampler, wav, rate, wanted, oversampling_factor, exact);
+    give_resampler(rate, resampler);
+    out
+}
+
+/// Resamplers kept for reuse: (source rate, resampler), at most [`POOL_MAX`].
+static POOL: std::sync::Mutex<Vec<(u32, SincFixedIn<f32>)>> = std::sync::Mutex::new(Vec::new());
+/// Resamplers kept (a few per rate for parallel batches; each holds its filter bank).
+const POOL_MAX: usize = 16;
+
+fn take_resampler(rate: u32) -> Option<SincFixedIn<f32>> {
+    let mut pool = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let i = pool.iter().position(|(r, _)| *r == rate)?;
+    let (_, mut resampler) = pool.swap_remove(i);
+    resampler.reset();
+    Some(resampler)
+}
+
+fn give_resampler(rate: u32, resampler: SincFixedIn<f32>) {
+    let mut pool = POOL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if pool.len() >= POOL_MAX {
+        pool.remove(0);
+    }
+    pool.push((rate, resampler));
+}
+
+fn run_resampler(
+    resampler: &mut SincFixedIn<f32>,
+    wav: &[f32],
+    rate: u32,
+    wanted: usize,
+    oversampling_factor: usize,
+    exact: bool,
+) -> Result<Vec<f32>> {
+    let resampler_error = |e: &dyn std::fmt::Display| Error::input(format!("cannot resample from {rate} Hz: {e}"));
     let (lead_in, skip) = alignment(rate, oversampling_factor, exact);
     let mut out: Vec<f32> = Vec::with_capacity(wanted + skip + RESAMPLE_CHUNK);
     let mut output = resampler.output_buffer_allocate(true);
