@@ -107,7 +107,7 @@ pub fn search(cli: &Cli, a: &SearchArgs) -> Result<ExitCode> {
     } else if vector.is_none() && mode != Mode::Keyword {
         if modality != kernelize_media::Modality::Text {
             bail!(
-                "collection {} holds {modality}: query it with --media FILE (or --text in keyword mode)",
+                "collection {} is an {modality} collection: query it with --media FILE (or --text in keyword mode)",
                 a.collection
             );
         }
