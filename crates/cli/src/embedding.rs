@@ -222,13 +222,8 @@ pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
     opts.tensor = a.tensor.clone();
     opts.ids_file = a.ids_file.clone();
     opts.generate_ids = a.generate_ids;
-    let pb = progress::bytes(0, "ingest");
-    let summary = kernelize_ingest::ingest(&collection, &a.file, &opts, embedder.as_ref(), &mut |p| {
-        pb.set_length(p.bytes_total);
-        pb.set_position(p.bytes_read);
-    });
-    pb.finish_and_clear();
-    let s = summary?;
+    let s =
+        with_progress(|progress| kernelize_ingest::ingest(&collection, &a.file, &opts, embedder.as_ref(), progress))?;
     println!(
         "ingested {} into {}: {} rows, {} records ({} chunks, {} texts embedded) in {} batches, {:.2}s ({:.0} records/s)",
         a.file.display(),
@@ -244,6 +239,17 @@ pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs an ingestion under a progress bar of the bytes read.
+fn with_progress<T>(run: impl FnOnce(&mut dyn FnMut(&kernelize_ingest::Progress)) -> T) -> T {
+    let pb = progress::bytes(0, "ingest");
+    let out = run(&mut |p| {
+        pb.set_length(p.bytes_total);
+        pb.set_position(p.bytes_read);
+    });
+    pb.finish_and_clear();
+    out
+}
+
 /// Ingests files into an image or audio collection.
 fn ingest_media(collection: &kernelize_store::Collection, a: &IngestArgs) -> Result<ExitCode> {
     let modality = collection.config().modality();
@@ -257,13 +263,7 @@ fn ingest_media(collection: &kernelize_store::Collection, a: &IngestArgs) -> Res
     opts.media_field = Some(a.media_field.clone());
     opts.bad_media = a.on_bad_file.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     opts.keep_media = a.keep_files;
-    let pb = progress::bytes(0, "ingest");
-    let summary = kernelize_ingest::ingest_media(collection, &a.file, &opts, &*encoder, &mut |p| {
-        pb.set_length(p.bytes_total);
-        pb.set_position(p.bytes_read);
-    });
-    pb.finish_and_clear();
-    let s = summary?;
+    let s = with_progress(|progress| kernelize_ingest::ingest_media(collection, &a.file, &opts, &*encoder, progress))?;
     println!(
         "ingested {} into {} ({modality}): {} files encoded, {} skipped, {} records in {} batches, {:.2}s ({:.1} files/s)",
         a.file.display(),

@@ -61,7 +61,7 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// branch-free range reduction (round via the 1.5·2²³ trick, scale via the
 /// exponent bits). Inputs below -87.3 return about 2⁻¹²⁶ instead of a subnormal.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;

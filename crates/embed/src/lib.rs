@@ -31,7 +31,7 @@
 pub mod bench;
 mod embedder;
 mod error;
-mod kernels;
+pub mod kernels;
 pub mod matmul;
 mod model;
 pub mod models;

@@ -13,6 +13,7 @@ use super::mel::{N_MELS, PARTIAL_FRAMES};
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
 use kernelize_embed::Isa;
+use kernelize_embed::kernels::exp;
 use kernelize_embed::matmul::{Parallelism, matmul};
 
 /// `model_hidden_size`.
@@ -223,48 +224,9 @@ fn tanh(x: f32) -> f32 {
     2.0 / (1.0 + exp(-2.0 * x)) - 1.0
 }
 
-/// `e^x` to about one ulp (Cephes' `expf` polynomial), branch-free so that the gate loops
-/// vectorise: `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `e^x = 2^n · p(r)`.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 · 2^23: adding it rounds to an integer (ties to even) in the low mantissa bits.
-    const SHIFTER: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + SHIFTER;
-    let n = t - SHIFTER;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let poly = p * r * r + r + 1.0;
-    // n is in -126..=127 after the clamp: the biased exponent n + 127 is a normal one.
-    let bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
-    poly * f32::from_bits(bits as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_accurate() {
-        let mut worst = 0f64;
-        let mut x = -80.0f32;
-        while x < 80.0 {
-            let rel = ((f64::from(exp(x)) - f64::from(x).exp()) / f64::from(x).exp()).abs();
-            worst = worst.max(rel);
-            x += 0.0137;
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert!((0.0..1e-37).contains(&exp(-1000.0)));
-        assert!(exp(1000.0).is_finite());
-    }
 
     #[test]
     fn activations_are_accurate() {
