@@ -31,10 +31,9 @@ mod lstm;
 mod mel;
 mod preprocess;
 
-use crate::encoder::{Encoded, Encoder, Input};
+use crate::encoder::{Encoded, Encoder, Input, gemm_parallelism};
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
-use kernelize_embed::matmul::Parallelism;
 use kernelize_store::{EncoderRecord, Modality};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
@@ -105,13 +104,9 @@ impl AudioEncoder {
 
     /// The embedding of one audio file's bytes.
     pub fn embed_file(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        self.embed_file_with(bytes, Parallelism::None).map(|e| e.vector)
-    }
-
-    fn embed_file_with(&self, bytes: &[u8], parallelism: Parallelism) -> Result<Encoded> {
-        let p = self.prepare_file(bytes)?;
-        let vector = self.network.embed(&p.frames, &p.starts, parallelism)?;
-        Ok(Encoded { vector, info: p.info })
+        self.encode(&[Input::Bytes(bytes)])
+            .pop()
+            .unwrap_or_else(|| Err(Error::input("internal error: no result for the file")))
     }
 
     /// Decoding and the front end of one file: its mel frames, partial starts and info.
@@ -134,12 +129,8 @@ impl AudioEncoder {
         if samples.is_empty() {
             return Err(Error::input("no audio samples"));
         }
-        self.embed_with(samples, sample_rate, Parallelism::None)
-    }
-
-    fn embed_with(&self, samples: &[f32], rate: u32, parallelism: Parallelism) -> Result<Vec<f32>> {
-        let (frames, starts) = self.front(samples, rate)?;
-        self.network.embed(&frames, &starts, parallelism)
+        let (frames, starts) = self.front(samples, sample_rate)?;
+        self.network.embed(&frames, &starts, gemm_parallelism(1))
     }
 
     /// Resampling, volume, VAD trimming and the mel spectrogram: the frames and the start
@@ -173,18 +164,11 @@ impl Encoder for AudioEncoder {
         self.encode_with_info(inputs).into_iter().map(|r| r.map(|e| e.vector)).collect()
     }
 
+    /// Each file's front end in parallel, then the partials of all of them in batches of
+    /// `PARTIAL_BATCH` (the recurrence reads each step's weights once for the whole
+    /// batch), then each file's mean.
     fn encode_with_info(&self, inputs: &[Input<'_>]) -> Vec<Result<Encoded>> {
-        let one = |input: &Input<'_>, parallelism| match input {
-            Input::Bytes(bytes) => self.embed_file_with(bytes, parallelism),
-            Input::Text(_) => Err(Error::input("the audio encoder takes audio files, not text")),
-        };
-        if inputs.len() == 1 {
-            // One file: its input projections may use the whole pool.
-            return vec![one(&inputs[0], Parallelism::Rayon(rayon::current_num_threads()))];
-        }
-        // Several: each file's front end in parallel, then the partials of all of them in
-        // batches of PARTIAL_BATCH (the recurrence reads each step's weights once for the
-        // whole batch), then each file's mean.
+        let parallelism = gemm_parallelism(inputs.len());
         let prepared: Vec<Result<Prepared>> = inputs
             .par_iter()
             .map(|input| match input {
@@ -202,7 +186,7 @@ impl Encoder for AudioEncoder {
             .par_chunks(PARTIAL_BATCH)
             .map(|chunk| {
                 let batch: Vec<(&[f32], usize)> = chunk.iter().map(|&(_, mel, s)| (mel, s)).collect();
-                self.network.partials(&batch, Parallelism::None)
+                self.network.partials(&batch, parallelism)
             })
             .collect();
         // Each file's partial embeddings, in order.

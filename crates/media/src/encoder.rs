@@ -52,6 +52,18 @@ pub struct Encoded {
     pub info: Map<String, Value>,
 }
 
+/// How the GEMMs of one input's forward pass may run: a single input may use the whole
+/// rayon pool; in a batch each input (or group of inputs) is one task and its GEMMs stay
+/// on its thread.
+pub(crate) fn gemm_parallelism(batch: usize) -> kernelize_embed::matmul::Parallelism {
+    let threads = rayon::current_num_threads();
+    if batch == 1 && threads > 1 {
+        kernelize_embed::matmul::Parallelism::Rayon(threads)
+    } else {
+        kernelize_embed::matmul::Parallelism::None
+    }
+}
+
 /// Facts about a file stored with its record as `metadata.media`: where it came from
 /// (`source`: a path, or how it arrived), its SHA-256 (`sha256`, hex) and size (`bytes`),
 /// then what the encoder learnt ([`Encoded::info`]).

@@ -24,7 +24,7 @@ mod preprocess;
 
 pub use decode::{ImageInfo, MAX_DECODED_BYTES, MAX_SIDE, probe};
 
-use crate::encoder::{Encoded, Encoder, Input};
+use crate::encoder::{Encoded, Encoder, Input, gemm_parallelism};
 use crate::error::{Error, Result};
 use crate::safetensors_file::Weights;
 use kernelize_embed::matmul::Parallelism;
@@ -123,13 +123,13 @@ impl ImageEncoder {
 
     /// The `top` most probable ImageNet labels of an image file (at most 1,000).
     pub fn classify(&self, bytes: &[u8], top: usize) -> Result<Vec<Label>> {
-        Ok(self.run(bytes, top, Self::parallelism(1))?.labels)
+        Ok(self.run(bytes, top, gemm_parallelism(1))?.labels)
     }
 
     /// Vector, header facts and `top` labels of every input in one pass each, spread over
     /// the rayon pool; a bad input fails alone.
     pub fn encode_with_labels(&self, inputs: &[Input<'_>], top: usize) -> Vec<Result<Analysis>> {
-        let par = Self::parallelism(inputs.len());
+        let par = gemm_parallelism(inputs.len());
         inputs
             .par_iter()
             .map(|input| match input {
@@ -137,13 +137,6 @@ impl ImageEncoder {
                 Input::Text(_) => Err(Error::input("text given to the image encoder; it takes image files")),
             })
             .collect()
-    }
-
-    /// A single image may use the whole pool inside its GEMMs; in a batch each image is
-    /// one task and its GEMMs stay on its thread.
-    fn parallelism(batch: usize) -> Parallelism {
-        let threads = rayon::current_num_threads();
-        if batch == 1 && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
     }
 
     fn run(&self, bytes: &[u8], top: usize, par: Parallelism) -> Result<Analysis> {
