@@ -16,48 +16,34 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Command-line settings.
+#[derive(clap::Parser)]
+#[command(name = "bench_image")]
 struct Args {
+    /// Folder of input files.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images"))]
     dir: PathBuf,
+    /// Thread counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = positive)]
     threads: Vec<usize>,
+    /// Timed passes (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = positive)]
     repeats: usize,
+    /// Files per `encode` call.
+    #[arg(long, default_value_t = 16, value_parser = positive)]
     batch: usize,
+    /// Also print one JSON line per thread count.
+    #[arg(long)]
     json: bool,
 }
 
-fn parse_args() -> Result<Args, Box<dyn Error>> {
-    let mut args = Args {
-        dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images"),
-        threads: vec![1, 2],
-        repeats: 5,
-        batch: 16,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--dir" => args.dir = PathBuf::from(value()?),
-            "--threads" => {
-                args.threads = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?;
-            }
-            "--repeats" => args.repeats = value()?.parse()?,
-            "--batch" => args.batch = value()?.parse()?,
-            "--json" => args.json = true,
-            "-h" | "--help" => {
-                println!("bench_image [--dir DIR] [--threads 1,2] [--repeats 5] [--batch 16] [--json]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-    }
-    if args.repeats == 0 || args.batch == 0 || args.threads.contains(&0) {
-        return Err("--repeats, --batch and --threads must be positive".into());
-    }
-    Ok(args)
+/// A count of at least 1.
+fn positive(s: &str) -> Result<usize, String> {
+    s.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| format!("{s:?} is not a positive integer"))
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in fs_err::read_dir(&args.dir)? {
         let path = entry?.path();
