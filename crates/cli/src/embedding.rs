@@ -119,7 +119,7 @@ pub fn embed(a: &EmbedArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&v[0])?);
         return Ok(ExitCode::SUCCESS);
     };
-    let bytes = read_media_file(file)?;
+    let bytes = kernelize_media::read_media_file(file)?;
     if a.labels {
         let dir = media_model_dir(Modality::Image, &a.model_dir);
         let encoder = kernelize_media::ImageEncoder::load(&dir)
@@ -134,19 +134,6 @@ pub fn embed(a: &EmbedArgs) -> Result<ExitCode> {
     let v = out.pop().context("the encoder returned nothing")?.with_context(|| file.display().to_string())?;
     println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// A media file's bytes, within the encoders' size limit.
-pub fn read_media_file(path: &Path) -> Result<Vec<u8>> {
-    let len = fs_err::metadata(path)?.len();
-    if len > kernelize_media::MAX_INPUT_BYTES as u64 {
-        bail!(
-            "{}: {len} bytes, more than the {} bytes a media file may have",
-            path.display(),
-            kernelize_media::MAX_INPUT_BYTES
-        );
-    }
-    Ok(fs_err::read(path)?)
 }
 
 /// The model folder of an image or audio encoder: `dir` when given, else its folder in

@@ -99,7 +99,7 @@ pub fn search(cli: &Cli, a: &SearchArgs) -> Result<ExitCode> {
                 a.collection
             );
         }
-        let bytes = crate::embedding::read_media_file(file)?;
+        let bytes = kernelize_media::read_media_file(file)?;
         let encoder = crate::embedding::load_media_encoder(modality, &a.model_dir)?;
         let v =
             encoder.encode(&[kernelize_media::Input::Bytes(&bytes)]).pop().context("the encoder returned nothing")?;

@@ -460,7 +460,7 @@ impl Producer<'_> {
                 }
                 let source =
                     if self.reader.format() == Format::Folder { row.id.clone() } else { p.display().to_string() };
-                (source, read_media(&p))
+                (source, kernelize_media::read_media_file(&p).map_err(|e| e.to_string()))
             }
         };
         let bytes = match bytes {
@@ -621,19 +621,6 @@ impl Producer<'_> {
         let records = std::mem::replace(&mut self.records, Vec::with_capacity(self.opts.batch_size));
         Ok(self.tx.send(Ok(Batch { records, stats: self.stats })).is_ok())
     }
-}
-
-/// A media file's bytes, at most [`kernelize_media::MAX_INPUT_BYTES`]; the reason when not.
-fn read_media(path: &Path) -> std::result::Result<Vec<u8>, String> {
-    use std::io::Read as _;
-    let max = kernelize_media::MAX_INPUT_BYTES;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(max as u64 + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() > max {
-        return Err(format!("{} is larger than {max} bytes, the limit for one media file", path.display()));
-    }
-    Ok(bytes)
 }
 
 /// The first 64 bytes of an id, for messages.

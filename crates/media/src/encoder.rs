@@ -52,6 +52,24 @@ pub struct Encoded {
     pub info: Map<String, Value>,
 }
 
+/// The bytes of an image or audio file, at most [`MAX_INPUT_BYTES`] (read no further);
+/// a file that cannot be opened or read, or is larger, is an [`Error::Input`] naming it.
+pub fn read_media_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() > MAX_INPUT_BYTES {
+        return Err(Error::input(format!(
+            "{} is larger than {MAX_INPUT_BYTES} bytes, the limit for one media file",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// How the GEMMs of one input's forward pass may run: a single input may use the whole
 /// rayon pool; in a batch each input (or group of inputs) is one task and its GEMMs stay
 /// on its thread.
