@@ -6,6 +6,7 @@ use kernelize_embed::Embedder;
 use kernelize_store::{EncoderRecord, Modality};
 use serde_json::{Map, Value};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Largest encoded input (one image or audio file) any encoder accepts: 64 MiB.
 pub const MAX_INPUT_BYTES: usize = 64 << 20;
@@ -94,6 +95,38 @@ pub fn media_metadata(source: &str, bytes: &[u8], info: Map<String, Value>) -> M
     m.insert("bytes".into(), Value::from(bytes.len()));
     m.extend(info);
     m
+}
+
+/// Encoders loaded on first use from the models directory, one per modality, shared by
+/// every caller of a process (the server, the Python package). A failed load is not
+/// remembered: a model installed later is picked up by the next call.
+pub struct EncoderCache {
+    loaded: std::sync::Mutex<Vec<(Modality, Arc<dyn Encoder>)>>,
+}
+
+impl EncoderCache {
+    /// An empty cache.
+    pub const fn new() -> EncoderCache {
+        EncoderCache { loaded: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// The encoder of `modality`, loaded now if it is not yet (a blocking call: it reads
+    /// the weights).
+    pub fn get(&self, modality: Modality) -> Result<Arc<dyn Encoder>> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, e)) = loaded.iter().find(|(m, _)| *m == modality) {
+            return Ok(e.clone());
+        }
+        let e: Arc<dyn Encoder> = Arc::from(load_encoder(modality, &kernelize_embed::models::models_dir())?);
+        loaded.push((modality, e.clone()));
+        Ok(e)
+    }
+}
+
+impl Default for EncoderCache {
+    fn default() -> Self {
+        EncoderCache::new()
+    }
 }
 
 /// The record of the encoder Kernelize uses for `modality` (what a collection created

@@ -24,7 +24,7 @@ mod safetensors_file;
 
 pub use audio::AudioEncoder;
 pub use encoder::{
-    Encoded, Encoder, Input, MAX_INPUT_BYTES, TextEncoder, encoder_record, load_encoder, media_metadata,
+    Encoded, Encoder, EncoderCache, Input, MAX_INPUT_BYTES, TextEncoder, encoder_record, load_encoder, media_metadata,
     read_media_file,
 };
 pub use error::{Error, Result};

@@ -21,7 +21,7 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 static THREADS: Mutex<usize> = Mutex::new(0);
 static EMBEDDER: Mutex<Option<Arc<Embedder>>> = Mutex::new(None);
 /// The image and audio encoders, loaded on first use.
-static MEDIA: Mutex<Vec<(kernelize_media::Modality, Arc<dyn kernelize_media::Encoder>)>> = Mutex::new(Vec::new());
+static MEDIA: kernelize_media::EncoderCache = kernelize_media::EncoderCache::new();
 
 fn wanted_threads() -> usize {
     match *THREADS.lock() {
@@ -84,25 +84,11 @@ pub fn embed_texts(py: Python<'_>, texts: &[String]) -> Res<(Vec<f32>, usize)> {
     })
 }
 
-/// The encoder of an image or audio modality, loaded on first use from the models directory.
-pub fn media_encoder(modality: kernelize_media::Modality) -> Res<Arc<dyn kernelize_media::Encoder>> {
-    let mut slot = MEDIA.lock();
-    if let Some((_, e)) = slot.iter().find(|(m, _)| *m == modality) {
-        return Ok(e.clone());
-    }
-    let e: Arc<dyn kernelize_media::Encoder> = Arc::from(
-        kernelize_media::load_encoder(modality, &kernelize_embed::models::models_dir())
-            .map_err(|e| Failure::invalid(e.to_string()))?,
-    );
-    slot.push((modality, e.clone()));
-    Ok(e)
-}
-
 /// Encodes image or audio files on the pool (GIL released); the first bad file is an
 /// error naming its index.
 pub fn encode_media(py: Python<'_>, files: &[Vec<u8>], modality: kernelize_media::Modality) -> Res<(Vec<f32>, usize)> {
     py.detach(|| {
-        let e = media_encoder(modality)?;
+        let e = MEDIA.get(modality).map_err(|e| Failure::invalid(e.to_string()))?;
         let inputs: Vec<kernelize_media::Input<'_>> = files.iter().map(|b| kernelize_media::Input::Bytes(b)).collect();
         let results = on_pool(|| Ok(e.encode(&inputs)))?;
         let mut flat = Vec::with_capacity(files.len() * e.dim());

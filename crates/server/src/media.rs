@@ -7,36 +7,23 @@ use base64::Engine as _;
 use kernelize_media::{Encoded, Encoder, Input, MAX_INPUT_BYTES, Modality};
 use kernelize_store::CollectionConfig;
 use serde_json::{Map, Value};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Files encoded between two checks of the request's cancellation.
 const ENCODE_CHUNK: usize = 16;
 
-type Loaded = Result<Arc<dyn Encoder>, String>;
-
-/// The image and audio encoders, each loaded once, when first needed.
+/// The image and audio encoders, each loaded when first needed.
 #[derive(Default)]
-pub struct MediaEncoders {
-    image: OnceLock<Loaded>,
-    audio: OnceLock<Loaded>,
-}
+pub struct MediaEncoders(kernelize_media::EncoderCache);
 
 impl MediaEncoders {
     /// The encoder of an image or audio collection, or 503 saying how to install it.
     /// Loads it on first use (call from a blocking context).
     pub fn get(&self, modality: Modality) -> Result<Arc<dyn Encoder>, ApiError> {
-        let slot = match modality {
-            Modality::Image => &self.image,
-            Modality::Audio => &self.audio,
-            Modality::Text => return Err(ApiError::internal("text is embedded by the text model")),
-        };
-        slot.get_or_init(|| {
-            kernelize_media::load_encoder(modality, &kernelize_embed::models::models_dir())
-                .map(Arc::from)
-                .map_err(|e| format!("the {modality} encoder is unavailable: {e}"))
-        })
-        .clone()
-        .map_err(ApiError::unavailable)
+        if modality == Modality::Text {
+            return Err(ApiError::internal("text is embedded by the text model"));
+        }
+        self.0.get(modality).map_err(|e| ApiError::unavailable(format!("the {modality} encoder is unavailable: {e}")))
     }
 }
 
