@@ -22,7 +22,11 @@ Peers, each on the same texts and thread count:
   kernelize-embed        `cargo build --release -p kernelize-embed --example
                          bench_embed`, then that binary with the same --texts/
                          --every/--limit/--batch/--threads, one process per
-                         timed pass (skip with --no-kernelize).
+                         timed pass (skip with --no-kernelize); once per
+                         precision of --precisions (default bf16,f32: the
+                         fast path and the exact one, each a peer, chosen by
+                         KERNELIZE_EMBED_PRECISION; bf16 is skipped on CPUs
+                         without AVX512-BF16).
 One pass = all texts in batches of --batch; each peer does one untimed warm-up
 batch, then --reps timed passes. With --rounds R the peers alternate R times
 (kernelize, then sentence-transformers, ...) so that load from other processes
@@ -131,22 +135,34 @@ class SentenceTransformers:
         return out
 
 
-class Kernelize:
-    name = "kernelize-embed"
+def build_kernelize() -> str:
+    log("building kernelize-embed bench_embed (cargo build --release)")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "kernelize-embed",
+                    "--example", "bench_embed"], cwd=REPO, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    binary = os.path.join(os.path.abspath(target), "release", "examples", "bench_embed")
+    if not os.path.exists(binary):
+        raise RuntimeError(f"{binary} missing after cargo build")
+    return binary
 
-    def __init__(self, args, texts):
+
+ENGINES = {
+    "f32": "f32 GEMMs (gemm crate, run-time CPU dispatch), packed batches",
+    "bf16": "bf16 GEMMs with f32 accumulation (AVX512-BF16 vdpbf16ps), the rest f32, packed batches",
+}
+
+
+class Kernelize:
+    def __init__(self, args, texts, binary, precision):
         self.args = args
         self.texts = texts
         self.tokens = None
-        log("building kernelize-embed bench_embed (cargo build --release)")
-        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "kernelize-embed",
-                        "--example", "bench_embed"], cwd=REPO, check=True)
-        target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
-        self.binary = os.path.join(os.path.abspath(target), "release", "examples", "bench_embed")
-        if not os.path.exists(self.binary):
-            raise RuntimeError(f"{self.binary} missing after cargo build")
-        self.settings = {"batch_size": args.batch, "threads": args.threads, "dtype": "float32",
-                         "engine": "gemm crate (run-time CPU dispatch), packed batches"}
+        self.binary = binary
+        self.precision = precision
+        self.name = f"kernelize-embed {precision}"
+        self.settings = {"batch_size": args.batch, "threads": args.threads, "dtype": precision,
+                         "engine": ENGINES[precision],
+                         "env": f"KERNELIZE_EMBED_PRECISION={precision}"}
 
     def run(self, reps: int) -> list[dict]:
         a = self.args
@@ -157,7 +173,8 @@ class Kernelize:
         out = []
         for _ in range(reps):
             # One process per pass, so that a pass's CPU time is its own.
-            res = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
+            env = dict(os.environ, KERNELIZE_EMBED_PRECISION=self.precision)
+            res = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, env=env)
             report = json.loads(res.stdout.strip().splitlines()[-1])
             if report.get("error"):
                 raise RuntimeError(f"kernelize-embed: {report['error']}")
@@ -167,6 +184,30 @@ class Kernelize:
             self.tokens = report["tokens"]
             out.append({"wall_s": report["median_secs"], "cpu_s": report["cpu_secs"]})
         return out
+
+
+def cpu_info() -> dict:
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def cpu_flags() -> set:
+    return set(cpu_info().get("flags", "").split())
+
+
+def cpu_model() -> str:
+    i = cpu_info()
+    name = i.get("model name") or platform.processor() or platform.machine()
+    return f"{name} (family {i.get('cpu family', '?')} model {i.get('model', '?')})"
 
 
 def summarize(name, passes, n_texts, tokens, settings):
@@ -197,6 +238,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="timed passes per peer and round")
     ap.add_argument("--rounds", type=int, default=1, help="alternations of the peers")
     ap.add_argument("--no-kernelize", action="store_true", help="measure sentence-transformers only")
+    ap.add_argument("--precisions", default="bf16,f32",
+                    help="kernelize-embed precisions to run, each a peer (bf16 needs AVX512-BF16; "
+                         "those this CPU lacks are skipped with a note)")
     ap.add_argument("--json-out", default=None)
     kzvenv.add_arguments(ap, os.environ.get("KZ_REF_VENV", "/tmp/kz-ref-venv"))
     args = ap.parse_args()
@@ -207,7 +251,17 @@ def main() -> None:
     texts = read_texts(args.texts, max(1, args.every), args.limit)
     log(f"{len(texts)} texts from {args.texts} (every {args.every}); batch {args.batch}, "
         f"{args.threads} threads, {args.reps} passes x {args.rounds} rounds")
-    peers = [] if args.no_kernelize else [Kernelize(args, texts)]
+    peers = []
+    if not args.no_kernelize:
+        binary = build_kernelize()
+        flags = cpu_flags()
+        for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+            if precision not in ENGINES:
+                raise SystemExit(f"--precisions: unknown precision {precision!r} (want f32, bf16)")
+            if precision == "bf16" and "avx512_bf16" not in flags:
+                log("this CPU has no AVX512-BF16: skipping kernelize-embed bf16")
+                continue
+            peers.append(Kernelize(args, texts, binary, precision))
     peers.append(SentenceTransformers(args, texts))
     passes = {p.name: [] for p in peers}
     load_before = os.getloadavg()
@@ -224,13 +278,14 @@ def main() -> None:
         if row["texts_per_cpu_s"] and st["texts_per_cpu_s"]:
             row["ratio_texts_per_cpu_s_vs_sentence_transformers"] = (
                 row["texts_per_cpu_s"] / st["texts_per_cpu_s"])
-        row["machine"] = {"cpu": platform.processor() or platform.machine(),
+        row["machine"] = {"cpu": cpu_model(),
                           "cpus": os.cpu_count(), "loadavg_before": load_before,
                           "loadavg_after": load_after}
 
     print(f"\n{len(texts)} texts, batch {args.batch}, {args.threads} threads, "
           f"median of {args.reps * args.rounds} passes; load average {load_before[0]:.1f} -> "
           f"{load_after[0]:.1f}")
+    print(f"CPU: {cpu_model()}")
     print(f"{'peer':<24}{'texts/s':>10}{'ratio':>8}{'texts/CPU s':>14}{'ratio':>8}")
     for row in rows:
         cpu = row["texts_per_cpu_s"]

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::matmul::Parallelism;
-use crate::model::{Config, Model, Scratch};
+use crate::model::{Config, Model, Precision, Scratch};
 
 /// Directory name of the model under the models directory.
 const MODEL_NAME: &str = crate::models::MINILM.name;
@@ -50,6 +50,7 @@ pub struct Embedder {
     max_tokens: usize,
     cls: u32,
     sep: u32,
+    precision: Precision,
     scratch: Mutex<Vec<Scratch>>,
 }
 
@@ -59,6 +60,7 @@ impl std::fmt::Debug for Embedder {
             .field("dim", &self.dim())
             .field("max_tokens", &self.max_tokens)
             .field("layers", &self.model.cfg.num_hidden_layers)
+            .field("precision", &self.precision)
             .finish_non_exhaustive()
     }
 }
@@ -74,7 +76,22 @@ impl Embedder {
     ///
     /// A missing file is [`Error::ModelMissing`], whose message names the file
     /// and the install script; damaged or foreign files are [`Error::Corrupt`].
+    ///
+    /// The dense layers run at the precision `$KERNELIZE_EMBED_PRECISION` names
+    /// ([`Precision::from_env`]: by default the fastest this CPU has).
     pub fn load(model_dir: &Path) -> Result<Embedder> {
+        Self::load_with_precision(model_dir, Precision::from_env()?)
+    }
+
+    /// [`load`](Self::load) at a given precision; one this CPU cannot run is
+    /// [`Error::InvalidArgument`].
+    pub fn load_with_precision(model_dir: &Path, precision: Precision) -> Result<Embedder> {
+        if !precision.available() {
+            return Err(Error::InvalidArgument(format!(
+                "embedding precision {} is not available on this CPU",
+                precision.name()
+            )));
+        }
         let config_path = require(model_dir, "config.json")?;
         let tokenizer_path = require(model_dir, "tokenizer.json")?;
         let weights_path = require(model_dir, "model.safetensors")?;
@@ -110,8 +127,11 @@ impl Embedder {
         }
 
         let bytes = fs_err::read(&weights_path)?;
-        let model = Model::from_safetensors(cfg, &weights_path, &bytes)?;
-        Ok(Embedder { tokenizer, model, max_tokens, cls, sep, scratch: Mutex::new(Vec::new()) })
+        let mut model = Model::from_safetensors(cfg, &weights_path, &bytes)?;
+        if precision == Precision::Bf16 {
+            model.pack_bf16();
+        }
+        Ok(Embedder { tokenizer, model, max_tokens, cls, sep, precision, scratch: Mutex::new(Vec::new()) })
     }
 
     /// Where the model is looked for by default: `all-MiniLM-L6-v2` in the models
@@ -119,6 +139,11 @@ impl Embedder {
     /// per-user `$XDG_DATA_HOME/kernelize/models`), whatever the current directory.
     pub fn default_model_dir() -> PathBuf {
         crate::models::model_dir(MODEL_NAME)
+    }
+
+    /// The arithmetic of the dense layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Embedding dimension (384).
@@ -262,7 +287,7 @@ impl Embedder {
             let flat: Vec<u32> = pack.iter().flat_map(|&i| ids[i].iter().copied()).collect();
             let mut out = vec![0.0; pack.len() * dim];
             let mut scratch = self.take_scratch();
-            self.model.forward(&flat, &lens, &mut scratch, par, &mut out);
+            self.model.forward(self.precision, &flat, &lens, &mut scratch, par, &mut out);
             self.return_scratch(scratch);
             Some(out)
         };

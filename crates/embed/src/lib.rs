@@ -29,6 +29,7 @@
 //! ```
 
 pub mod bench;
+mod bf16;
 mod embedder;
 mod error;
 pub mod kernels;
@@ -39,7 +40,7 @@ pub mod models;
 pub use bench::BenchReport;
 pub use embedder::{Chunk, Embedder};
 pub use error::{Error, Result};
-pub use model::Isa;
+pub use model::{Isa, Precision};
 
 #[cfg(test)]
 mod tests {

@@ -10,14 +10,25 @@ mod reference;
 
 use std::sync::OnceLock;
 
-use kernelize_embed::Embedder;
+use kernelize_embed::{Embedder, Precision};
 
-/// The embedder shared by all tests of this binary (loaded once).
+/// The embedder shared by all tests of this binary (loaded once), at the fastest
+/// precision this CPU has (what `Embedder::load` picks by default).
 pub fn embedder() -> &'static Embedder {
     static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
-    EMBEDDER.get_or_init(|| {
+    EMBEDDER.get_or_init(|| load(Precision::fastest()))
+}
+
+/// The same model on the f32 path (exact reproduction of the reference).
+pub fn embedder_f32() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| load(Precision::F32))
+}
+
+fn load(precision: Precision) -> Embedder {
+    {
         let dir = Embedder::default_model_dir();
-        match Embedder::load(&dir) {
+        match Embedder::load_with_precision(&dir, precision) {
             Ok(e) => e,
             Err(e) => panic!(
                 "cannot load the model from {}: {e}\n\
@@ -25,7 +36,7 @@ pub fn embedder() -> &'static Embedder {
                 dir.display()
             ),
         }
-    })
+    }
 }
 
 /// Cosine similarity of two vectors, in f64.
