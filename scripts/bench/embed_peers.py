@@ -44,7 +44,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ import sys
 import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import kzvenv  # noqa: E402
+from cpuinfo import cpu_flags, cpu_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -184,30 +184,6 @@ class Kernelize:
             self.tokens = report["tokens"]
             out.append({"wall_s": report["median_secs"], "cpu_s": report["cpu_secs"]})
         return out
-
-
-def cpu_info() -> dict:
-    info = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return info
-
-
-def cpu_flags() -> set:
-    return set(cpu_info().get("flags", "").split())
-
-
-def cpu_model() -> str:
-    i = cpu_info()
-    name = i.get("model name") or platform.processor() or platform.machine()
-    return f"{name} (family {i.get('cpu family', '?')} model {i.get('model', '?')})"
 
 
 def summarize(name, passes, n_texts, tokens, settings):

@@ -68,8 +68,16 @@ def ensure_venv_and_reexec(args, argv: list[str]) -> None:
 # ---------------------------------------------------------------- input
 
 def batches(path: str, batch: int, limit: int | None, timer: dict):
-    """Yield (ids, float32 matrix, metadatas) per batch; parse time goes into timer."""
+    """Yield (ids, float32 matrix, metadatas) per batch; parse time goes into timer.
+
+    A `.npy` file (as scripts/gen-vectors.py writes beside its JSONL) is read whole with
+    numpy.load and sliced into batches (views, no copies); its ids come from the
+    `.ids.txt` file beside it, and its rows have no metadata (None)."""
     import numpy as np
+
+    if path.endswith(".npy"):
+        yield from npy_batches(path, batch, limit, timer)
+        return
 
     loads = json.loads
     perf = time.perf_counter
@@ -96,6 +104,22 @@ def batches(path: str, batch: int, limit: int | None, timer: dict):
             yield ids, mat, metas
             if limit is not None and n >= limit:
                 return
+
+
+def npy_batches(path: str, batch: int, limit: int | None, timer: dict):
+    import numpy as np
+
+    t0 = time.perf_counter()
+    mat = np.load(path)
+    if mat.dtype != np.float32 or mat.ndim != 2:
+        raise SystemExit(f"{path}: want a 2-D float32 array, got {mat.dtype} {mat.shape}")
+    with open(path[: -len(".npy")] + ".ids.txt") as f:
+        ids = f.read().split("\n")[: len(mat)]
+    n = len(mat) if limit is None else min(limit, len(mat))
+    timer["parse_s"] += time.perf_counter() - t0
+    for start in range(0, n, batch):
+        end = min(start + batch, n)
+        yield ids[start:end], mat[start:end], None
 
 
 def warm_page_cache(path: str) -> None:
@@ -140,7 +164,7 @@ class Chroma:
         last = None
         for ids, mat, metas in batches(path, self.args.batch, self.args.limit, timer):
             t0 = perf()
-            col.add(ids=ids, embeddings=mat, metadatas=metas)
+            col.add(ids=ids, embeddings=mat, metadatas=metas or None)
             timer["ingest_s"] += perf() - t0
             last = mat[-1]
         count = col.count()
@@ -189,7 +213,7 @@ class Lance:
         vec = pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1), type=pa.float32()), dim)
         cols = {"id": pa.array(ids, type=pa.string()), "vector": vec}
         keys = []
-        for m in metas:
+        for m in metas or ():
             for k in m:
                 if k not in cols and k not in keys:
                     keys.append(k)
@@ -301,8 +325,9 @@ def bench_peer(peer, args) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description="ingest throughput of chromadb and lancedb on a vectors JSONL file")
-    ap.add_argument("--vectors", default="data/vectors-384.jsonl")
+    ap = argparse.ArgumentParser(description="ingest throughput of chromadb and lancedb on a vectors JSONL or .npy file")
+    ap.add_argument("--vectors", default="data/vectors-384.jsonl",
+                    help="JSONL, or .npy with its ids in the .ids.txt beside it (scripts/gen-vectors.py writes both)")
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="threads where a peer lets you set it")

@@ -184,8 +184,17 @@ pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
     }
     let db = open_db(cli)?;
     let dir = model_dir(&a.model_dir);
-    // The model is needed only when texts must be embedded; load it when present.
-    let embedder = if dir.join("model.safetensors").exists() { Some(load_embedder(&dir)?) } else { None };
+    let format = a.format.as_deref().map(str::parse::<Format>).transpose().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The model is needed only when texts must be embedded (never for the rows of a
+    // tensor file, which are vectors), or for the dimension of a collection to create;
+    // load it then, when present.
+    let tensor_rows = format.or_else(|| Format::from_path(&a.file)).is_some_and(|f| f.is_tensor());
+    let exists = db.collection(&a.collection).is_ok();
+    let embedder = if dir.join("model.safetensors").exists() && !(tensor_rows && exists) {
+        Some(load_embedder(&dir)?)
+    } else {
+        None
+    };
     let collection = match db.collection(&a.collection) {
         Ok(c) => c,
         Err(_) if a.create => {
@@ -199,7 +208,7 @@ pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
         Err(e) => return Err(e).context("use --create to create it"),
     };
     let mut opts = IngestOptions::default();
-    opts.format = a.format.as_deref().map(str::parse::<Format>).transpose().map_err(|e| anyhow::anyhow!("{e}"))?;
+    opts.format = format;
     opts.id_field = a.id_field.clone();
     opts.vector_field = a.vector_field.clone();
     opts.text_field = a.text_field.clone();

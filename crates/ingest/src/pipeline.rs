@@ -11,15 +11,16 @@ use crate::options::{BadMedia, Format, IngestOptions};
 use crate::read::{MediaRef, Reader, Row};
 use kernelize_embed::Embedder;
 use kernelize_media::{Encoder, Input, Modality};
-use kernelize_store::{Collection, MAX_ID_BYTES, Metadata, Record, validate_record};
+use kernelize_store::{Collection, MAX_ID_BYTES, Metadata, Op, Record, validate_record};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
 /// Batches read ahead of the writer.
-pub const QUEUE_DEPTH: usize = 2;
+pub const QUEUE_DEPTH: usize = 4;
 /// Largest metadata object, in bytes of compact JSON (the store's limit).
 pub use kernelize_store::MAX_METADATA_BYTES;
 /// Longest text, in bytes (the store's limit).
@@ -219,23 +220,34 @@ fn run(
         };
         let mut failure = None;
         while let Ok(msg) = rx.recv() {
-            let batch = match msg {
-                Ok(batch) => batch,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+            // Every batch already waiting joins this one: one WAL write and one fsync
+            // for the group, each batch still atomic and acknowledged on its own.
+            let mut group = Vec::new();
+            let mut next = Some(msg);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Ok(batch) => group.push(batch),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
-            };
-            let n = batch.records.len() as u64;
-            if let Err(e) = collection.upsert(batch.records) {
+                next = rx.try_recv().ok();
+            }
+            let (written, error) = write_group(collection, &mut group);
+            for batch in &group[..written] {
+                state.records_written += batch.len as u64;
+                state.batches_written += 1;
+                state.rows_read = batch.stats.rows_read;
+                state.bytes_read = batch.stats.bytes_read;
+                progress(&state);
+            }
+            if let Some(e) = error {
                 failure = Some(Error::Store(e));
+            }
+            if failure.is_some() {
                 break;
             }
-            state.records_written += n;
-            state.batches_written += 1;
-            state.rows_read = batch.stats.rows_read;
-            state.bytes_read = batch.stats.bytes_read;
-            progress(&state);
         }
         cancel.store(true, Ordering::Relaxed);
         drop(rx);
@@ -289,7 +301,34 @@ struct Stats {
 /// A batch of records ready to write, with the producer's counters when it was sent.
 struct Batch {
     records: Vec<Record>,
+    /// Records of the batch (kept when `records` is handed to the store).
+    len: usize,
     stats: Stats,
+}
+
+/// Writes the batches of `group` with one WAL write and one fsync
+/// ([`Collection::write_many`]), each batch atomic on its own. When the group is refused
+/// as invalid (nothing written), its batches are written one at a time, so those before
+/// the bad one are still written and acknowledged. Returns how many batches were written
+/// and the error that stopped the others.
+fn write_group(collection: &Collection, group: &mut [Batch]) -> (usize, Option<kernelize_store::Error>) {
+    let ops: Vec<Vec<Op>> = group
+        .iter_mut()
+        .map(|b| std::mem::take(&mut b.records).into_iter().map(|r| Op::Upsert(Arc::new(r))).collect())
+        .collect();
+    if ops.len() > 1 {
+        match collection.write_many(ops.clone()) {
+            Ok(_) => return (ops.len(), None),
+            Err(kernelize_store::Error::InvalidInput(_)) => {}
+            Err(e) => return (0, Some(e)),
+        }
+    }
+    for (i, batch) in ops.into_iter().enumerate() {
+        if let Err(e) = collection.write(batch) {
+            return (i, Some(e));
+        }
+    }
+    (group.len(), None)
 }
 
 /// A media file waiting for the batch's `encode` call.
@@ -619,7 +658,7 @@ impl Producer<'_> {
         }
         self.stats.bytes_read = self.reader.bytes_read();
         let records = std::mem::replace(&mut self.records, Vec::with_capacity(self.opts.batch_size));
-        Ok(self.tx.send(Ok(Batch { records, stats: self.stats })).is_ok())
+        Ok(self.tx.send(Ok(Batch { len: records.len(), records, stats: self.stats })).is_ok())
     }
 }
 

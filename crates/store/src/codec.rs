@@ -106,9 +106,11 @@ pub(crate) fn put_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 pub(crate) fn put_f32s(out: &mut Vec<u8>, v: &[f32]) {
-    out.reserve(v.len() * 4);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
+    // Sized first, then filled in place: a straight copy on little-endian hosts.
+    let start = out.len();
+    out.resize(start + v.len() * 4, 0);
+    for (d, x) in out[start..].chunks_exact_mut(4).zip(v) {
+        d.copy_from_slice(&x.to_le_bytes());
     }
 }
 

@@ -694,12 +694,14 @@ impl Collection {
             let written = wal.append_group(first_seq, group.iter().map(|p| &p.encoded[..]), sync);
             if written.is_ok() {
                 let mut v = inner.version.write();
-                let mut next = (**v).clone();
+                // In place when no reader holds this version (then the memtable's nodes are
+                // not shared either and inserts copy nothing); a copy when one does, so its
+                // snapshot never changes.
+                let next = Arc::make_mut(&mut *v);
                 for (i, p) in group.iter().enumerate() {
                     next.mem.apply(first_seq + i as u64, &p.ops);
                 }
                 next.seq = first_seq + group.len() as u64 - 1;
-                *v = Arc::new(next);
             }
             st = inner.write.lock();
             st.wal = Some(wal);
