@@ -189,13 +189,13 @@ pub fn ingest(cli: &Cli, a: &IngestArgs) -> Result<ExitCode> {
     // tensor file, which are vectors), or for the dimension of a collection to create;
     // load it then, when present.
     let tensor_rows = format.or_else(|| Format::from_path(&a.file)).is_some_and(|f| f.is_tensor());
-    let exists = db.collection(&a.collection).is_ok();
-    let embedder = if dir.join("model.safetensors").exists() && !(tensor_rows && exists) {
+    let existing = db.collection(&a.collection);
+    let embedder = if dir.join("model.safetensors").exists() && !(tensor_rows && existing.is_ok()) {
         Some(load_embedder(&dir)?)
     } else {
         None
     };
-    let collection = match db.collection(&a.collection) {
+    let collection = match existing {
         Ok(c) => c,
         Err(_) if a.create => {
             let Some(e) = &embedder else {

@@ -26,16 +26,14 @@ pub fn embedder_f32() -> &'static Embedder {
 }
 
 fn load(precision: Precision) -> Embedder {
-    {
-        let dir = Embedder::default_model_dir();
-        match Embedder::load_with_precision(&dir, precision) {
-            Ok(e) => e,
-            Err(e) => panic!(
-                "cannot load the model from {}: {e}\n\
-                 run `kernelize models install` first (scripts/test.sh does; these tests never skip)",
-                dir.display()
-            ),
-        }
+    let dir = Embedder::default_model_dir();
+    match Embedder::load_with_precision(&dir, precision) {
+        Ok(e) => e,
+        Err(e) => panic!(
+            "cannot load the model from {}: {e}\n\
+             run `kernelize models install` first (scripts/test.sh does; these tests never skip)",
+            dir.display()
+        ),
     }
 }
 
